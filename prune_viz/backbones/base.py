@@ -1,0 +1,158 @@
+"""One protocol for every backbone family (demo, timm, SAM).
+
+The engine owns the loop over blocks and the token bookkeeping; an adapter owns everything
+that depends on the architecture: how an image becomes tokens, how one block runs on a subset
+of tokens, how the full token grid becomes a segmentation, and what each of those costs in MACs.
+
+Token layout everywhere: ``x`` is ``1 x (P + Nk) x C`` with the P prefix tokens first, then the
+Nk alive patch tokens in the order of ``kept_idx`` (row-major positions on the gh x gw grid,
+sorted). ``kept_idx=None`` means "the full grid, run the unmodified module"; a tensor means
+"run the subset code path", even when it happens to hold every position, so that rate-0 runs
+exercise (and test) the pruned path.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+BlockKind = Literal["window", "global", "plain"]
+
+
+@dataclass
+class Prepared:
+    """An image made ready for one backbone.
+
+    pixels:  1 x 3 x H x W, normalised model input (H = gh * patch, W = gw * patch)
+    image01: 3 x H x W in [0, 1], the same input before normalisation (for Sobel, drawing)
+    valid_hw: (h, w) of the part of the input that is image, not padding (SAM pads bottom/right)
+    orig_hw:  (h, w) of the original image; segmentations are returned at this size
+    """
+
+    pixels: Tensor
+    image01: Tensor
+    grid: tuple[int, int]
+    valid_hw: tuple[int, int]
+    orig_hw: tuple[int, int]
+
+
+@dataclass
+class Segmentation:
+    """A dense prediction at the original image size.
+
+    labels: H x W int32. For ``kind == "semantic"`` the values are class ids into
+    ``class_names``; for ``"segments"`` they are anonymous segment ids (clusters, SAM masks;
+    0 may mean "no segment"), which must be matched (Hungarian) before comparing two runs.
+    token_logits: N x K float or None (per grid token), when the head is per-token.
+    """
+
+    labels: np.ndarray
+    kind: Literal["semantic", "segments"]
+    class_names: tuple[str, ...] = ()
+    palette: np.ndarray | None = None
+    token_logits: Tensor | None = None
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class BlockOutput:
+    """x after the block, plus attention statistics when they were asked for.
+
+    received: Nk mean attention received per alive patch token (over heads and queries)
+    cls_attn: Nk attention from the first prefix token to each patch token (or None)
+    """
+
+    x: Tensor
+    received: Tensor | None = None
+    cls_attn: Tensor | None = None
+
+
+class Backbone(ABC):
+    """Adapter interface. Subclasses set the attributes below in ``__init__``."""
+
+    name: str
+    patch_size: int
+    num_blocks: int
+    num_prefix_tokens: int
+    embed_dim: int
+    aux_layers: tuple[int, ...] = ()  # 1-based layers with an auxiliary head after them
+    num_classes: int = 0  # semantic classes of the head (0 when the output is segments)
+
+    @abstractmethod
+    def block_kind(self, layer: int) -> BlockKind:
+        """Kind of block ``layer`` (1-based)."""
+
+    def default_layers(self) -> tuple[int, ...]:
+        """Where to prune when the user does not say: a middle block."""
+        return (self.num_blocks // 2,)
+
+    @abstractmethod
+    def prepare(self, image: np.ndarray) -> Prepared:
+        """H x W x 3 uint8 RGB -> model input."""
+
+    @abstractmethod
+    def embed(self, prep: Prepared) -> Tensor:
+        """Patch embedding (+ position, + prefix tokens): 1 x (P + N) x C."""
+
+    @abstractmethod
+    def run_block(
+        self, layer: int, x: Tensor, kept_idx: Tensor | None, grid: tuple[int, int], want_attn: bool = False
+    ) -> BlockOutput:
+        """Run block ``layer`` (1-based) on ``x`` (1 x (P + Nk) x C)."""
+
+    def aux_logits(self, layer: int, patch_tokens: Tensor) -> Tensor | None:
+        """Auxiliary head after block ``layer`` on Nk x C patch tokens -> Nk x K x S logits
+        (S = sub-patch positions the head predicts per token, 1 for a token-level head)."""
+        return None
+
+    @abstractmethod
+    def decode(
+        self,
+        patch_grid: Tensor,
+        prefix: Tensor,
+        prep: Prepared,
+        exit_logits: Tensor | None = None,
+        exited: Tensor | None = None,
+    ) -> Segmentation:
+        """Full grid features 1 x N x C (pruned tokens carry the features they had when dropped)
+        and prefix tokens 1 x P x C -> segmentation. ``exited`` (N bool) marks tokens whose
+        final prediction is fixed to ``exit_logits`` (N x K x S rows, as ``aux_logits``) by an
+        early exit."""
+
+    # --- MACs (1 multiply-add = 1 MAC) -----------------------------------------------------
+    @abstractmethod
+    def embed_macs(self, prep: Prepared) -> int:
+        """MACs of ``embed``."""
+
+    @abstractmethod
+    def block_macs(self, layer: int, kept_idx: Tensor | None, grid: tuple[int, int], want_attn: bool = False) -> int:
+        """MACs of ``run_block`` for this token set (None = unmodified full-grid module)."""
+
+    @abstractmethod
+    def decode_macs(self, prep: Prepared) -> int:
+        """MACs of ``decode``."""
+
+    def aux_macs(self, layer: int, n_tokens: int) -> int:
+        return 0
+
+    # --- helpers shared by adapters ----------------------------------------------------------
+    def split_prefix(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        p = self.num_prefix_tokens
+        return x[:, :p], x[:, p:]
+
+
+def scatter_to_grid(full: Tensor, kept_idx: Tensor, values: Tensor) -> Tensor:
+    """Write ``values`` (1 x Nk x C) into ``full`` (1 x N x C) at ``kept_idx``; returns ``full``."""
+    full[:, kept_idx] = values
+    return full
+
+
+def seeded_generator(seed: int) -> torch.Generator:
+    g = torch.Generator()
+    g.manual_seed(int(seed))
+    return g

@@ -1,0 +1,385 @@
+"""Runs a backbone with tokens really removed, and records what happened.
+
+One straight road: ``prepare -> embed -> blocks (full until the first pruning layer, then on the
+kept subset only) -> scatter back to the grid -> decode``. After each pruning layer L (1-based:
+block L runs in full, blocks L+1.. see only the kept tokens) the method's ``decide`` picks the
+tokens that go on. Dropped tokens keep the features they had when dropped; tokens that *exit*
+(DToP) keep the auxiliary head's prediction from that layer as their final prediction.
+
+The :class:`Baseline` is the unpruned forward, kept as a prefix cache: it holds the features
+after every block, so a new set of pruning parameters re-runs only the blocks after the first
+pruning layer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .backbones.base import Backbone, BlockOutput, Prepared, Segmentation
+from .flops import measure_macs
+from .methods.base import EXITED, KEPT, MethodSpec, PruneContext
+
+GONE = -1  # status-grid value for tokens that were already removed before this step
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A pruning schedule: which method, with which parameters, after which layers (1-based)."""
+
+    method: MethodSpec
+    params: Any
+    layers: tuple[int, ...]
+    seed: int = 0
+
+
+@dataclass
+class LayerRecord:
+    """Per block: tokens entering (patch tokens, prefix excluded), MACs, wall time."""
+
+    layer: int
+    kind: str
+    tokens: int
+    macs: int
+    macs_baseline: int
+    time_ms: float
+
+
+@dataclass
+class StepRecord:
+    """Per pruning layer: the decision as it can be drawn.
+
+    status_grid: gh x gw int8: KEPT / PENDING_KEPT / PRUNED / EXITED for tokens alive at this
+                 step, GONE for tokens removed earlier.
+    diagnostics: name -> gh x gw float32 map (NaN where not alive), scalar, or H x W pixel map.
+    """
+
+    layer: int
+    tokens_in: int
+    tokens_kept: int
+    status_grid: np.ndarray
+    diagnostics: dict[str, Any]
+    decide_ms: float
+    decision_macs: int = 0
+
+
+@dataclass
+class Baseline:
+    """The unpruned forward of one image on one backbone (the prefix cache)."""
+
+    key: str
+    prep: Prepared
+    x_after: list[Tensor]  # x_after[l] = 1 x (P+N) x C after block l; x_after[0] = embed output
+    attn_stats: dict[int, BlockOutput]  # layer -> received / cls_attn, for layers asked for
+    seg: Segmentation
+    macs: int
+    layers: list[LayerRecord]
+    time_ms: float
+
+
+@dataclass
+class Trace:
+    """Everything one pruned run did, for the views, the report and the tests."""
+
+    backbone: str
+    method: str
+    params: dict[str, Any]
+    plan_layers: tuple[int, ...]
+    grid: tuple[int, int]
+    layers: list[LayerRecord]
+    steps: list[StepRecord]
+    drop_layer: np.ndarray  # gh x gw int16: layer after which the token left; num_blocks = never
+    exited: np.ndarray  # gh x gw bool: token left with a final (aux) prediction
+    kept_per_step: list[Tensor]  # kept_idx after each step (for replay and MAC measurement)
+    seg: Segmentation
+    macs: dict[str, int]
+    time_ms: float
+    from_cache: bool = False
+
+    @property
+    def final_tokens(self) -> int:
+        return self.layers[-1].tokens if self.layers else 0
+
+
+def image_key(backbone: Backbone, image: np.ndarray) -> str:
+    """Cache key: backbone identity and the image's bytes."""
+    digest = hashlib.sha1(np.ascontiguousarray(image).tobytes()).hexdigest()[:16]
+    return f"{backbone.name}:{image.shape}:{digest}"
+
+
+def _now() -> float:
+    return time.perf_counter()
+
+
+@torch.no_grad()
+def run_baseline(
+    backbone: Backbone, image: np.ndarray, attn_layers: tuple[int, ...] = (), prep: Prepared | None = None
+) -> Baseline:
+    """Unpruned forward with every block's output kept (the prefix cache).
+
+    ``attn_layers``: layers whose attention statistics are computed and cached (for methods that
+    score tokens by attention). Their recomputation cost is not part of the baseline MACs.
+    """
+    t0 = _now()
+    prep = prep or backbone.prepare(image)
+    grid = prep.grid
+    x = backbone.embed(prep)
+    x_after = [x]
+    stats: dict[int, BlockOutput] = {}
+    records = []
+    n = grid[0] * grid[1]
+    for layer in range(1, backbone.num_blocks + 1):
+        tb = _now()
+        out = backbone.run_block(layer, x, None, grid, want_attn=layer in attn_layers)
+        x = out.x
+        x_after.append(x)
+        if layer in attn_layers:
+            stats[layer] = BlockOutput(x=torch.empty(0), received=out.received, cls_attn=out.cls_attn)
+        macs = backbone.block_macs(layer, None, grid)
+        records.append(LayerRecord(layer, backbone.block_kind(layer), n, macs, macs, (_now() - tb) * 1e3))
+    prefix, patches = backbone.split_prefix(x)
+    seg = backbone.decode(patches.clone(), prefix, prep)
+    total = backbone.embed_macs(prep) + sum(r.macs for r in records) + backbone.decode_macs(prep)
+    return Baseline(image_key(backbone, image), prep, x_after, stats, seg, total, records, (_now() - t0) * 1e3)
+
+
+def _grid_map(values: Tensor, kept_idx: Tensor, n: int, grid: tuple[int, int]) -> np.ndarray:
+    """Nk per-token values -> gh x gw float32 map, NaN where the token is not alive."""
+    out = np.full(n, np.nan, dtype=np.float32)
+    out[kept_idx.numpy()] = values.detach().float().numpy()
+    return out.reshape(grid)
+
+
+def _diagnostics_to_maps(diag: dict[str, Any], kept_idx: Tensor, n: int, grid: tuple[int, int]) -> dict[str, Any]:
+    maps: dict[str, Any] = {}
+    nk = kept_idx.numel()
+    for name, value in diag.items():
+        if isinstance(value, Tensor):
+            if value.ndim == 1 and value.numel() == nk:
+                maps[name] = _grid_map(value, kept_idx, n, grid)
+            elif value.ndim == 0:
+                maps[name] = float(value)
+            else:
+                maps[name] = value.detach().float().numpy()
+        else:
+            maps[name] = value
+    return maps
+
+
+def validate_plan(backbone: Backbone, plan: Plan) -> None:
+    """Raise ValueError with a user-facing reason when the plan cannot run on this backbone."""
+    if not plan.layers:
+        raise ValueError("choose at least one pruning layer")
+    if list(plan.layers) != sorted(set(plan.layers)):
+        raise ValueError(f"pruning layers must be distinct and increasing, got {list(plan.layers)}")
+    for layer in plan.layers:
+        if not 1 <= layer <= backbone.num_blocks - 1:
+            raise ValueError(
+                f"pruning layer {layer} is out of range for {backbone.name}: "
+                f"choose layers 1..{backbone.num_blocks - 1} (pruning after the last block saves nothing)"
+            )
+    if plan.method.needs_aux:
+        if not backbone.aux_layers:
+            raise ValueError(
+                f"method '{plan.method.name}' needs auxiliary heads; backbone {backbone.name} has none "
+                "(use the demo backbone)"
+            )
+        missing = [layer for layer in plan.layers if layer not in backbone.aux_layers]
+        if missing:
+            raise ValueError(
+                f"method '{plan.method.name}' can only prune after layers with an auxiliary head "
+                f"{list(backbone.aux_layers)} on {backbone.name}; got {missing}"
+            )
+
+
+@torch.no_grad()
+def run_pruned(
+    backbone: Backbone,
+    image: np.ndarray,
+    plan: Plan,
+    baseline: Baseline | None = None,
+    count_decisions: bool = False,
+    replay: list[Tensor] | None = None,
+    prep: Prepared | None = None,
+) -> Trace:
+    """Pruned forward.
+
+    baseline: a cached unpruned forward of the same image; blocks up to the first pruning layer
+              are then taken from it instead of recomputed.
+    count_decisions: measure each decision's own arithmetic (entropy, clustering, ...) with the
+              FLOP counter and report it as ``macs['decision']``.
+    replay:   kept_idx per step from an earlier trace; the method is not called and the same
+              token sets are used (to measure the model's MACs for exactly those sets).
+    """
+    validate_plan(backbone, plan)
+    t0 = _now()
+    if baseline is not None and baseline.key != image_key(backbone, image):
+        raise ValueError("baseline cache belongs to another image or backbone")
+    prep = baseline.prep if baseline is not None else (prep or backbone.prepare(image))
+    grid = prep.grid
+    n = grid[0] * grid[1]
+    method = plan.method
+    first = plan.layers[0]
+    want_attn = method.needs_attention and replay is None
+
+    records: list[LayerRecord] = []
+    steps: list[StepRecord] = []
+    kept_per_step: list[Tensor] = []
+    drop_layer = np.full(n, backbone.num_blocks, dtype=np.int16)
+    exited = torch.zeros(n, dtype=torch.bool)
+    exit_logits: Tensor | None = None
+    decision_macs = 0
+    aux_macs = 0
+    from_cache = baseline is not None
+
+    # Blocks 1..first run in full: from the cache if we have one.
+    stats: BlockOutput | None = None
+    if baseline is not None:
+        x = baseline.x_after[first]
+        records.extend(baseline.layers[:first])
+        if want_attn:
+            stats = baseline.attn_stats.get(first)
+            if stats is None:  # not cached: recompute only block `first` with statistics
+                stats = backbone.run_block(first, baseline.x_after[first - 1], None, grid, want_attn=True)
+    else:
+        x = backbone.embed(prep)
+        for layer in range(1, first + 1):
+            tb = _now()
+            out = backbone.run_block(layer, x, None, grid, want_attn=want_attn and layer == first)
+            x = out.x
+            macs = backbone.block_macs(layer, None, grid)
+            records.append(LayerRecord(layer, backbone.block_kind(layer), n, macs, macs, (_now() - tb) * 1e3))
+            if layer == first:
+                stats = out
+    if want_attn and stats is not None:
+        # The statistics cost extra arithmetic in the block that produced them: count it.
+        extra = backbone.block_macs(first, None, grid, want_attn=True) - backbone.block_macs(first, None, grid)
+        decision_macs += extra
+
+    kept_idx = torch.arange(n)
+    full = torch.zeros(1, n, backbone.embed_dim, dtype=x.dtype)
+    for layer in range(first, backbone.num_blocks + 1):
+        if layer > first:
+            tb = _now()
+            step_attn = want_attn and layer in plan.layers
+            out = backbone.run_block(layer, x, kept_idx, grid, want_attn=step_attn)
+            x = out.x
+            stats = out if step_attn else None
+            macs = backbone.block_macs(layer, kept_idx, grid)
+            if step_attn:
+                decision_macs += backbone.block_macs(layer, kept_idx, grid, want_attn=True) - macs
+            base_macs = backbone.block_macs(layer, None, grid)
+            records.append(LayerRecord(layer, backbone.block_kind(layer), kept_idx.numel(), macs, base_macs, (_now() - tb) * 1e3))
+        if layer not in plan.layers:
+            continue
+
+        step = plan.layers.index(layer)
+        prefix, patches = backbone.split_prefix(x)
+        aux = None
+        if method.needs_aux:
+            aux = backbone.aux_logits(layer, patches[0])  # Nk x K x S (S sub-patch positions)
+            aux_macs += backbone.aux_macs(layer, kept_idx.numel())
+        td = _now()
+        if replay is not None:
+            keep_global = replay[step]
+            keep = torch.nonzero(torch.isin(kept_idx, keep_global)).flatten()
+            status = torch.full((kept_idx.numel(),), 2, dtype=torch.long)
+            status[keep] = KEPT
+            diag: dict[str, Any] = {}
+        else:
+            ctx = PruneContext(
+                layer=layer,
+                step=step,
+                num_steps=len(plan.layers),
+                tokens=patches[0],
+                kept_idx=kept_idx,
+                grid=grid,
+                patch_size=backbone.patch_size,
+                image=prep.image01,
+                seed=plan.seed,
+                received=stats.received if stats is not None else None,
+                cls_attn=stats.cls_attn if stats is not None else None,
+                aux_logits=aux.mean(-1) if aux is not None else None,
+                num_tokens_total=n,
+            )
+            if count_decisions:
+                step_macs, decision = measure_macs(lambda: method.decide(ctx, plan.params))
+                decision_macs += step_macs
+            else:
+                decision = method.decide(ctx, plan.params)
+            keep, status, diag = decision.keep, decision.status, decision.diagnostics
+        decide_ms = (_now() - td) * 1e3
+
+        status_grid = np.full(n, GONE, dtype=np.int8)
+        status_grid[kept_idx.numpy()] = status.numpy().astype(np.int8)
+        steps.append(
+            StepRecord(
+                layer=layer,
+                tokens_in=kept_idx.numel(),
+                tokens_kept=keep.numel(),
+                status_grid=status_grid.reshape(grid),
+                diagnostics=_diagnostics_to_maps(diag, kept_idx, n, grid),
+                decide_ms=decide_ms,
+            )
+        )
+        # Tokens leaving: freeze their features; exiting ones also freeze their prediction.
+        leaving = torch.ones(kept_idx.numel(), dtype=torch.bool)
+        leaving[keep] = False
+        gone_idx = kept_idx[leaving]
+        full[:, gone_idx] = patches[:, leaving]
+        drop_layer[gone_idx.numpy()] = layer
+        exit_here = leaving & (status == EXITED)
+        if exit_here.any():
+            if aux is None:
+                raise RuntimeError(f"method '{method.name}' exited tokens without auxiliary logits")
+            if exit_logits is None:
+                exit_logits = torch.zeros(n, *aux.shape[1:])
+            exit_logits[kept_idx[exit_here]] = aux[exit_here].float()
+            exited[kept_idx[exit_here]] = True
+        kept_idx = kept_idx[keep]
+        kept_per_step.append(kept_idx.clone())
+        x = torch.cat([prefix, patches[:, keep]], dim=1)
+
+    prefix, patches = backbone.split_prefix(x)
+    full[:, kept_idx] = patches
+    seg = backbone.decode(full, prefix, prep, exit_logits, exited if exit_logits is not None else None)
+
+    embed = backbone.embed_macs(prep)
+    blocks = sum(r.macs for r in records)
+    decode = backbone.decode_macs(prep)
+    macs = {
+        "embed": embed,
+        "blocks": blocks,
+        "aux_heads": aux_macs,
+        "decision": decision_macs,
+        "decode": decode,
+        "total": embed + blocks + aux_macs + decision_macs + decode,
+    }
+    return Trace(
+        backbone=backbone.name,
+        method=method.name,
+        params=_params_dict(plan.params),
+        plan_layers=plan.layers,
+        grid=grid,
+        layers=records,
+        steps=steps,
+        drop_layer=drop_layer.reshape(grid),
+        exited=exited.numpy().reshape(grid),
+        kept_per_step=kept_per_step,
+        seg=seg,
+        macs=macs,
+        time_ms=(_now() - t0) * 1e3,
+        from_cache=from_cache,
+    )
+
+
+def _params_dict(params: Any) -> dict[str, Any]:
+    from dataclasses import asdict, is_dataclass
+
+    return asdict(params) if is_dataclass(params) else dict(params or {})

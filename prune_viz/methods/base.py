@@ -1,0 +1,122 @@
+"""The contract between the engine and a pruning method.
+
+A method is a pure function ``decide(ctx, params) -> Decision`` over tensors. The engine calls
+it right after block ``ctx.layer`` (1-based) has run on the tokens that are still alive; the
+method returns which of those tokens go on into block ``ctx.layer + 1``. It never touches the
+model: everything it may look at is in the context.
+
+Token bookkeeping: the engine only ever hands a method *patch* tokens. Prefix tokens (class,
+register tokens) are never pruned and are not part of ``ctx.tokens``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import Tensor
+
+# Per-token status codes, used by the Trace and the token-map views.
+KEPT = 0  # kept by the method's main criterion
+PENDING_KEPT = 1  # undecided after a first pass, kept by a second one (LVTP's second clustering)
+PRUNED = 2  # removed: later blocks do not compute it; its features freeze at this layer
+EXITED = 3  # removed with a final prediction (DToP early exit)
+STATUS_NAMES = {KEPT: "kept", PENDING_KEPT: "pending-then-kept", PRUNED: "pruned", EXITED: "exited"}
+
+
+@dataclass(frozen=True)
+class PruneContext:
+    """What a method sees after block ``layer``.
+
+    Shapes (Nk = tokens alive entering this decision, C = channels, K = classes):
+      tokens:     Nk x C, features after block ``layer`` (patch tokens only, prefix excluded)
+      kept_idx:   Nk, long, row-major positions of those tokens on the gh x gw grid (sorted)
+      image:      3 x H x W float in [0, 1], the model-input image (H = gh * patch, W = gw * patch)
+                  before normalisation; what low-level guidance (Sobel) looks at
+      received:   Nk float or None: mean attention each patch token received in this block
+                  (over heads and queries, windowed blocks included). Cheap, always filled
+                  when ``needs_attention`` is set.
+      cls_attn:   Nk float or None: attention from the first prefix token (class token) to each
+                  patch token, averaged over heads; None when the model has no class token.
+      aux_logits: Nk x K float or None: the auxiliary head attached after this block, evaluated
+                  on the alive tokens (only on backbones that have aux heads).
+    """
+
+    layer: int
+    step: int  # 0-based index of this layer in the method's schedule
+    num_steps: int
+    tokens: Tensor
+    kept_idx: Tensor
+    grid: tuple[int, int]
+    patch_size: int
+    image: Tensor
+    seed: int = 0
+    received: Tensor | None = None
+    cls_attn: Tensor | None = None
+    aux_logits: Tensor | None = None
+    num_tokens_total: int = 0  # gh * gw, for rates stated against the full grid
+
+
+@dataclass
+class Decision:
+    """What a method returns.
+
+    keep:        long, sorted local indices (into ``ctx.tokens``) of the tokens that go on.
+    status:      Nk long, one of KEPT / PENDING_KEPT / PRUNED / EXITED per alive token.
+    An EXITED token's final prediction is the auxiliary head's logits at this layer
+    (``ctx.aux_logits``); the engine writes them into the final prediction.
+    diagnostics: name -> Nk tensor (per alive token; drawn on the grid) or a 0-d tensor /
+                 float (a scalar such as an adaptive threshold) or an H x W map (pixel level,
+                 e.g. a Sobel magnitude). Everything here is for drawing, never for control.
+    """
+
+    keep: Tensor
+    status: Tensor
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+
+
+DecideFn = Callable[[PruneContext, Any], Decision]
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A registered method: its parameter dataclass, its decision function, its needs."""
+
+    name: str
+    params_cls: type
+    decide: DecideFn
+    description: str
+    needs_attention: bool = False
+    needs_aux: bool = False
+    default_layers: Callable[[int], tuple[int, ...]] | None = None  # num_blocks -> layers
+
+
+def keep_all(ctx: PruneContext) -> Decision:
+    n = ctx.tokens.shape[0]
+    return Decision(keep=torch.arange(n), status=torch.full((n,), KEPT, dtype=torch.long))
+
+
+def decision_from_keep_mask(keep_mask: Tensor, status_if_dropped: int = PRUNED) -> Decision:
+    """Turn a boolean Nk mask into a Decision (kept -> KEPT, others -> ``status_if_dropped``)."""
+    status = torch.where(keep_mask, torch.tensor(KEPT), torch.tensor(status_if_dropped))
+    return Decision(keep=torch.nonzero(keep_mask).flatten(), status=status.long())
+
+
+def num_to_keep(n: int, rate: float) -> int:
+    """Tokens kept when a fraction ``rate`` of ``n`` is removed (rounded, at least 1 kept)."""
+    return max(1, min(n, n - int(round(rate * n))))
+
+
+def validate_params(params: Any, fields: Mapping[str, tuple[float | None, float | None]]) -> None:
+    """Shared numeric checks: each named field must be finite and within [lo, hi]."""
+    import math
+
+    for name, (lo, hi) in fields.items():
+        value = getattr(params, name)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {value!r}")
+        if lo is not None and value < lo:
+            raise ValueError(f"{name} must be >= {lo}, got {value}")
+        if hi is not None and value > hi:
+            raise ValueError(f"{name} must be <= {hi}, got {value}")
