@@ -1,0 +1,216 @@
+"""The shipped demo segmenter: a plain timm ViT (patch 16) with a light per-token head and
+auxiliary heads after configurable blocks (DToP's stage boundaries, MATP's scorers).
+
+Every head is per-token: LayerNorm (the ViT's final norm for the main head) + one Linear that
+predicts K logits for each of the s x s sub-cells of the token's 16 x 16 patch (s = 4 gives a
+4 px logit grid, pixel-shuffled then bilinearly upsampled). Because no head mixes tokens, a token
+that exits early (DToP) can take its auxiliary prediction as final without touching its
+neighbours, and the pruned and unpruned maps differ exactly where tokens were treated differently.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..checkpoints import CheckpointError, load_state_dict
+from ..flops import linear_macs
+from .base import Prepared, Segmentation
+from .vit import TimmViT, resize_rgb
+
+ASSETS = Path(__file__).resolve().parents[2] / "assets"
+DEMO_WEIGHTS = ASSETS / "demo_segmenter.safetensors"
+DEMO_CONFIG = ASSETS / "demo_segmenter.json"
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    classes: tuple[str, ...]
+    palette: tuple[tuple[int, int, int], ...]
+    img_size: int = 512
+    patch_size: int = 16
+    embed_dim: int = 192
+    depth: int = 12
+    num_heads: int = 3
+    aux_layers: tuple[int, ...] = (3, 6, 9)
+    sub: int = 4  # sub-cells per patch side predicted by each head
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    extra: dict = field(default_factory=dict)  # training config, metrics: carried, not used
+
+    @classmethod
+    def from_json(cls, path: Path) -> "DemoConfig":
+        data = json.loads(Path(path).read_text())
+        keys = {f for f in cls.__dataclass_fields__}
+        data = {k: v for k, v in data.items() if k in keys}
+        for key in ("classes", "aux_layers", "mean", "std"):
+            if key in data:
+                data[key] = tuple(data[key])
+        if "palette" in data:
+            data["palette"] = tuple(tuple(c) for c in data["palette"])
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+
+class TokenHead(nn.Module):
+    """Per-token classifier: N x C -> N x K x (sub*sub) logits."""
+
+    def __init__(self, dim: int, num_classes: int, sub: int, norm: bool = True):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim) if norm else nn.Identity()
+        self.fc = nn.Linear(dim, num_classes * sub * sub)
+        self.num_classes, self.sub = num_classes, sub
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        out = self.fc(self.norm(tokens))
+        return out.view(*tokens.shape[:-1], self.num_classes, self.sub * self.sub)
+
+
+class DemoSegmenter(nn.Module):
+    """timm VisionTransformer + main head + auxiliary heads."""
+
+    def __init__(self, cfg: DemoConfig):
+        super().__init__()
+        from timm.models.vision_transformer import VisionTransformer
+
+        self.cfg = cfg
+        self.vit = VisionTransformer(
+            img_size=cfg.img_size,
+            patch_size=cfg.patch_size,
+            embed_dim=cfg.embed_dim,
+            depth=cfg.depth,
+            num_heads=cfg.num_heads,
+            num_classes=0,
+            global_pool="",
+            dynamic_img_size=True,
+        )
+        k = len(cfg.classes)
+        self.head = TokenHead(cfg.embed_dim, k, cfg.sub, norm=False)  # after vit.norm
+        self.aux_heads = nn.ModuleDict({str(layer): TokenHead(cfg.embed_dim, k, cfg.sub) for layer in cfg.aux_layers})
+
+    def embed(self, pixels: Tensor, offset: tuple[int, int] = (0, 0)) -> Tensor:
+        """B x 3 x H x W -> B x (1 + N) x C. ``offset`` (in tokens) selects which window of the
+        native position grid a smaller training crop takes, so crops see the same position
+        embeddings as the full-size image they were cut from."""
+        vit = self.vit
+        x = vit.patch_embed(pixels)  # B x h x w x C
+        b, h, w, c = x.shape
+        g = self.cfg.img_size // self.cfg.patch_size
+        pos = vit.pos_embed[:, 1:].view(1, g, g, c)
+        if (h, w) != (g, g) or offset != (0, 0):
+            oy, ox = offset
+            if oy + h > g or ox + w > g:
+                raise ValueError(f"crop {h}x{w} tokens at {offset} does not fit the {g}x{g} position grid")
+            pos = pos[:, oy : oy + h, ox : ox + w]
+        patches = (x + pos).reshape(b, h * w, c)
+        cls = (vit.cls_token + vit.pos_embed[:, :1]).expand(b, -1, -1)
+        return vit.norm_pre(torch.cat([cls, patches], dim=1))
+
+    def forward(self, pixels: Tensor, offset: tuple[int, int] = (0, 0)) -> tuple[Tensor, dict[int, Tensor]]:
+        """Training forward: B x 3 x H x W -> (main logits B x K x H/4 x W/4, {layer: aux logits})."""
+        x = self.embed(pixels, offset)
+        gh, gw = pixels.shape[-2] // self.cfg.patch_size, pixels.shape[-1] // self.cfg.patch_size
+        aux = {}
+        for i, block in enumerate(self.vit.blocks, start=1):
+            x = block(x)
+            if str(i) in self.aux_heads:
+                aux[i] = tokens_to_map(self.aux_heads[str(i)](x[:, 1:]), gh, gw)
+        main = tokens_to_map(self.head(self.vit.norm(x[:, 1:])), gh, gw)
+        return main, aux
+
+
+def tokens_to_map(logits: Tensor, gh: int, gw: int) -> Tensor:
+    """B x N x K x s² per-token sub-cell logits -> B x K x (gh*s) x (gw*s) logit map."""
+    b, n, k, ss = logits.shape
+    s = int(round(ss**0.5))
+    x = logits.view(b, gh, gw, k, s, s).permute(0, 3, 1, 4, 2, 5)
+    return x.reshape(b, k, gh * s, gw * s)
+
+
+class DemoBackbone(TimmViT):
+    """Engine adapter: blocks and MACs as any timm ViT; prepare, embed, aux and decode own."""
+
+    def __init__(self, model: DemoSegmenter, name: str = "demo"):
+        super().__init__(model.vit, name, input_size=model.cfg.img_size)
+        self.net = model.eval()
+        self.cfg = model.cfg
+        self.aux_layers = tuple(model.cfg.aux_layers)
+        self.num_classes = len(model.cfg.classes)
+        self.mean = torch.tensor(model.cfg.mean).view(1, 3, 1, 1)
+        self.std = torch.tensor(model.cfg.std).view(1, 3, 1, 1)
+        self.palette = np.array(model.cfg.palette, dtype=np.uint8)
+
+    def default_layers(self) -> tuple[int, ...]:
+        return (6,)
+
+    def prepare(self, image: np.ndarray) -> Prepared:
+        s = self.cfg.img_size
+        resized = resize_rgb(image, s, s)
+        image01 = torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1).float() / 255.0
+        g = s // self.patch_size
+        return Prepared((image01[None] - self.mean) / self.std, image01, (g, g), (s, s), image.shape[:2])
+
+    def embed(self, prep: Prepared) -> Tensor:
+        return self.net.embed(prep.pixels)
+
+    def aux_logits(self, layer: int, patch_tokens: Tensor) -> Tensor | None:
+        head = self.net.aux_heads[str(layer)] if str(layer) in self.net.aux_heads else None
+        return None if head is None else head(patch_tokens)
+
+    def aux_macs(self, layer: int, n_tokens: int) -> int:
+        return linear_macs(self.net.aux_heads[str(layer)], n_tokens) if str(layer) in self.net.aux_heads else 0
+
+    def token_logits(self, patch_grid: Tensor, exit_logits: Tensor | None = None, exited: Tensor | None = None) -> Tensor:
+        """1 x N x C -> N x K x s² main-head logits, exited tokens replaced by their exit logits."""
+        logits = self.net.head(self.net.vit.norm(patch_grid))[0]
+        if exit_logits is not None and exited is not None:
+            logits = torch.where(exited[:, None, None], exit_logits.to(logits.dtype), logits)
+        return logits
+
+    def decode(self, patch_grid: Tensor, prefix: Tensor, prep: Prepared, exit_logits=None, exited=None) -> Segmentation:
+        logits = self.token_logits(patch_grid, exit_logits, exited)
+        labels = logits_to_labels(tokens_to_map(logits[None], *prep.grid), prep.orig_hw)
+        return Segmentation(
+            labels=labels,
+            kind="semantic",
+            class_names=tuple(self.cfg.classes),
+            palette=self.palette,
+            token_logits=logits.mean(-1),
+        )
+
+    def decode_macs(self, prep: Prepared) -> int:
+        return linear_macs(self.net.head, prep.grid[0] * prep.grid[1])
+
+
+def logits_to_labels(logit_map: Tensor, out_hw: tuple[int, int]) -> np.ndarray:
+    """1 x K x h x w logits -> out_h x out_w int32 labels (bilinear on logits, then argmax)."""
+    up = F.interpolate(logit_map.float(), size=out_hw, mode="bilinear", align_corners=False)
+    return up[0].argmax(0).numpy().astype(np.int32)
+
+
+def build_demo(checkpoint: str | Path | None = None, config: str | Path | None = None) -> DemoBackbone:
+    """The shipped demo segmenter from ``assets/`` (or the given files); weights stay on the CPU."""
+    weights = Path(checkpoint) if checkpoint else DEMO_WEIGHTS
+    cfg_path = Path(config) if config else (weights.with_suffix(".json") if checkpoint else DEMO_CONFIG)
+    if not cfg_path.is_file():
+        raise CheckpointError(
+            f"demo model config not found at {cfg_path}; train it with `python -m prune_viz.train` "
+            "or restore assets/ from the repository"
+        )
+    cfg = DemoConfig.from_json(cfg_path)
+    model = DemoSegmenter(cfg)
+    state = {k: v.float() for k, v in load_state_dict(weights).items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{weights.name} does not match the demo model config (missing {missing[:2]}, unexpected {unexpected[:2]})"
+        )
+    return DemoBackbone(model.eval())

@@ -1,0 +1,213 @@
+"""``python -m prune_viz bench``: methods x parameter sweeps on a split of the synthetic scenes.
+
+    python -m prune_viz bench --backbone demo --methods none,random,lvtp --split val --n 100 --out runs/bench
+    python -m prune_viz bench --methods lvtp --sweep rate=0,0.2,0.4,0.6,0.8 --out runs/lvtp_rate
+
+Writes ``DIR/results.csv`` (one row per configuration, the columns below plus per-class IoU and
+boundary-region mIoU), ``DIR/results.md``, ``DIR/tradeoff.png`` and ``DIR/tradeoff.html``.
+mIoU is in [0, 1] and accumulated over the split; ``delta_miou`` is in percentage points and
+``delta_macs_pct`` in percent, both against ``none`` (negative = fewer / worse); gamma is LVTP's
+Eq. 11 (None when mIoU did not drop). MACs are per image (1 multiply-add = 1 MAC), averaged.
+Every scene's unpruned forward is computed once and reused as the prefix cache for all configs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import json
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+COLUMNS = ["backbone", "method", "params", "miou", "macs", "delta_miou", "delta_macs_pct", "gamma", "latency_ms"]
+
+
+def add_bench_parser(sub: argparse._SubParsersAction) -> None:
+    b = sub.add_parser("bench", help="methods x sweeps on the synthetic val/test split -> results.csv + plots")
+    b.add_argument("--backbone", default="demo")
+    b.add_argument("--checkpoint", default=None)
+    b.add_argument("--methods", default="none", help="comma-separated, e.g. none,random,evit,lvtp")
+    b.add_argument("--split", default="val", choices=["val", "test"])
+    b.add_argument("--n", type=int, default=100)
+    b.add_argument("--layers", default=None, help="pruning layers for every method (default: each method's/backbone's)")
+    b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="fixed method parameter (repeatable)")
+    b.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2", help="sweep a parameter (repeatable; cartesian). Use layers=6;3,6 to sweep layer sets")
+    b.add_argument("--time-scenes", type=int, default=5, help="scenes timed from scratch for latency (median)")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--out", type=Path, required=True)
+
+
+def _parse_value(text: str) -> Any:
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_assignments(items: list[str], sweep: bool) -> dict[str, list[Any]]:
+    out: dict[str, list[Any]] = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"expected KEY=VALUE, got '{item}'")
+        key, value = item.split("=", 1)
+        key = key.strip().replace("-", "_")
+        if key == "layers":
+            # layer sets separated by ';' (each set comma-separated)
+            out[key] = [tuple(int(v) for v in s.split(",")) for s in value.split(";")] if sweep else [tuple(int(v) for v in value.split(","))]
+        else:
+            out[key] = [_parse_value(v) for v in value.split(",")] if sweep else [_parse_value(value)]
+    return out
+
+
+@dataclass
+class Config:
+    method: str
+    layers: tuple[int, ...] | None
+    values: dict[str, Any] = field(default_factory=dict)
+
+    def label(self) -> str:
+        parts = [f"{k}={v}" for k, v in sorted(self.values.items())]
+        if self.layers:
+            parts.append("layers=" + ",".join(map(str, self.layers)))
+        return ";".join(parts)
+
+
+def expand_configs(methods: list[str], fixed: dict[str, list[Any]], sweep: dict[str, list[Any]], layers: tuple[int, ...] | None) -> list[Config]:
+    """``none`` once (the reference), every other method x the sweep's cartesian product."""
+    configs = [Config("none", layers, {})]
+    keys = list(sweep)
+    for method in methods:
+        if method == "none":
+            continue
+        for combo in itertools.product(*(sweep[k] for k in keys)) if keys else [()]:
+            values = {k: v[0] for k, v in fixed.items() if k != "layers"}
+            values.update({k: v for k, v in zip(keys, combo) if k != "layers"})
+            lay = dict(zip(keys, combo)).get("layers", fixed.get("layers", [layers])[0])
+            configs.append(Config(method, lay, values))
+    return configs
+
+
+def run_bench(args: argparse.Namespace) -> list[dict[str, Any]]:
+    from .analysis import attention_layers, median_ms
+    from .backbones import build_backbone
+    from .cli import make_plan, parse_layers
+    from .data import synthetic
+    from .engine import run_baseline, run_pruned
+    from .metrics import ConfusionMatrix, boundary_region, gamma
+
+    backbone = build_backbone(args.backbone, checkpoint=args.checkpoint)
+    if backbone.num_classes == 0:
+        raise ValueError(f"bench scores against the synthetic labels and needs a semantic backbone; {backbone.name} has none")
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    configs = expand_configs(methods, parse_assignments(args.set, False), parse_assignments(args.sweep, True), parse_layers(args.layers))
+    plans = [make_plan(backbone, c.method, c.layers, args.seed, c.values) for c in configs]
+    attn = tuple(sorted({layer for p in plans for layer in attention_layers(p)}))
+    k = backbone.num_classes
+    cms = [ConfusionMatrix(k) for _ in plans]
+    cms_edge = [ConfusionMatrix(k) for _ in plans]
+    macs: list[list[int]] = [[] for _ in plans]
+    times: list[list[float]] = [[] for _ in plans]
+    size = getattr(getattr(backbone, "cfg", None), "img_size", 512)
+    for i in tqdm(range(args.n), desc=f"bench {args.split}"):
+        image, gt = synthetic.split_scene(args.split, i, size)
+        base = run_baseline(backbone, image, attn_layers=attn)
+        edge = boundary_region(gt, 3)
+        for j, plan in enumerate(plans):
+            if plan.method.name == "none":
+                labels, total = base.seg.labels, base.macs
+            else:
+                trace = run_pruned(backbone, image, plan, baseline=base)
+                labels, total = trace.seg.labels, trace.macs["total"]
+            cms[j].update(labels, gt)
+            cms_edge[j].update(labels, gt, region=edge)
+            macs[j].append(total)
+            if i < args.time_scenes:
+                times[j].append(median_ms(lambda: run_pruned(backbone, image, plan) if plan.method.name != "none" else run_baseline(backbone, image), 1))
+    rows = []
+    ref_miou, ref_macs = cms[0].miou(), float(np.mean(macs[0]))
+    names = getattr(backbone, "cfg", None).classes if hasattr(backbone, "cfg") else [str(c) for c in range(k)]
+    for cfg, cm, cme, m, t in zip(configs, cms, cms_edge, macs, times):
+        mi, mac = cm.miou(), float(np.mean(m))
+        d_miou = 100.0 * (mi - ref_miou)
+        d_macs = 100.0 * (mac - ref_macs) / ref_macs
+        row = {
+            "backbone": backbone.name,
+            "method": cfg.method,
+            "params": cfg.label(),
+            "miou": round(mi, 4),
+            "macs": int(mac),
+            "delta_miou": round(d_miou, 2),
+            "delta_macs_pct": round(d_macs, 2),
+            "gamma": None if cfg.method == "none" else _round(gamma(d_macs, d_miou)),
+            "latency_ms": round(statistics.median(t), 1) if t else None,
+            "boundary_miou": round(cme.miou(), 4),
+        }
+        row.update({f"iou_{c}": round(float(v), 4) for c, v in zip(names, cm.iou())})
+        rows.append(row)
+    return rows
+
+
+def _round(v: float | None) -> float | None:
+    return None if v is None else round(v, 3)
+
+
+def write_results(rows: list[dict[str, Any]], out: Path, title: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    header = ["method", "params", "miou", "delta_miou", "macs", "delta_macs_pct", "gamma", "boundary_miou", "latency_ms"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        cells = [f"{r[h] / 1e9:.3f} G" if h == "macs" else ("—" if r[h] is None else str(r[h])) for h in header]
+        lines.append("| " + " | ".join(cells) + " |")
+    (out / "results.md").write_text(f"{title}\n\nMACs per image (1 multiply-add = 1 MAC).\n\n" + "\n".join(lines) + "\n")
+    plot_tradeoff(rows, out)
+
+
+def plot_tradeoff(rows: list[dict[str, Any]], out: Path) -> None:
+    """mIoU vs GMACs, one curve per method: PNG (matplotlib) and interactive HTML (plotly)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import plotly.graph_objects as go
+
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    pfig = go.Figure()
+    for m in methods:
+        pts = sorted((r["macs"] / 1e9, r["miou"], r["params"]) for r in rows if r["method"] == m)
+        xs, ys, labels = zip(*pts)
+        ax.plot(xs, ys, marker="o", label=m)
+        pfig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name=m, text=labels))
+    ax.set_xlabel("GMACs per image (1 MAC = 1 multiply-add)")
+    ax.set_ylabel("mIoU")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "tradeoff.png")
+    plt.close(fig)
+    pfig.update_layout(xaxis_title="GMACs per image", yaxis_title="mIoU", template="plotly_white")
+    pfig.write_html(out / "tradeoff.html", include_plotlyjs=True)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    t0 = time.time()
+    rows = run_bench(args)
+    title = f"Bench: {rows[0]['backbone']}, {args.split} split, {args.n} scenes"
+    write_results(rows, args.out, title)
+    (args.out / "bench_args.json").write_text(json.dumps({k: str(v) for k, v in vars(args).items()}, indent=2))
+    print((args.out / "results.md").read_text())
+    print(f"wrote {args.out}/results.csv in {time.time() - t0:.0f} s")
+    return 0

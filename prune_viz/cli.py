@@ -1,0 +1,128 @@
+"""Command line: ``python -m prune_viz analyze IMAGE --out DIR [...]`` (and ``bench``).
+
+User errors (bad file, bad parameter, missing checkpoint) print one ``error: ...`` line and exit
+with code 2; nothing else is caught, so a bug still shows its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+from .checkpoints import CheckpointError
+from .io import InputError
+
+EXIT_USAGE = 2
+
+
+class UserError(Exception):
+    """Anything the user can fix; printed as one line."""
+
+
+def parse_layers(text: str | None) -> tuple[int, ...] | None:
+    if text is None or text.strip() == "":
+        return None
+    try:
+        return tuple(sorted({int(part) for part in text.split(",") if part.strip()}))
+    except ValueError:
+        raise UserError(f"--layers must be comma-separated integers like 3,6,8, got '{text}'") from None
+
+
+def add_method_options(p: argparse.ArgumentParser) -> None:
+    """One flag per parameter of every registered method (``--q1``, ``--rate``, ...)."""
+    from .methods import METHODS
+
+    seen: dict[str, type] = {}
+    for spec in METHODS.values():
+        for f in dataclasses.fields(spec.params_cls):
+            if f.name in seen:
+                continue
+            kind = f.type if isinstance(f.type, type) else {"float": float, "int": int, "str": str}.get(str(f.type), str)
+            seen[f.name] = kind
+            p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=None, help=f"method parameter ({spec.name}, default {f.default})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .methods import METHODS
+
+    parser = argparse.ArgumentParser(prog="python -m prune_viz", description="Token pruning in ViT segmenters, made visible.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    a = sub.add_parser("analyze", help="run one image: token maps, segmentation before/after, report.json")
+    a.add_argument("image", type=Path)
+    a.add_argument("--out", type=Path, required=True)
+    a.add_argument("--backbone", default="demo", help="demo | sam_vit_b | sam_vit_l | sam_vit_h | timm:NAME")
+    a.add_argument("--checkpoint", default=None)
+    a.add_argument("--download", action="store_true", help="download official weights when not on disk (needs network)")
+    a.add_argument("--input-size", type=int, default=None)
+    a.add_argument("--method", default="lvtp" if "lvtp" in METHODS else "random", choices=sorted(METHODS))
+    a.add_argument("--layers", default=None, help="1-based pruning layers, e.g. 3,6,8 (default: the backbone's)")
+    a.add_argument("--mask", type=Path, default=None, help="ground-truth label mask for mIoU")
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--repeat", type=int, default=3, help="timed runs per forward (median after one warm-up)")
+    a.add_argument("--no-measure", action="store_true", help="skip the FLOP-counter cross-check")
+    add_method_options(a)
+    from .bench import add_bench_parser
+
+    add_bench_parser(sub)
+    return parser
+
+
+def make_plan(backbone, method_name: str, layers: tuple[int, ...] | None, seed: int, values: dict):
+    """Method + params + layers -> Plan, validated; ValueError carries the user-facing reason."""
+    from .engine import Plan, validate_plan
+    from .methods import get_method, make_params
+
+    spec = get_method(method_name)
+    try:
+        params = make_params(spec, **values)
+    except TypeError as exc:
+        raise ValueError(f"bad parameter for {method_name}: {exc}") from None
+    plan = Plan(spec, params, layers or backbone.default_layers(), seed)
+    validate_plan(backbone, plan)
+    return plan
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from .analysis import analyze, save_outputs
+    from .backbones import build_backbone
+    from .io import load_image, load_mask
+    from .methods import METHODS
+
+    loaded = load_image(args.image)
+    for notice in loaded.notices:
+        print(f"note: {notice}", file=sys.stderr)
+    backbone = build_backbone(args.backbone, checkpoint=args.checkpoint, input_size=args.input_size, download=args.download)
+    values = {f.name: getattr(args, f.name, None) for spec in METHODS.values() for f in dataclasses.fields(spec.params_cls)}
+    plan = make_plan(backbone, args.method, parse_layers(args.layers), args.seed, values)
+    gt = None
+    if args.mask is not None:
+        if backbone.num_classes == 0:
+            raise UserError(f"--mask needs a backbone with semantic classes; {backbone.name} outputs anonymous segments")
+        palette = getattr(backbone, "palette", None)
+        gt, notices = load_mask(args.mask, loaded.rgb.shape[:2], backbone.num_classes, palette)
+        for notice in notices:
+            print(f"note: {notice}", file=sys.stderr)
+    result = analyze(backbone, loaded.rgb, plan, gt=gt, repeat=max(0, args.repeat), measure=not args.no_measure)
+    result.report["command"] = " ".join(["python -m prune_viz"] + sys.argv[1:]) if sys.argv[1:2] == ["analyze"] else None
+    written = save_outputs(result, args.out, loaded.rgb, backbone.patch_size)
+    m = result.report["macs"]
+    print(f"{backbone.name} / {plan.method.name} at layers {list(plan.layers)}: "
+          f"{m['baseline'] / 1e9:.2f} -> {m['pruned'] / 1e9:.2f} GMACs ({m['delta_pct']:+.1f}%), "
+          f"agreement mIoU {result.report['metrics']['agreement_miou']:.3f}; wrote {len(written)} files to {args.out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "analyze":
+            return cmd_analyze(args)
+        from .bench import cmd_bench
+
+        return cmd_bench(args)
+    except (UserError, InputError, CheckpointError, ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
