@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from .base import MethodSpec
+from . import lvtp
 from .baselines import EVIT, NONE, RANDOM
 
-METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in (NONE, RANDOM, EVIT)}
+METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in (NONE, RANDOM, EVIT, lvtp.SPEC)}
 
 
 def get_method(name: str) -> MethodSpec:
