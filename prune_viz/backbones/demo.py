@@ -11,6 +11,7 @@ neighbours, and the pruned and unpruned maps differ exactly where tokens were tr
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -38,7 +39,8 @@ class DemoConfig:
     embed_dim: int = 192
     depth: int = 12
     num_heads: int = 3
-    aux_layers: tuple[int, ...] = (3, 6, 9)
+    # 3, 6, 9: DToP's stage boundaries; 8 as well so MATP can prune at its paper's layers 3, 6, 8.
+    aux_layers: tuple[int, ...] = (3, 6, 8, 9)
     sub: int = 4  # sub-cells per patch side predicted by each head
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -197,7 +199,11 @@ def logits_to_labels(logit_map: Tensor, out_hw: tuple[int, int]) -> np.ndarray:
 
 
 def build_demo(checkpoint: str | Path | None = None, config: str | Path | None = None) -> DemoBackbone:
-    """The shipped demo segmenter from ``assets/`` (or the given files); weights stay on the CPU."""
+    """The shipped demo segmenter from ``assets/`` (or the given files, or the server-side
+    ``PRUNE_VIZ_DEMO_WEIGHTS`` path); weights stay on the CPU. The config is the .json beside
+    the weights."""
+    env = os.environ.get("PRUNE_VIZ_DEMO_WEIGHTS")
+    checkpoint = checkpoint or env
     weights = Path(checkpoint) if checkpoint else DEMO_WEIGHTS
     cfg_path = Path(config) if config else (weights.with_suffix(".json") if checkpoint else DEMO_CONFIG)
     if not cfg_path.is_file():
