@@ -1,0 +1,1 @@
+"""Data sources: procedural scenes with labels (``synthetic``)."""

@@ -1,0 +1,272 @@
+"""Tests for the procedural aerial scenes (prune_viz.data.synthetic).
+
+Scenes are generated at 256 px (a few ms each) so the whole file stays well under 20 s on CPU.
+Per-kind thresholds are checked on fixed seeds; the generator is deterministic, so these are
+regression checks on the content each kind promises, not statistical tests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from prune_viz.data.synthetic import (
+    CLASSES,
+    PALETTE,
+    SCENE_KINDS,
+    SPLIT_SEEDS,
+    make_scene,
+    split_scene,
+)
+
+IMPERVIOUS, BUILDING, LOW_VEGETATION, TREE, CAR, WATER, CLUTTER = range(7)
+SIZE = 256
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _fraction(labels: np.ndarray, *classes: int) -> float:
+    return float(np.isin(labels, classes).mean())
+
+
+def _digest(image: np.ndarray, labels: np.ndarray) -> str:
+    return hashlib.sha256(image.tobytes() + labels.tobytes()).hexdigest()
+
+
+# ----------------------------------------------------------------------------- constants
+
+
+def test_classes_and_palette() -> None:
+    assert CLASSES == (
+        "impervious",
+        "building",
+        "low_vegetation",
+        "tree",
+        "car",
+        "water",
+        "clutter",
+    )
+    assert PALETTE.shape == (7, 3) and PALETTE.dtype == np.uint8
+    assert len({tuple(c) for c in PALETTE.tolist()}) == 7, "palette colours must be distinct"
+    assert SCENE_KINDS == ("mixed", "dense_buildings", "road_network", "water", "fields", "parking")
+
+
+def test_split_seeds_fixed_and_disjoint() -> None:
+    assert SPLIT_SEEDS == {
+        "train": range(0, 10_000_000),
+        "val": range(10_000_000, 10_100_000),
+        "test": range(20_000_000, 20_100_000),
+    }
+    ranges = sorted(SPLIT_SEEDS.values(), key=lambda r: r.start)
+    for a, b in zip(ranges, ranges[1:]):
+        assert a.stop <= b.start
+
+
+# ----------------------------------------------------------------------------- determinism
+
+
+def test_same_seed_same_scene() -> None:
+    for kind in (None, *SCENE_KINDS):
+        img1, lab1 = make_scene(7, SIZE, kind)
+        img2, lab2 = make_scene(7, SIZE, kind)
+        np.testing.assert_array_equal(img1, img2)
+        np.testing.assert_array_equal(lab1, lab2)
+
+
+def test_different_seeds_differ() -> None:
+    img1, lab1 = make_scene(1, SIZE, "mixed")
+    img2, lab2 = make_scene(2, SIZE, "mixed")
+    assert not np.array_equal(img1, img2)
+    assert not np.array_equal(lab1, lab2)
+
+
+def test_kind_none_is_the_kind_drawn_from_the_seed() -> None:
+    """make_scene(seed) equals make_scene(seed, kind=k) for exactly one k."""
+    for seed in (3, 11):
+        ref = _digest(*make_scene(seed, SIZE))
+        matches = [k for k in SCENE_KINDS if _digest(*make_scene(seed, SIZE, k)) == ref]
+        assert len(matches) == 1, matches
+
+
+def test_kind_none_draws_every_kind_mostly_mixed() -> None:
+    kinds = []
+    for seed in range(60):
+        ref = _digest(*make_scene(seed, 64))
+        kinds += [k for k in SCENE_KINDS if _digest(*make_scene(seed, 64, k)) == ref]
+    assert len(kinds) == 60
+    assert kinds.count("mixed") >= 20, "mixed should be the most common kind"
+    assert set(kinds) == set(SCENE_KINDS)
+
+
+def test_identical_across_processes() -> None:
+    code = (
+        "import hashlib, sys;"
+        "from prune_viz.data.synthetic import make_scene;"
+        "i, l = make_scene(123, 128, 'mixed');"
+        "sys.stdout.write(hashlib.sha256(i.tobytes() + l.tobytes()).hexdigest())"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert out.stdout == _digest(*make_scene(123, 128, "mixed"))
+
+
+# ----------------------------------------------------------------------------- shapes and errors
+
+
+@pytest.mark.parametrize("size", [256, 512])
+def test_shapes_and_dtypes(size: int) -> None:
+    kinds = SCENE_KINDS if size == 256 else ("mixed", "parking")
+    for kind in kinds:
+        img, lab = make_scene(5, size, kind)
+        assert img.shape == (size, size, 3) and img.dtype == np.uint8
+        assert lab.shape == (size, size) and lab.dtype == np.uint8
+        assert int(lab.max()) <= 6
+
+
+def test_split_scene_matches_seed() -> None:
+    for split, seeds in SPLIT_SEEDS.items():
+        img, lab = split_scene(split, 2, SIZE)
+        ref_img, ref_lab = make_scene(seeds[2], SIZE)
+        np.testing.assert_array_equal(img, ref_img)
+        np.testing.assert_array_equal(lab, ref_lab)
+
+
+@pytest.mark.parametrize(
+    "split, index",
+    [
+        ("training", 0),
+        ("TRAIN", 0),
+        ("val", -1),
+        ("val", 100_000),
+        ("test", 10**9),
+        ("train", 1.5),
+        (None, 0),
+        ("train", "0"),
+    ],
+)
+def test_split_scene_rejects_bad_input(split: str, index: object) -> None:
+    with pytest.raises(ValueError):
+        split_scene(split, index, 64)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"seed": -1}, {"seed": 0, "size": 8}, {"seed": 0, "kind": "desert"}, {"seed": 0.5}]
+)
+def test_make_scene_rejects_bad_input(kwargs: dict) -> None:
+    with pytest.raises(ValueError):
+        make_scene(**kwargs)
+
+
+# ----------------------------------------------------------------------------- label sanity
+
+
+def test_water_kind_is_mostly_water() -> None:
+    for seed in range(6):
+        _, lab = make_scene(seed, SIZE, "water")
+        assert _fraction(lab, WATER) >= 0.2, seed
+
+
+def test_parking_kind_has_many_separate_cars() -> None:
+    for seed in range(6):
+        _, lab = make_scene(seed, SIZE, "parking")
+        n, _ = cv2.connectedComponents((lab == CAR).astype(np.uint8), connectivity=8)
+        assert n - 1 >= 15, seed
+
+
+def test_dense_buildings_kind_is_built_up() -> None:
+    fractions = [
+        _fraction(make_scene(seed, SIZE, "dense_buildings")[1], BUILDING) for seed in range(6)
+    ]
+    assert np.mean(fractions) >= 0.25, fractions
+    assert min(fractions) >= 0.15, fractions
+
+
+def test_fields_kind_is_open_ground() -> None:
+    for seed in range(6):
+        _, lab = make_scene(seed, SIZE, "fields")
+        assert _fraction(lab, LOW_VEGETATION, CLUTTER) >= 0.6, seed
+
+
+def test_road_network_kind_has_roads_and_traffic() -> None:
+    for seed in range(4):
+        _, lab = make_scene(seed, SIZE, "road_network")
+        assert _fraction(lab, IMPERVIOUS) >= 0.15, seed
+        assert (
+            cv2.connectedComponents((lab == CAR).astype(np.uint8), connectivity=8)[0] - 1 >= 5
+        ), seed
+
+
+def test_mixed_shows_every_class() -> None:
+    seen = np.zeros(7, bool)
+    for seed in range(30):
+        _, lab = make_scene(seed, SIZE, "mixed")
+        seen |= np.bincount(lab.ravel(), minlength=7) > 0
+    assert seen.all(), [c for c, s in zip(CLASSES, seen) if not s]
+
+
+def test_ground_resolution_is_fixed() -> None:
+    """A 512 scene shows more ground, not bigger objects: car blobs have the same size."""
+    medians = []
+    for size in (256, 512):
+        _, lab = make_scene(4, size, "parking")
+        _, _, stats, _ = cv2.connectedComponentsWithStats(
+            (lab == CAR).astype(np.uint8), connectivity=8
+        )
+        areas = stats[1:, cv2.CC_STAT_AREA]
+        medians.append(float(np.median(areas)))
+        assert 100 <= medians[-1] <= 300, medians  # ~ 8-12 x 16-24 px
+    assert abs(medians[0] - medians[1]) / medians[0] < 0.25, medians
+
+
+# ----------------------------------------------------------------------------- image vs labels
+
+
+def _class_stats(n_seeds: int) -> tuple[dict[int, np.ndarray], dict[int, float]]:
+    """Mean RGB and mean 5x5 local grey variance per class, over eroded class interiors
+    (so that edges between classes do not count as texture)."""
+    colours: dict[int, list[np.ndarray]] = {k: [] for k in range(7)}
+    variances: dict[int, list[float]] = {k: [] for k in range(7)}
+    kernel = np.ones((5, 5), np.uint8)
+    for seed in range(n_seeds):
+        img, lab = make_scene(seed, SIZE, "mixed")
+        grey = img.astype(np.float32).mean(axis=2)
+        mean = cv2.blur(grey, (5, 5))
+        local_var = cv2.blur(grey * grey, (5, 5)) - mean * mean
+        for k in range(7):
+            inner = cv2.erode((lab == k).astype(np.uint8), kernel).astype(bool)
+            if inner.sum() >= 50:
+                colours[k].append(img[inner].mean(axis=0))
+                variances[k].append(float(local_var[inner].mean()))
+    return (
+        {k: np.mean(v, axis=0) for k, v in colours.items() if v},
+        {k: float(np.mean(v)) for k, v in variances.items() if v},
+    )
+
+
+def test_class_appearance_is_distinctive() -> None:
+    colours, variances = _class_stats(12)
+    assert np.linalg.norm(colours[WATER] - colours[LOW_VEGETATION]) > 40
+    assert colours[WATER][2] > colours[WATER][0], "water is blue-green"
+    assert colours[LOW_VEGETATION][1] > colours[LOW_VEGETATION][2], "grass is green/yellow"
+    assert colours[TREE].sum() < colours[LOW_VEGETATION].sum(), "trees are darker than grass"
+    assert (
+        variances[TREE] > 2.0 * variances[LOW_VEGETATION]
+    ), "tree crowns are textured, grass smooth"
+    assert variances[WATER] < variances[LOW_VEGETATION], "water is the smoothest surface"
+    assert variances[CLUTTER] > 2.0 * variances[LOW_VEGETATION], "bare soil is speckled"
+
+
+def test_shadows_keep_the_ground_class() -> None:
+    """Cast shadows darken pixels without relabelling them: somewhere in a built-up scene
+    there is grass or pavement much darker than its class median."""
+    img, lab = make_scene(2, SIZE, "dense_buildings")
+    grey = img.astype(np.float32).mean(axis=2)
+    for k in (LOW_VEGETATION, IMPERVIOUS):
+        vals = grey[lab == k]
+        assert (vals < 0.7 * np.median(vals)).mean() > 0.02, CLASSES[k]
