@@ -49,10 +49,11 @@ class TrainConfig:
 
 
 class SceneDataset(Dataset):
-    """Scene ``i`` of the train split at ``size`` px, a seeded position-grid offset, flips."""
+    """Scene ``i`` of the train split at ``size`` px, flips, and a position-grid offset shared by
+    each run of ``batch`` consecutive items (one offset per batch keeps the batch one forward)."""
 
-    def __init__(self, start: int, count: int, size: int, cfg: DemoConfig, seed: int):
-        self.start, self.count, self.size, self.cfg, self.seed = start, count, size, cfg, seed
+    def __init__(self, start: int, count: int, size: int, cfg: DemoConfig, seed: int, batch: int = 1):
+        self.start, self.count, self.size, self.cfg, self.seed, self.batch = start, count, size, cfg, seed, batch
         self.mean = np.array(cfg.mean, np.float32) * 255
         self.std = np.array(cfg.std, np.float32) * 255
 
@@ -65,7 +66,8 @@ class SceneDataset(Dataset):
         rng = np.random.default_rng([self.seed, index])
         g = self.cfg.img_size // self.cfg.patch_size
         t = self.size // self.cfg.patch_size
-        offset = tuple(int(v) for v in rng.integers(0, g - t + 1, size=2))
+        batch_rng = np.random.default_rng([self.seed, self.start + (i // self.batch) * self.batch])
+        offset = tuple(int(v) for v in batch_rng.integers(0, g - t + 1, size=2))
         if rng.random() < 0.5:  # aerial views have no up: flips and transposes are free data
             image, labels = image[:, ::-1], labels[:, ::-1]
         if rng.random() < 0.5:
@@ -154,7 +156,7 @@ def run(cfg: TrainConfig, out: Path, model_cfg: DemoConfig | None = None) -> dic
     for n_steps, batch, size, start in phases:
         if n_steps == 0:
             continue
-        data = SceneDataset(start, n_steps * batch, size, model_cfg, cfg.seed)
+        data = SceneDataset(start, n_steps * batch, size, model_cfg, cfg.seed, batch)
         loader = DataLoader(data, batch_size=batch, shuffle=False, num_workers=1, persistent_workers=False)
         for pixels, target, offsets in loader:
             for group in opt.param_groups:
