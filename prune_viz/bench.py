@@ -99,7 +99,7 @@ def expand_configs(methods: list[str], fixed: dict[str, list[Any]], sweep: dict[
 def run_bench(args: argparse.Namespace) -> list[dict[str, Any]]:
     from .analysis import attention_layers, median_ms
     from .backbones import build_backbone
-    from .cli import make_plan, parse_layers
+    from .params import make_plan, parse_layers
     from .data import synthetic
     from .engine import run_baseline, run_pruned
     from .metrics import ConfusionMatrix, boundary_region, gamma

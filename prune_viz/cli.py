@@ -13,21 +13,13 @@ from pathlib import Path
 
 from .checkpoints import CheckpointError
 from .io import InputError
+from .params import make_plan
 
 EXIT_USAGE = 2
 
 
-class UserError(Exception):
+class UserError(ValueError):
     """Anything the user can fix; printed as one line."""
-
-
-def parse_layers(text: str | None) -> tuple[int, ...] | None:
-    if text is None or text.strip() == "":
-        return None
-    try:
-        return tuple(sorted({int(part) for part in text.split(",") if part.strip()}))
-    except ValueError:
-        raise UserError(f"--layers must be comma-separated integers like 3,6,8, got '{text}'") from None
 
 
 def add_method_options(p: argparse.ArgumentParser) -> None:
@@ -69,21 +61,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def make_plan(backbone, method_name: str, layers: tuple[int, ...] | None, seed: int, values: dict):
-    """Method + params + layers -> Plan, validated; ValueError carries the user-facing reason."""
-    from .engine import Plan, validate_plan
-    from .methods import get_method, make_params
-
-    spec = get_method(method_name)
-    try:
-        params = make_params(spec, **values)
-    except TypeError as exc:
-        raise ValueError(f"bad parameter for {method_name}: {exc}") from None
-    plan = Plan(spec, params, layers or backbone.default_layers(), seed)
-    validate_plan(backbone, plan)
-    return plan
-
-
 def cmd_analyze(args: argparse.Namespace) -> int:
     from .analysis import analyze, save_outputs
     from .backbones import build_backbone
@@ -95,7 +72,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         print(f"note: {notice}", file=sys.stderr)
     backbone = build_backbone(args.backbone, checkpoint=args.checkpoint, input_size=args.input_size, download=args.download)
     values = {f.name: getattr(args, f.name, None) for spec in METHODS.values() for f in dataclasses.fields(spec.params_cls)}
-    plan = make_plan(backbone, args.method, parse_layers(args.layers), args.seed, values)
+    plan = make_plan(backbone, args.method, args.layers, args.seed, values)
     gt = None
     if args.mask is not None:
         if backbone.num_classes == 0:

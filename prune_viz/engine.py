@@ -383,3 +383,47 @@ def _params_dict(params: Any) -> dict[str, Any]:
     from dataclasses import asdict, is_dataclass
 
     return asdict(params) if is_dataclass(params) else dict(params or {})
+
+
+@torch.no_grad()
+def estimate_macs(backbone: Backbone, baseline: Baseline, plan: Plan) -> dict[str, Any]:
+    """Fast MAC readout from the prefix cache, for live controls (no block is run).
+
+    The first decision is made for real on the cached features after the first pruning layer,
+    so with one pruning layer the block MACs are exact (the same kept set, window occupancy
+    included). Later steps cannot be known without running the blocks in between: they are
+    assumed to keep the same fraction as the first step, spread evenly over the tokens still
+    alive. The method's own decision arithmetic is not included. Returns total MACs, the
+    per-layer token counts and ``exact`` (True when the estimate is the real count).
+    """
+    validate_plan(backbone, plan)
+    grid = baseline.prep.grid
+    n = grid[0] * grid[1]
+    first = plan.layers[0]
+    x = baseline.x_after[first]
+    prefix, patches = backbone.split_prefix(x)
+    stats = baseline.attn_stats.get(first) if plan.method.needs_attention else None
+    if plan.method.needs_attention and stats is None:
+        stats = backbone.run_block(first, baseline.x_after[first - 1], None, grid, want_attn=True)
+    aux = backbone.aux_logits(first, patches[0]) if plan.method.needs_aux else None
+    ctx = PruneContext(
+        layer=first, step=0, num_steps=len(plan.layers), tokens=patches[0], kept_idx=torch.arange(n), grid=grid,
+        patch_size=backbone.patch_size, image=baseline.prep.image01, seed=plan.seed,
+        received=stats.received if stats is not None else None, cls_attn=stats.cls_attn if stats is not None else None,
+        aux_logits=aux.mean(-1) if aux is not None else None, num_tokens_total=n,
+    )
+    kept_idx = torch.arange(n)[plan.method.decide(ctx, plan.params).keep]
+    fraction = kept_idx.numel() / n
+    total = backbone.embed_macs(baseline.prep) + backbone.decode_macs(baseline.prep)
+    total += sum(r.macs for r in baseline.layers[:first])
+    tokens = [n] * first
+    aux_macs = backbone.aux_macs(first, n) if plan.method.needs_aux else 0
+    for layer in range(first + 1, backbone.num_blocks + 1):
+        total += backbone.block_macs(layer, kept_idx, grid)
+        tokens.append(kept_idx.numel())
+        if layer in plan.layers and layer != backbone.num_blocks:
+            if plan.method.needs_aux:
+                aux_macs += backbone.aux_macs(layer, kept_idx.numel())
+            keep_n = max(1, int(round(fraction * kept_idx.numel())))
+            kept_idx = kept_idx[torch.linspace(0, kept_idx.numel() - 1, keep_n).round().long().unique()]
+    return {"macs": int(total + aux_macs), "baseline": int(baseline.macs), "tokens": tokens, "exact": len(plan.layers) == 1}
