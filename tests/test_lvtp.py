@@ -170,9 +170,15 @@ def test_first_pass_keeps_high_entropy_half_of_clusters() -> None:
     # Seed 4 draws one initial centre per group. With other draws the weighted k-means can lose
     # group 0: its weight is 0 (Eq. 5 min), so it cannot hold a centre shared with heavier
     # tokens -- the price of Eq. 8's weighting, written down in docs/methods/lvtp.md.
-    keep, rank = first_pass(x, score, minmax_weights(score), 3, 10, 4)
+    keep, removed, rank = first_pass(x, score, minmax_weights(score), 3, 10, 4)
     assert torch.equal(keep, truth >= 1)  # ceil(3 / 2) = 2 clusters kept
+    assert not removed.any()  # drop = 0: everything not kept is pending
     assert torch.equal(rank, 2 - truth)  # rank 0 = highest mean score
+    # drop removes the lowest-entropy clusters outright, never one of the kept half.
+    keep, removed, _ = first_pass(x, score, minmax_weights(score), 3, 10, 4, drop=0.34)
+    assert torch.equal(removed, truth == 0) and torch.equal(keep, truth >= 1)
+    keep, removed, _ = first_pass(x, score, minmax_weights(score), 3, 10, 4, drop=0.5)
+    assert torch.equal(removed, truth == 0)  # at most the clusters outside the kept half
 
 
 def test_prune_order_removes_whole_clusters_then_splits_by_value() -> None:

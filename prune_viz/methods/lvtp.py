@@ -61,6 +61,10 @@ class LVTPParams:
     rate:    fraction of the *pending* tokens removed by the second pass, in [0, 1). 0 keeps
              every pending token (nothing is pruned); close to 1 keeps only the first-pass
              clusters. 0.5 is the paper's default (Table 5, best average gamma).
+    drop:    fraction of the first-pass clusters, lowest entropy first, removed outright, in
+             [0, 0.5]: Fig. 1's third state ("x", removed) next to "keep" and "pending". The paper's
+             Table 5 implies it (rate 0 still saves 36% GFLOPs), without saying how many; 0 gives
+             the two-state reading (everything not kept is pending).
     k2:      clusters in the second clustering of the pending tokens, >= 2.
     iters:   k-means iterations (fixed, no early stop: the cost is countable), >= 1.
     entropy: "mtsallis" (Eq. 3-4), "shannon" (Eq. 1) or "none" (plain features), Table 3.
@@ -72,13 +76,14 @@ class LVTPParams:
     q2: float = 0.5
     k: int = 8
     rate: float = 0.5
+    drop: float = 0.0
     k2: int = 4
     iters: int = 10
     entropy: EntropyMode = "mtsallis"
     second: SecondMode = "sobel"
 
     def __post_init__(self) -> None:
-        validate_params(self, {"q1": (None, None), "q2": (None, None), "rate": (0.0, None)})
+        validate_params(self, {"q1": (None, None), "q2": (None, None), "rate": (0.0, None), "drop": (0.0, 0.5)})
         if not self.q1 > 1.0:
             raise ValueError(
                 f"q1 must be > 1 (feature-saliency scale), got {self.q1}; "
@@ -285,23 +290,27 @@ def rank_clusters(means: Tensor, descending: bool) -> Tensor:
 
 
 def first_pass(
-    v: Tensor, score: Tensor, weights: Tensor | None, k: int, iters: int, seed: int
-) -> tuple[Tensor, Tensor]:
-    """Entropy-weighted clustering, then keep the high-entropy half of the clusters.
+    v: Tensor, score: Tensor, weights: Tensor | None, k: int, iters: int, seed: int, drop: float = 0.0
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Entropy-weighted clustering, then keep the high-entropy half of the clusters, remove the
+    lowest-entropy ``drop`` fraction outright, and leave the rest pending.
 
     v: Nk x C, score: Nk (what "semantic entropy" means in this mode), weights: Nk or None.
-    Returns (keep Nk bool, cluster1 Nk long = cluster rank, 0 = highest mean score).
+    Returns (keep Nk bool, removed Nk bool, cluster1 Nk long = cluster rank, 0 = highest score).
 
     "High semantic entropy" = the top ceil(m / 2) of the m non-empty clusters by mean score.
     Half of the clusters, not a score threshold: the split then follows the cluster structure
     (which the paper clusters for), and at least one cluster, so at least one token, is kept.
+    Removed = the bottom round(drop * m) clusters (never one of the kept half).
     """
     labels = entropy_weighted_kmeans(v, weights, k, iters, seed)
     means, counts = cluster_means(labels, score, max(1, min(k, v.shape[0])))
     rank = rank_clusters(means, descending=True)
-    n_keep_clusters = math.ceil(int((counts > 0).sum()) / 2)
+    m = int((counts > 0).sum())
+    n_keep_clusters = math.ceil(m / 2)
+    n_drop_clusters = min(int(round(drop * m)), m - n_keep_clusters)
     token_rank = rank[labels]
-    return token_rank < n_keep_clusters, token_rank
+    return token_rank < n_keep_clusters, token_rank >= m - n_drop_clusters, token_rank
 
 
 # --------------------------------------------------------------------- Eq. 9-10: Sobel edges
@@ -444,8 +453,8 @@ def decide(ctx: PruneContext, params: LVTPParams) -> Decision:
         return Decision(keep=empty, status=empty.clone(), diagnostics={})
     diag, score, weights = _score_and_weights(x, params)
 
-    keep1, cluster1 = first_pass(x, score, weights, params.k, params.iters, ctx.seed)
-    pending = ~keep1
+    keep1, removed1, cluster1 = first_pass(x, score, weights, params.k, params.iters, ctx.seed, params.drop)
+    pending = ~keep1 & ~removed1
     pend_idx = torch.nonzero(pending).flatten()
 
     sobel = sobel_magnitude(ctx.image)
@@ -461,6 +470,7 @@ def decide(ctx: PruneContext, params: LVTPParams) -> Decision:
     )
 
     status = torch.full((nk,), KEPT, dtype=torch.long)
+    status[removed1] = PRUNED
     status[pend_idx] = torch.where(saved, torch.tensor(PENDING_KEPT), torch.tensor(PRUNED))
     cluster2 = torch.full((nk,), -1, dtype=torch.long)
     cluster2[pend_idx] = rank2
