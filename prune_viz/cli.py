@@ -22,6 +22,14 @@ class UserError(ValueError):
     """Anything the user can fix; printed as one line."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one ``error: ...`` line and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"error: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
 def add_method_options(p: argparse.ArgumentParser) -> None:
     """One flag per parameter of every registered method (``--q1``, ``--rate``, ...)."""
     from .methods import METHODS
@@ -39,8 +47,8 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from .methods import METHODS
 
-    parser = argparse.ArgumentParser(prog="python -m prune_viz", description="Token pruning in ViT segmenters, made visible.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="python -m prune_viz", description="Token pruning in ViT segmenters, made visible.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     a = sub.add_parser("analyze", help="run one image: token maps, segmentation before/after, report.json")
     a.add_argument("image", type=Path)
     a.add_argument("--out", type=Path, required=True)

@@ -13,6 +13,7 @@ from .base import Backbone
 
 BACKBONES: dict[str, str] = {
     "demo": "Demo segmenter shipped with prune_viz (ViT-Tiny shape, 7 aerial classes, offline)",
+    "demo_matp": "The demo segmenter fine-tuned with MATP's pruning in the loop (for the matp method)",
     "sam_vit_b": "Segment Anything ViT-B image encoder (windowed + global attention)",
     "sam_vit_l": "Segment Anything ViT-L image encoder",
     "sam_vit_h": "Segment Anything ViT-H image encoder",
@@ -29,7 +30,7 @@ def check_backbone_name(name: str) -> None:
         return
     if name.startswith("timm:") and len(name) > 5:
         return
-    raise ValueError(f"unknown backbone '{name}'; choose demo, sam_vit_b, sam_vit_l, sam_vit_h or timm:<model_name>")
+    raise ValueError(f"unknown backbone '{name}'; choose demo, demo_matp, sam_vit_b, sam_vit_l, sam_vit_h or timm:<model_name>")
 
 
 def build_backbone(
@@ -46,10 +47,11 @@ def build_backbone(
         if key in _CACHE:
             _CACHE.move_to_end(key)
             return _CACHE[key]
-    if name == "demo":
-        from .demo import build_demo
+    if name in ("demo", "demo_matp"):
+        from .demo import DEMO_MATP_WEIGHTS, build_demo
 
-        backbone: Backbone = build_demo(checkpoint)
+        backbone: Backbone = build_demo(checkpoint or (DEMO_MATP_WEIGHTS if name == "demo_matp" else None))
+        backbone.name = name
     elif name.startswith("sam_"):
         from .sam import build_sam
 

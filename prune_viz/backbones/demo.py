@@ -28,6 +28,7 @@ from .vit import TimmViT, resize_rgb
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 DEMO_WEIGHTS = ASSETS / "demo_segmenter.safetensors"
 DEMO_CONFIG = ASSETS / "demo_segmenter.json"
+DEMO_MATP_WEIGHTS = ASSETS / "demo_matp.safetensors"
 
 
 @dataclass(frozen=True)
@@ -214,7 +215,10 @@ def build_demo(checkpoint: str | Path | None = None, config: str | Path | None =
     cfg = DemoConfig.from_json(cfg_path)
     model = DemoSegmenter(cfg)
     state = {k: v.float() for k, v in load_state_dict(weights).items()}
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches: another model size
+        raise CheckpointError(f"{weights.name} does not match the demo model config: {str(exc).splitlines()[1].strip()}") from None
     if missing or unexpected:
         raise CheckpointError(
             f"{weights.name} does not match the demo model config (missing {missing[:2]}, unexpected {unexpected[:2]})"

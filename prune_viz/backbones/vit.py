@@ -147,7 +147,10 @@ def build_timm(model_name: str, input_size: int | None = None, checkpoint: str |
     if checkpoint:
         state = load_state_dict(checkpoint)
         state = {k: v for k, v in state.items() if not k.startswith("head.")}
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        try:
+            missing, unexpected = model.load_state_dict(state, strict=False)
+        except RuntimeError as exc:  # shape mismatches: another architecture or size
+            raise CheckpointError(f"{Path(checkpoint).name} does not match timm model '{model_name}': {str(exc).splitlines()[1].strip()}") from None
         if missing or unexpected:
             raise CheckpointError(
                 f"{Path(checkpoint).name} does not match timm model '{model_name}' "

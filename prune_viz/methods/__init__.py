@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from .base import MethodSpec
-from . import lvtp
+from . import dtop, lvtp, matp
 from .baselines import EVIT, NONE, RANDOM
 
-METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in (NONE, RANDOM, EVIT, lvtp.SPEC)}
+METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in (NONE, RANDOM, EVIT, lvtp.SPEC, dtop.SPEC, matp.SPEC)}
 
 
 def get_method(name: str) -> MethodSpec:
