@@ -39,6 +39,7 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--layers", default=None, help="pruning layers for every method (default: each method's/backbone's)")
     b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="fixed method parameter (repeatable)")
     b.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2", help="sweep a parameter (repeatable; cartesian). Use layers=6;3,6 to sweep layer sets")
+    b.add_argument("--budgets", default="", help="also pick, per method, the swept row closest to these MAC reductions, e.g. 50,70")
     b.add_argument("--time-scenes", type=int, default=5, help="scenes timed from scratch for latency (median)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--out", type=Path, required=True)
@@ -73,6 +74,7 @@ class Config:
     method: str
     layers: tuple[int, ...] | None
     values: dict[str, Any] = field(default_factory=dict)
+    backbone: str | None = None  # None = the bench's --backbone
 
     def label(self) -> str:
         parts = [f"{k}={v}" for k, v in sorted(self.values.items())]
@@ -82,65 +84,91 @@ class Config:
 
 
 def expand_configs(methods: list[str], fixed: dict[str, list[Any]], sweep: dict[str, list[Any]], layers: tuple[int, ...] | None) -> list[Config]:
-    """``none`` once (the reference), every other method x the sweep's cartesian product."""
+    """``none`` once (the reference), every other method x the sweep's cartesian product.
+    A method written ``name@backbone`` runs on that backbone (e.g. ``matp@demo_matp``)."""
+    from .params import method_values
+
     configs = [Config("none", layers, {})]
+    seen = set()
     keys = list(sweep)
-    for method in methods:
-        if method == "none":
+    for entry in methods:
+        method, _, backbone = entry.partition("@")
+        if method == "none" and not backbone:
             continue
         for combo in itertools.product(*(sweep[k] for k in keys)) if keys else [()]:
             values = {k: v[0] for k, v in fixed.items() if k != "layers"}
             values.update({k: v for k, v in zip(keys, combo) if k != "layers"})
+            values = method_values(method, values)  # a method ignores knobs it does not have
             lay = dict(zip(keys, combo)).get("layers", fixed.get("layers", [layers])[0])
-            configs.append(Config(method, lay, values))
+            key = (method, backbone, tuple(sorted(values.items())), lay)
+            if key not in seen:
+                seen.add(key)
+                configs.append(Config(method, lay, values, backbone or None))
     return configs
+
+
+def count_params_m(backbone) -> float:
+    """Parameters of everything the backbone holds (heads included), in millions."""
+    module = getattr(backbone, "net", None) or getattr(backbone, "sam", None) or backbone.model
+    return sum(p.numel() for p in module.parameters()) / 1e6
 
 
 def run_bench(args: argparse.Namespace) -> list[dict[str, Any]]:
     from .analysis import attention_layers, median_ms
     from .backbones import build_backbone
-    from .params import make_plan, parse_layers
     from .data import synthetic
     from .engine import run_baseline, run_pruned
     from .metrics import ConfusionMatrix, boundary_region, gamma
+    from .params import make_plan, parse_layers
 
-    backbone = build_backbone(args.backbone, checkpoint=args.checkpoint)
-    if backbone.num_classes == 0:
-        raise ValueError(f"bench scores against the synthetic labels and needs a semantic backbone; {backbone.name} has none")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     configs = expand_configs(methods, parse_assignments(args.set, False), parse_assignments(args.sweep, True), parse_layers(args.layers))
-    plans = [make_plan(backbone, c.method, c.layers, args.seed, c.values) for c in configs]
-    attn = tuple(sorted({layer for p in plans for layer in attention_layers(p)}))
-    k = backbone.num_classes
+    backbones = {}
+    for cfg in configs:
+        name = cfg.backbone or args.backbone
+        if name not in backbones:
+            backbones[name] = build_backbone(name, checkpoint=args.checkpoint if name == args.backbone else None)
+            if backbones[name].num_classes == 0:
+                raise ValueError(f"bench scores against the synthetic labels and needs a semantic backbone; {name} has none")
+    plans = [make_plan(backbones[c.backbone or args.backbone], c.method, c.layers, args.seed, c.values) for c in configs]
+    first = backbones[args.backbone]
+    k = first.num_classes
     cms = [ConfusionMatrix(k) for _ in plans]
     cms_edge = [ConfusionMatrix(k) for _ in plans]
     macs: list[list[int]] = [[] for _ in plans]
     times: list[list[float]] = [[] for _ in plans]
-    size = getattr(getattr(backbone, "cfg", None), "img_size", 512)
+    size = getattr(getattr(first, "cfg", None), "img_size", 512)
     for i in tqdm(range(args.n), desc=f"bench {args.split}"):
         image, gt = synthetic.split_scene(args.split, i, size)
-        base = run_baseline(backbone, image, attn_layers=attn)
         edge = boundary_region(gt, 3)
-        for j, plan in enumerate(plans):
+        bases = {}
+        for name, bb in backbones.items():
+            attn = tuple(sorted({lay for c, p in zip(configs, plans) if (c.backbone or args.backbone) == name for lay in attention_layers(p)}))
+            bases[name] = run_baseline(bb, image, attn_layers=attn)
+        for j, (cfg, plan) in enumerate(zip(configs, plans)):
+            name = cfg.backbone or args.backbone
+            bb, base = backbones[name], bases[name]
             if plan.method.name == "none":
                 labels, total = base.seg.labels, base.macs
+                timed = lambda: run_baseline(bb, image)  # noqa: E731
             else:
-                trace = run_pruned(backbone, image, plan, baseline=base)
+                trace = run_pruned(bb, image, plan, baseline=base)
                 labels, total = trace.seg.labels, trace.macs["total"]
+                timed = lambda: run_pruned(bb, image, plan)  # noqa: E731
             cms[j].update(labels, gt)
             cms_edge[j].update(labels, gt, region=edge)
             macs[j].append(total)
             if i < args.time_scenes:
-                times[j].append(median_ms(lambda: run_pruned(backbone, image, plan) if plan.method.name != "none" else run_baseline(backbone, image), 1))
+                times[j].append(median_ms(timed, 1))
     rows = []
     ref_miou, ref_macs = cms[0].miou(), float(np.mean(macs[0]))
-    names = getattr(backbone, "cfg", None).classes if hasattr(backbone, "cfg") else [str(c) for c in range(k)]
+    names = getattr(first, "cfg").classes if hasattr(first, "cfg") else [str(c) for c in range(k)]
     for cfg, cm, cme, m, t in zip(configs, cms, cms_edge, macs, times):
         mi, mac = cm.miou(), float(np.mean(m))
         d_miou = 100.0 * (mi - ref_miou)
         d_macs = 100.0 * (mac - ref_macs) / ref_macs
         row = {
-            "backbone": backbone.name,
+            "backbone": cfg.backbone or args.backbone,
             "method": cfg.method,
             "params": cfg.label(),
             "miou": round(mi, 4),
@@ -150,10 +178,22 @@ def run_bench(args: argparse.Namespace) -> list[dict[str, Any]]:
             "gamma": None if cfg.method == "none" else _round(gamma(d_macs, d_miou)),
             "latency_ms": round(statistics.median(t), 1) if t else None,
             "boundary_miou": round(cme.miou(), 4),
+            "params_m": round(count_params_m(backbones[cfg.backbone or args.backbone]), 2),
         }
         row.update({f"iou_{c}": round(float(v), 4) for c, v in zip(names, cm.iou())})
         rows.append(row)
     return rows
+
+
+def matched_budgets(rows: list[dict[str, Any]], budgets: list[float]) -> list[dict[str, Any]]:
+    """Per method and budget (e.g. 50 = 50% fewer MACs), the swept row closest to it."""
+    out = []
+    for budget in budgets:
+        for method in dict.fromkeys(r["method"] for r in rows if r["method"] != "none"):
+            cands = [r for r in rows if r["method"] == method]
+            best = min(cands, key=lambda r: abs(r["delta_macs_pct"] + budget))
+            out.append({**best, "budget": f"-{budget:g}%"})
+    return out
 
 
 def _round(v: float | None) -> float | None:
@@ -166,13 +206,17 @@ def write_results(rows: list[dict[str, Any]], out: Path, title: str) -> None:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    header = ["method", "params", "miou", "delta_miou", "macs", "delta_macs_pct", "gamma", "boundary_miou", "latency_ms"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for r in rows:
-        cells = [f"{r[h] / 1e9:.3f} G" if h == "macs" else ("—" if r[h] is None else str(r[h])) for h in header]
-        lines.append("| " + " | ".join(cells) + " |")
-    (out / "results.md").write_text(f"{title}\n\nMACs per image (1 multiply-add = 1 MAC).\n\n" + "\n".join(lines) + "\n")
+    (out / "results.md").write_text(f"{title}\n\nMACs per image (1 multiply-add = 1 MAC).\n\n" + markdown_table(rows) + "\n")
     plot_tradeoff(rows, out)
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    header = [h for h in ("budget", "method", "backbone", "params", "params_m", "miou", "delta_miou", "macs", "delta_macs_pct", "gamma", "boundary_miou", "latency_ms") if h in rows[0]]
+    lines = ["| " + " | ".join("GMACs" if h == "macs" else h for h in header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        cells = [f"{r[h] / 1e9:.3f}" if h == "macs" else ("—" if r[h] is None else str(r[h])) for h in header]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def plot_tradeoff(rows: list[dict[str, Any]], out: Path) -> None:
@@ -207,6 +251,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     rows = run_bench(args)
     title = f"Bench: {rows[0]['backbone']}, {args.split} split, {args.n} scenes"
     write_results(rows, args.out, title)
+    if args.budgets:
+        matched = matched_budgets(rows, [float(b) for b in args.budgets.split(",")])
+        (args.out / "results_budget.md").write_text(
+            f"{title}: per method, the configuration closest to each MAC budget\n\n" + markdown_table(matched) + "\n"
+        )
+        print((args.out / "results_budget.md").read_text())
     (args.out / "bench_args.json").write_text(json.dumps({k: str(v) for k, v in vars(args).items()}, indent=2))
     print((args.out / "results.md").read_text())
     print(f"wrote {args.out}/results.csv in {time.time() - t0:.0f} s")

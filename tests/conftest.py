@@ -32,3 +32,34 @@ def rgb_image():
     img = (rng.random((150, 170, 3)) * 255).astype("uint8")
     img[40:90, 30:120] = (200, 40, 40)  # a flat block: something for methods to find
     return img
+
+
+def write_tiny_demo(folder: Path, depth: int = 4, img_size: int = 128) -> Path:
+    """A small random demo segmenter (7 synthetic classes) saved as the app/CLI load it."""
+    from safetensors.torch import save_file
+
+    from prune_viz.backbones.demo import DemoConfig, DemoSegmenter
+    from prune_viz.data import synthetic
+
+    torch.manual_seed(0)
+    cfg = DemoConfig(
+        classes=synthetic.CLASSES,
+        palette=tuple(map(tuple, synthetic.PALETTE.tolist())),
+        img_size=img_size,
+        depth=depth,
+        aux_layers=(1, 2, 3),
+    )
+    model = DemoSegmenter(cfg)
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = folder / "demo_segmenter.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+    (folder / "demo_segmenter.json").write_text(cfg.to_json())
+    return weights
+
+
+@pytest.fixture()
+def tiny_demo(tmp_path, monkeypatch):
+    """Point the `demo` backbone at a tiny random model for this test."""
+    weights = write_tiny_demo(tmp_path / "tiny_demo")
+    monkeypatch.setenv("PRUNE_VIZ_DEMO_WEIGHTS", str(weights))
+    return weights

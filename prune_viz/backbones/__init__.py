@@ -6,6 +6,7 @@ weights); nothing per request is stored here.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import OrderedDict
 
@@ -42,7 +43,8 @@ def build_backbone(
 ) -> Backbone:
     """Build (or reuse) a backbone adapter. Raises ValueError / CheckpointError with a reason."""
     check_backbone_name(name)
-    key = (name, checkpoint, input_size, random_weights)
+    # The demo's server-side weights override is part of what identifies the model.
+    key = (name, checkpoint, input_size, random_weights, os.environ.get("PRUNE_VIZ_DEMO_WEIGHTS"))
     with _LOCK:
         if key in _CACHE:
             _CACHE.move_to_end(key)
