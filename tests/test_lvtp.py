@@ -217,7 +217,7 @@ def test_decide_shapes_status_and_diagnostics() -> None:
     for n_alive in (None, 100):
         ctx = make_ctx(n_alive=n_alive)
         nk = ctx.tokens.shape[0]
-        d = decide(ctx, LVTPParams())
+        d = decide(ctx, LVTPParams(drop=0.0))
         assert d.status.shape == (nk,) and d.status.dtype == torch.long
         assert set(d.status.unique().tolist()) <= {KEPT, PENDING_KEPT, PRUNED}
         assert torch.equal(d.keep, torch.nonzero(d.status != PRUNED).flatten())
@@ -232,22 +232,22 @@ def test_decide_shapes_status_and_diagnostics() -> None:
         assert ((diag["cluster2"] >= 0) == pending).all()
         assert ((diag["alpha"] >= 0) & (diag["alpha"] <= 1)).all()
         k_eff = int(diag["cluster1"].max()) + 1
-        assert k_eff <= LVTPParams().k
+        assert k_eff <= LVTPParams(drop=0.0).k
 
 
 def test_rate_ends_and_monotone_nested_kept_sets() -> None:
     ctx = make_ctx()
     nk = ctx.tokens.shape[0]
-    d0 = decide(ctx, LVTPParams(rate=0.0))
+    d0 = decide(ctx, LVTPParams(rate=0.0, drop=0.0))
     kept0, pend0, pruned0 = _counts(d0)
     assert pruned0 == 0 and d0.keep.numel() == nk and pend0 > 0  # rate 0 prunes nothing
-    d99 = decide(ctx, LVTPParams(rate=0.99))
+    d99 = decide(ctx, LVTPParams(rate=0.99, drop=0.0))
     kept99, pend99, _ = _counts(d99)
     assert kept99 == kept0  # the first pass does not depend on the rate
     assert pend99 == pend0 - round(0.99 * pend0) and pend99 <= math.ceil(0.01 * pend0)
     prev = set(range(nk))
     for rate in (0.0, 0.2, 0.4, 0.5, 0.6, 0.8, 0.99):
-        d = decide(ctx, LVTPParams(rate=rate))
+        d = decide(ctx, LVTPParams(rate=rate, drop=0.0))
         assert _counts(d)[1] == pend0 - round(rate * pend0)  # the rate is hit exactly
         keep = set(d.keep.tolist())
         assert keep <= prev  # a higher rate only removes more
@@ -258,7 +258,7 @@ def test_rate_ends_and_monotone_nested_kept_sets() -> None:
 @pytest.mark.parametrize("second", ["sobel", "simple", "none"])
 def test_ablation_modes_run(entropy: str, second: str) -> None:
     ctx = make_ctx(seed=1)
-    d = decide(ctx, LVTPParams(entropy=entropy, second=second))
+    d = decide(ctx, LVTPParams(entropy=entropy, second=second, drop=0.0, rate=0.5))
     kept, pend_kept, pruned = _counts(d)
     n_pending = int(d.diagnostics["n_pending"])
     assert kept >= 1 and kept + n_pending == ctx.tokens.shape[0]
@@ -277,7 +277,7 @@ def test_sobel_mode_saves_edge_tokens() -> None:
     image = torch.zeros(3, 256, 256)
     image[:, :, 72:] = 1.0
     ctx = make_ctx(seed=2, image=image)
-    d = decide(ctx, LVTPParams(rate=0.9))
+    d = decide(ctx, LVTPParams(rate=0.9, drop=0.0))
     edge = d.diagnostics["edge_energy"]
     saved = d.status == PENDING_KEPT
     pruned = d.status == PRUNED
@@ -287,7 +287,7 @@ def test_sobel_mode_saves_edge_tokens() -> None:
 
 def test_decide_is_deterministic_and_seed_dependent() -> None:
     ctx = make_ctx(seed=3)
-    a, b = decide(ctx, LVTPParams()), decide(ctx, LVTPParams())
+    a, b = decide(ctx, LVTPParams(drop=0.0)), decide(ctx, LVTPParams(drop=0.0))
     assert torch.equal(a.keep, b.keep) and torch.equal(a.status, b.status)
     for name, value in a.diagnostics.items():
         assert torch.equal(value, b.diagnostics[name]), name
@@ -295,10 +295,10 @@ def test_decide_is_deterministic_and_seed_dependent() -> None:
 
 def test_decide_tiny_inputs_keep_at_least_one() -> None:
     ctx = make_ctx(n_alive=1)
-    d = decide(ctx, LVTPParams(rate=0.99))
+    d = decide(ctx, LVTPParams(rate=0.99, drop=0.0))
     assert d.keep.tolist() == [0]
     ctx = make_ctx(n_alive=3)
-    assert decide(ctx, LVTPParams(rate=0.99, second="none")).keep.numel() >= 1
+    assert decide(ctx, LVTPParams(rate=0.99, second="none", drop=0.0)).keep.numel() >= 1
 
 
 # ----------------------------------------------------------------------------- params, gamma
@@ -331,7 +331,7 @@ def test_params_validation(kwargs: dict, match: str) -> None:
 
 def test_params_defaults_and_spec() -> None:
     p = LVTPParams()
-    assert (p.q1, p.q2, p.rate, p.entropy, p.second) == (1.5, 0.5, 0.5, "mtsallis", "sobel")
+    assert (p.q1, p.q2, p.rate, p.drop, p.entropy, p.second) == (1.5, 0.5, 0.6, 0.125, "mtsallis", "sobel")
     assert SPEC.name == "lvtp" and SPEC.params_cls is LVTPParams and SPEC.decide is decide
     assert not SPEC.needs_attention and not SPEC.needs_aux and SPEC.description
 
@@ -350,3 +350,15 @@ def test_decision_overhead_is_small_at_sam_scale() -> None:
     t0 = time.perf_counter()
     decide(ctx, LVTPParams())
     assert time.perf_counter() - t0 < 5.0
+
+
+def test_drop_removes_lowest_entropy_clusters_even_at_rate_zero() -> None:
+    ctx = make_ctx()
+    two_state = decide(ctx, LVTPParams(rate=0.0, drop=0.0))
+    three_state = decide(ctx, LVTPParams(rate=0.0, drop=0.25))
+    assert two_state.keep.numel() == ctx.tokens.shape[0]  # nothing pruned
+    removed = three_state.status == PRUNED
+    assert 0 < removed.sum() < ctx.tokens.shape[0]
+    # the removed tokens are the lowest-ranked first-pass clusters
+    rank = three_state.diagnostics["cluster1"]
+    assert rank[removed].min() > rank[~removed].max()
