@@ -111,3 +111,265 @@ def change_map(image: np.ndarray, before: np.ndarray, after: np.ndarray) -> np.n
     changed = before != after
     out[changed] = (213, 94, 0)
     return out
+
+
+# --------------------------------------------------------------------------- panels for the app
+# Small composable drawings for the interactive views: a map with a title and a colour bar,
+# tiled into one image. Drawn with Pillow (a few ms) rather than matplotlib (a few hundred ms per
+# figure on two cores), so every view can be redrawn when a slider moves.
+
+_FONT_CACHE: dict[int, object] = {}
+
+
+def _font(size: int):
+    """DejaVu Sans (shipped with matplotlib) at ``size`` px; Pillow's default font otherwise."""
+    from PIL import ImageFont
+
+    if size not in _FONT_CACHE:
+        try:
+            import matplotlib
+            from pathlib import Path
+
+            path = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+            _FONT_CACHE[size] = ImageFont.truetype(str(path), size)
+        except (ImportError, OSError):
+            _FONT_CACHE[size] = ImageFont.load_default(size=size)
+    return _FONT_CACHE[size]
+
+
+def _fmt_tick(v: float) -> str:
+    if v == 0 or 1e-2 <= abs(v) < 1e4:
+        return f"{v:.3g}"
+    return f"{v:.1e}"
+
+
+def colorbar(
+    width: int,
+    cmap: str = "viridis",
+    vmin: float = 0.0,
+    vmax: float = 1.0,
+    label: str = "",
+    categories: list[tuple[str, tuple[int, int, int]]] | None = None,
+    font_size: int = 12,
+) -> np.ndarray:
+    """A horizontal colour bar (H x width x 3 uint8, white background) with min / mid / max ticks,
+    or, with ``categories`` (name, colour), a row of swatches for a categorical map."""
+    from PIL import Image, ImageDraw
+
+    font = _font(font_size)
+    bar_h, pad = 12, 4
+    x0, x1 = 6, width - 6
+    rows: list[list[tuple[int, str, tuple[int, int, int]]]] = []
+    if categories:  # swatches, wrapped onto as many rows as they need
+        measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+        x, row = x0, []
+        for name, colour in categories:
+            step = 16 + int(measure.textlength(name, font=font)) + 10
+            if row and x + step - 10 > x1:
+                rows.append(row)
+                x, row = x0, []
+            row.append((x, name, colour))
+            x += step
+        rows.append(row)
+        body_h = len(rows) * (font_size + 6)
+    else:
+        body_h = bar_h + font_size + 2 * pad
+    height = body_h + 2 * pad + (font_size + pad if label else 0)
+    img = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(img)
+    if categories:
+        for r, row in enumerate(rows):
+            y = pad + r * (font_size + 6)
+            for x, name, colour in row:
+                draw.rectangle([x, y, x + 12, y + 12], fill=tuple(int(c) for c in colour), outline=(0, 0, 0))
+                draw.text((x + 16, y - 1), name, fill=(0, 0, 0), font=font)
+    else:
+        from matplotlib import colormaps
+
+        ramp = (colormaps[cmap](np.linspace(0, 1, max(2, x1 - x0)))[:, :3] * 255).astype(np.uint8)
+        arr = np.asarray(img).copy()
+        arr[pad : pad + bar_h, x0:x1] = ramp[None]
+        img = Image.fromarray(arr)
+        draw = ImageDraw.Draw(img)
+        draw.rectangle([x0, pad, x1 - 1, pad + bar_h], outline=(0, 0, 0))
+        ty = pad + bar_h + 2
+        for frac, anchor in ((0.0, "la"), (0.5, "ma"), (1.0, "ra")):
+            value = vmin + frac * (vmax - vmin)
+            x = x0 + frac * (x1 - x0 - 1)
+            draw.line([x, pad + bar_h, x, pad + bar_h + 2], fill=(0, 0, 0))
+            draw.text((x, ty), _fmt_tick(value), fill=(0, 0, 0), font=font, anchor=anchor)
+    if label:
+        draw.text((width / 2, height - pad), label, fill=(60, 60, 60), font=font, anchor="md")
+    return np.asarray(img)
+
+
+def titled_panel(rgb: np.ndarray, title: str, footer: np.ndarray | None = None, width: int = 320, font_size: int = 13) -> np.ndarray:
+    """Scale ``rgb`` to ``width`` px wide, put ``title`` above (wrapped) and ``footer`` (e.g. a
+    colour bar of the same width) below; white background."""
+    from PIL import Image, ImageDraw
+
+    h = max(1, int(round(rgb.shape[0] * width / rgb.shape[1])))
+    body = cv2.resize(rgb, (width, h), interpolation=cv2.INTER_NEAREST if width >= rgb.shape[1] else cv2.INTER_AREA)
+    font = _font(font_size)
+    lines = _wrap(title, font, width - 8)
+    title_h = len(lines) * (font_size + 3) + 6
+    parts = [np.full((title_h, width, 3), 255, np.uint8), body]
+    if footer is not None:
+        parts.append(footer if footer.shape[1] == width else cv2.resize(footer, (width, footer.shape[0])))
+    out = Image.fromarray(np.concatenate(parts, axis=0))
+    draw = ImageDraw.Draw(out)
+    for i, line in enumerate(lines):
+        draw.text((4, 3 + i * (font_size + 3)), line, fill=(0, 0, 0), font=font)
+    return np.asarray(out)
+
+
+def _wrap(text: str, font, width: int) -> list[str]:
+    from PIL import Image, ImageDraw
+
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    lines: list[str] = []
+    for paragraph in text.split("\n"):
+        line = ""
+        for word in paragraph.split(" "):
+            trial = f"{line} {word}".strip()
+            if line and draw.textlength(trial, font=font) > width:
+                lines.append(line)
+                line = word
+            else:
+                line = trial
+        lines.append(line)
+    return lines
+
+
+def tile(panels: list[np.ndarray], ncols: int = 2, gap: int = 8) -> np.ndarray:
+    """Panels (H_i x W_i x 3 uint8) in rows of ``ncols``, top-aligned, on white."""
+    if not panels:
+        return np.full((8, 8, 3), 255, np.uint8)
+    ncols = max(1, min(ncols, len(panels)))
+    rows = [panels[i : i + ncols] for i in range(0, len(panels), ncols)]
+    col_w = [max(p.shape[1] for p in panels[c::ncols]) for c in range(ncols)]
+    row_h = [max(p.shape[0] for p in row) for row in rows]
+    out = np.full((sum(row_h) + gap * (len(rows) - 1), sum(col_w) + gap * (ncols - 1), 3), 255, np.uint8)
+    y = 0
+    for r, row in enumerate(rows):
+        x = 0
+        for c, p in enumerate(row):
+            out[y : y + p.shape[0], x : x + p.shape[1]] = p
+            x += col_w[c] + gap
+        y += row_h[r] + gap
+    return out
+
+
+def _grid_to_pixels(grid: np.ndarray, patch: float, hw: tuple[int, int]) -> np.ndarray:
+    """gh x gw (x C) -> nearest-neighbour image where each token covers ``patch`` px (a float
+    when the image was scaled), cropped to ``hw`` (the unpadded part)."""
+    gh, gw = grid.shape[:2]
+    up = cv2.resize(grid, (max(1, round(gw * patch)), max(1, round(gh * patch))), interpolation=cv2.INTER_NEAREST)
+    return up[: hw[0], : hw[1]]
+
+
+def _grey(image: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
+
+
+def value_overlay(
+    image: np.ndarray,
+    values: np.ndarray,
+    patch: float | None = None,
+    cmap: str = "viridis",
+    vmin: float | None = None,
+    vmax: float | None = None,
+    alpha: float = 0.75,
+) -> tuple[np.ndarray, float, float]:
+    """Per-token (gh x gw, ``patch`` px each, a float when the image was scaled) or per-pixel
+    (``patch`` None) values over a grey copy of the image. NaN (tokens no longer alive) leaves
+    the grey image visible. Colours are looked up per token, then enlarged, so drawing costs
+    little. Returns (H x W x 3 uint8, vmin, vmax) so a colour bar can show the same range."""
+    v = np.asarray(values, dtype=np.float32)
+    finite = np.isfinite(v)
+    lo = float(np.nanmin(v)) if vmin is None and finite.any() else float(vmin if vmin is not None else 0.0)
+    hi = float(np.nanmax(v)) if vmax is None and finite.any() else float(vmax if vmax is not None else 1.0)
+    h, w = image.shape[:2]
+    if patch is None and v.shape != (h, w):
+        v = cv2.resize(v, (w, h), interpolation=cv2.INTER_AREA)
+        finite = np.isfinite(v)
+    colours = heatmap(v, cmap, lo, hi)
+    if patch is not None:
+        colours = _grid_to_pixels(colours, patch, (h, w))
+        finite = _grid_to_pixels(finite.astype(np.uint8), patch, (h, w)).astype(bool)
+    grey = _grey(image)
+    mixed = cv2.addWeighted(grey, 1.0 - alpha, colours, alpha, 0.0)
+    return np.where(finite[..., None], mixed, cv2.convertScaleAbs(grey, alpha=0.55)), lo, hi
+
+
+def discrete_colours(n: int, cmap: str = "viridis") -> list[tuple[int, int, int]]:
+    """``n`` evenly spaced colours of a (colour-blind safe) colormap."""
+    from matplotlib import colormaps
+
+    if n <= 0:
+        return []
+    pts = np.linspace(0, 1, n) if n > 1 else np.array([0.5])
+    rgba = np.asarray(colormaps[cmap](pts))
+    return [tuple(int(c) for c in row) for row in (rgba[:, :3] * 255).round()]
+
+
+def category_overlay(
+    image: np.ndarray, grid_ids: np.ndarray, patch: float, colours: dict[int, tuple[int, int, int]], alpha: float = 0.7
+) -> np.ndarray:
+    """Integer ids per token (gh x gw, ``patch`` px each; ids missing from ``colours``, e.g. -1,
+    stay grey), with the token grid drawn."""
+    h, w = image.shape[:2]
+    gh, gw = grid_ids.shape
+    table = np.zeros((gh, gw, 3), np.uint8)
+    has = np.zeros((gh, gw), np.uint8)
+    for cid, colour in colours.items():
+        m = grid_ids == cid
+        table[m] = colour
+        has[m] = 1
+    col = _grid_to_pixels(table, patch, (h, w))
+    m = _grid_to_pixels(has, patch, (h, w)).astype(bool)
+    grey = _grey(image)
+    out = np.where(m[..., None], cv2.addWeighted(grey, 1.0 - alpha, col, alpha, 0.0), cv2.convertScaleAbs(grey, alpha=0.55))
+    if patch >= 6:
+        rows = np.round(np.arange(1, gh) * patch).astype(int)
+        cols = np.round(np.arange(1, gw) * patch).astype(int)
+        rows, cols = rows[rows < h], cols[cols < w]
+        out[rows, :] = (out[rows, :] * 0.7).astype(np.uint8)
+        out[:, cols] = (out[:, cols] * 0.7).astype(np.uint8)
+    return out
+
+
+def mask_overlay(image: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int] = (0, 114, 178), alpha: float = 0.55) -> np.ndarray:
+    """A binary H x W mask over the image, with its outline drawn solid."""
+    out = image.copy()
+    m = mask.astype(bool)
+    out[m] = (image[m] * (1 - alpha) + np.array(colour) * alpha).astype(np.uint8)
+    contours, _ = cv2.findContours(m.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    cv2.drawContours(out, contours, -1, tuple(int(c) for c in colour), max(1, image.shape[0] // 300))
+    return out
+
+
+def draw_prompts(
+    image: np.ndarray,
+    points: list[tuple[float, float, int]],
+    box: tuple[float, float, float, float] | None = None,
+    corner: tuple[float, float] | None = None,
+) -> np.ndarray:
+    """SAM prompts on a copy of the image: foreground points (label 1) as blue discs, background
+    points (0) as vermillion crosses, the box as a rectangle, a first box corner as a small ring."""
+    out = image.copy()
+    r = max(4, image.shape[0] // 80)
+    t = max(2, image.shape[0] // 300)
+    for x, y, label in points:
+        c = (int(round(x)), int(round(y)))
+        if label:
+            cv2.circle(out, c, r, (0, 114, 178), -1)
+            cv2.circle(out, c, r, (255, 255, 255), t)
+        else:
+            cv2.drawMarker(out, c, (213, 94, 0), cv2.MARKER_TILTED_CROSS, 2 * r, t + 1)
+    if box is not None:
+        x0, y0, x1, y1 = (int(round(v)) for v in box)
+        cv2.rectangle(out, (x0, y0), (x1, y1), (240, 228, 66), t + 1)
+    if corner is not None:
+        cv2.circle(out, (int(round(corner[0])), int(round(corner[1]))), r, (240, 228, 66), t)
+    return out

@@ -1,0 +1,275 @@
+"""The Gradio app, driven in-process through gradio_client: every named endpoint, user errors
+that must come back as our message (never a traceback), and the non-UI logic behind the views.
+
+The demo backbone uses ``assets/demo_segmenter.safetensors`` when it exists, otherwise a tiny
+model trained for one step here (same architecture; the numbers are meaningless, the plumbing
+is not).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import socket
+import sys
+import zipfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = ROOT / "assets" / "demo_segmenter.safetensors"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    from prune_viz.data.synthetic import make_scene
+
+    folder = tmp_path_factory.mktemp("examples")
+    image, labels = make_scene(7, 256, "mixed")
+    cv2.imwrite(str(folder / "scene.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(folder / "scene_mask.png"), labels)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def app_module(scene, tmp_path_factory):
+    """Import app.py with the demo weights available and examples from a temporary folder."""
+    saved = {k: os.environ.get(k) for k in ("PRUNE_VIZ_DEMO_WEIGHTS", "PRUNE_VIZ_EXAMPLES")}
+    if not SHIPPED.is_file() and not os.environ.get("PRUNE_VIZ_DEMO_WEIGHTS"):
+        from prune_viz.train import TrainConfig, run
+
+        out = tmp_path_factory.mktemp("tiny_demo")
+        run(TrainConfig(steps=1, finetune_steps=0, val=1, batch=2), out)
+        os.environ["PRUNE_VIZ_DEMO_WEIGHTS"] = str(out / "demo_segmenter.safetensors")
+    os.environ["PRUNE_VIZ_EXAMPLES"] = str(scene)
+    sys.modules.pop("app", None)
+    module = importlib.import_module("app")
+    yield module
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(scope="module")
+def client(app_module):
+    from gradio_client import Client
+
+    port = _free_port()
+    app_module.demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True,
+                           max_file_size="50mb")
+    try:
+        yield Client(f"http://127.0.0.1:{port}/", verbose=False)
+    finally:
+        app_module.demo.close()
+
+
+def _call(client, *args, api_name):
+    from gradio_client import handle_file
+
+    args = [handle_file(str(a)) if isinstance(a, Path) else a for a in args]
+    return client.predict(*args, api_name=api_name)
+
+
+def test_endpoints_are_named(client):
+    names = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
+    assert {"/analyze", "/estimate", "/compare", "/export"} <= names
+
+
+def test_analyze_reports_macs_and_metrics(client, scene):
+    report = _call(client, scene / "scene.png", "demo", "lvtp", "6", '{"rate": 0.5}', 0, scene / "scene_mask.png",
+                   api_name="/analyze")
+    assert report["method"] == "lvtp" and report["layers_pruned"] == [6]
+    assert report["params"]["rate"] == 0.5
+    macs = report["macs"]
+    assert 0 < macs["pruned"] <= macs["baseline"] and "1 multiply-add = 1 MAC" in macs["convention"]
+    assert len(report["layers"]) == 12 and report["layers"][6]["tokens"] <= report["layers"][5]["tokens"]
+    assert 0.0 <= report["metrics"]["agreement_miou"] <= 1.0
+    assert report["metrics"]["miou"] is not None  # the mask was used
+
+
+def test_estimate_is_the_live_readout(client, scene):
+    est = _call(client, scene / "scene.png", "demo", "random", "4", '{"rate": 0.5}', 1, api_name="/estimate")
+    assert est["exact"] is True and est["flops"] == 2 * est["macs"]
+    assert est["tokens_per_block"][4] == est["tokens_total"] // 2
+    assert 0 < est["saved_pct"] < 100
+
+
+def test_compare_at_a_matched_budget(client, scene):
+    out = _call(client, scene / "scene.png", "demo", "random,evit", "", 20, 0, api_name="/compare")
+    assert [row[0] for row in out["rows"]] == ["random", "evit"]
+    saved = out["columns"].index("% MACs saved")
+    assert abs(float(out["rows"][0][saved]) - 20.0) < 3.0  # random: no decision arithmetic, estimate = run
+    assert set(out["reports"]) == {"random", "evit"}
+
+
+def test_export_zip_reproduces_with_the_cli(client, scene):
+    from prune_viz.cli import build_parser
+
+    path = _call(client, scene / "scene.png", "demo", "lvtp", "6", '{"q1": 2.0}', 3, scene / "scene_mask.png",
+                 api_name="/export")
+    with zipfile.ZipFile(path) as z:
+        names = {Path(n).name for n in z.namelist()}
+        assert {"report.json", "command.txt", "input.png", "mask.png", "seg_before.png", "seg_after.png",
+                "token_map_L6.png", "token_depth.png", "change_map.png", "entropy_L6.png"} <= names
+        report = json.loads(z.read("prune_viz_run/report.json"))
+        command = z.read("prune_viz_run/command.txt").decode()
+    line = next(x for x in command.splitlines() if x.startswith("python -m prune_viz analyze"))
+    args = build_parser().parse_args(line.split()[3:])
+    assert (args.method, args.layers, args.q1, args.seed, str(args.mask)) == ("lvtp", "6", 2.0, 3, "mask.png")
+    assert report["params"]["q1"] == 2.0
+
+
+def test_bad_image_gives_our_message(client, tmp_path):
+    from gradio_client.exceptions import AppError
+
+    fake = tmp_path / "photo.png"
+    fake.write_text("this is not a picture")
+    with pytest.raises(AppError) as err:
+        _call(client, fake, "demo", "lvtp", "", "", 0, None, api_name="/analyze")
+    msg = str(err.value)
+    assert "not an image we can read" in msg and "Traceback" not in msg
+
+
+@pytest.mark.parametrize(
+    ("backbone", "method", "params", "expected"),
+    [
+        ("demo", "lvtp", '{"q1": 0.5}', "q1 must be > 1"),
+        ("demo", "lvtp", '{"speed": 9}', "lvtp has no parameter speed"),
+        ("demo", "lvtp", "{rate: 0.5", "params must be a JSON object"),
+        ("sam_vit_b", "lvtp", "", "PRUNE_VIZ_CHECKPOINTS"),
+    ],
+)
+def test_user_errors_are_clear(client, scene, backbone, method, params, expected, monkeypatch, tmp_path):
+    from gradio_client.exceptions import AppError
+
+    monkeypatch.setenv("PRUNE_VIZ_CHECKPOINTS", str(tmp_path))  # no SAM weights there
+    with pytest.raises(AppError) as err:
+        _call(client, scene / "scene.png", backbone, method, "", params, 0, api_name="/estimate")
+    assert expected in str(err.value)
+
+
+def test_method_unavailable_on_backbone(client, scene):
+    """A method that needs auxiliary heads, on a backbone without them: a clear reason."""
+    from gradio_client.exceptions import AppError
+    from prune_viz.methods import METHODS
+
+    aux = [name for name, spec in METHODS.items() if spec.needs_aux]
+    if not aux:
+        pytest.skip("no registered method needs auxiliary heads")
+    with pytest.raises(AppError) as err:
+        _call(client, scene / "scene.png", "timm:vit_tiny_patch16_224", aux[0], "", "", 0, api_name="/estimate")
+    assert "auxiliary heads" in str(err.value) and aux[0] in str(err.value)
+
+
+def test_ui_handlers_render_every_view(app_module, scene):
+    """The handlers behind the page (what bench/bench_app.py times), in-process."""
+    app, L = app_module, app_module.L
+    session = L.Session()
+    first = dict(zip(app.EXAMPLE_OUT, app.on_first_visit(session, "demo", 1024)))
+    assert first["state"].image is not None and first["state"].gt is not None
+    params = [app.C[k].value for k in app.PARAM_KEYS]
+    out = dict(zip(app.VIEW_OUT, app.on_analyze(session, "demo", 1024, "lvtp", [3, 6], 0, 6, *params)))
+    token_map = cv2.imread(out["token_map"])  # maps go out as PNG files
+    assert token_map.shape == (512, 512, 3) and Path(out["img_entropy"]).is_file() and Path(out["img_edges"]).is_file()
+    assert out["img_exits"] is None and out["tab_entropy"].visible and not out["tab_exits"].visible
+    assert len(out["seg_slider"]) == 2 and out["chart_macs"] is not None and "GMACs" in out["readout"]
+    live = app.on_estimate(session, "demo", 1024, "lvtp", [3, 6], 0, 6, *params)
+    assert "estimate" in live and "extrapolated" in live  # two pruning layers: not exact
+    # A non-pruning layer: tokens removed at layer 3 show as gone, nothing is "pruned here".
+    grid = L.status_at_layer(session.analysis.trace, 4, 12)
+    assert not (grid == 2).any() and (grid == -1).sum() == (session.analysis.trace.steps[0].status_grid == 2).sum()
+    bad = app.on_estimate(session, "demo", 1024, "lvtp", [], 0, 6, *params)
+    assert "cannot run" in bad and "at least one pruning layer" in bad
+
+
+def test_param_controls_cover_every_method_field():
+    import dataclasses
+
+    from prune_viz import ui_logic as L
+    from prune_viz.methods import METHODS
+
+    controls = {(c.method, c.name): c for c in L.param_controls()}
+    for name, spec in METHODS.items():
+        for f in dataclasses.fields(spec.params_cls):
+            assert (name, f.name) in controls
+    if "lvtp" in METHODS:
+        assert controls[("lvtp", "entropy")].kind == "choice" and controls[("lvtp", "rate")].kind == "slider"
+        values = L.values_for("lvtp", list(controls.values()), [c.default for c in controls.values()])
+        assert values["k"] == 8 and isinstance(values["k"], int)
+
+
+def test_sam_prompts_answered_before_and_after_pruning():
+    """Clicks become prompts in original pixels; the same prompt is answered from the unpruned and
+    the pruned image embedding (a small random-weight SAM ViT-B at 256 px)."""
+    from prune_viz import ui_logic as L
+    from prune_viz.backbones.sam import build_sam
+
+    bb = build_sam("sam_vit_b", img_size=256, random_weights=True, points_per_side=2)
+    rng = np.random.default_rng(0)
+    session = L.Session(image=(rng.random((200, 300, 3)) * 255).astype(np.uint8))
+    plan = L.build_plan(bb, "random", "6", 0, {"rate": 0.5})
+    L.run_analysis(session, bb, ("sam_vit_b", 256), plan)
+    info = L.BackboneInfo("sam_vit_b", 256, bb.num_blocks, bb.global_layers, (), bb.default_layers(), 0, True, "")
+    labels = [label for label, _ in L.layer_choices(info)]
+    assert labels[:3] == ["1", "2", "3 (global)"] and "6 (global)" in labels and len(labels) == 11
+    assert L.add_click(session, (150, 100), "foreground point") == "1 point(s) set."
+    L.add_click(session, (10, 10), "box (two clicks)")
+    L.add_click(session, (120, 90), "box (two clicks)")
+    assert session.box == (10.0, 10.0, 120.0, 90.0)
+    with pytest.raises(ValueError, match="at 1024 px first"):
+        L.sam_predict(session, bb, ("sam_vit_b", 1024))  # the analysis was made at 256 px
+    before, after, text = L.sam_predict(session, bb, ("sam_vit_b", 256))
+    assert before.shape == after.shape == (200, 300, 3) and "IoU between the two masks" in text
+
+
+def test_multiband_upload_offers_band_choice(app_module, tmp_path):
+    """A 5-band 16-bit GeoTIFF-like file: three band numbers appear; choosing others re-reads it."""
+    import tifffile
+
+    app = app_module
+    rng = np.random.default_rng(1)
+    bands = (rng.random((64, 80, 5)) * 4000).astype(np.uint16)
+    bands[..., 4] = 0  # a dark band: choosing it must change the picture
+    path = tmp_path / "five.tif"
+    tifffile.imwrite(path, bands, photometric="minisblack", planarconfig="contig")
+    session = app.L.Session()
+    out = dict(zip(app.UPLOAD_OUT, app.on_upload(session, str(path), 1, 2, 3, 2.0, 98.0)))
+    assert session.bands == 5 and out["band_row"].visible is True and "5 band(s)" in out["notices"]
+    first = session.image.copy()
+    app.on_bands(session, 5, 2, 3, 2.0, 98.0)
+    assert session.image.shape == first.shape and (session.image[..., 0] == 0).all() and not (first[..., 0] == 0).all()
+
+
+def test_page_shows_the_first_example_in_a_browser(client):
+    """A first-time visitor sees an example analysed: readout with units, token map caption."""
+    import shutil
+
+    pw = pytest.importorskip("playwright.sync_api")
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed")
+    args = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run"]
+    with pw.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=args)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(client.src, timeout=60_000)
+            page.get_by_text("go on into block").first.wait_for(timeout=120_000)
+            readout = page.locator("#readout").inner_text()
+            assert "GMACs" in readout and "1 multiply-add = 1 MAC" in readout
+            assert page.get_by_text("What am I looking at?").count() == 1
+        finally:
+            browser.close()
