@@ -12,7 +12,6 @@ is forced, so the measurement forces it.
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from typing import Any, Callable
 
 import torch
@@ -44,13 +43,3 @@ def measure_macs(fn: Callable[[], Any]) -> tuple[int, Any]:
     with sdpa_kernel(SDPBackend.MATH), counter, torch.no_grad():
         result = fn()
     return counter.get_total_flops() // 2, result
-
-
-def maybe_measure(enabled: bool):
-    """A FlopCounterMode context when ``enabled`` (math SDPA forced), else a no-op."""
-    return FlopCounterMode(display=False) if enabled else nullcontext()
-
-
-def fmt_macs(macs: int) -> str:
-    """'12.34 GMACs (24.68 GFLOPs)': the convention written next to the number."""
-    return f"{macs / 1e9:.2f} GMACs ({2 * macs / 1e9:.2f} GFLOPs)"

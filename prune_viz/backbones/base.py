@@ -144,15 +144,3 @@ class Backbone(ABC):
     def split_prefix(self, x: Tensor) -> tuple[Tensor, Tensor]:
         p = self.num_prefix_tokens
         return x[:, :p], x[:, p:]
-
-
-def scatter_to_grid(full: Tensor, kept_idx: Tensor, values: Tensor) -> Tensor:
-    """Write ``values`` (1 x Nk x C) into ``full`` (1 x N x C) at ``kept_idx``; returns ``full``."""
-    full[:, kept_idx] = values
-    return full
-
-
-def seeded_generator(seed: int) -> torch.Generator:
-    g = torch.Generator()
-    g.manual_seed(int(seed))
-    return g
