@@ -206,7 +206,11 @@ def on_analyze(session, backbone, sam_size, method, layers, seed, view_layer, *p
         return {"readout": f"**{info.name}: weights missing** — see the note under *Backbone* for how to get them."}
     previous = session.analysis.trace.plan_layers if session.analysis is not None else None
     plan = _plan(bb, method, layers, seed, params)
-    analysis = L.run_analysis(session, bb, info.key, plan)
+    session.runs += 1
+    mine = session.runs
+    analysis = L.run_analysis(session, bb, info.key, plan, current=lambda: session.runs == mine)
+    if session.runs != mine:
+        return {}  # settings changed while this ran: the newer run draws the page
     keep_view = previous == plan.layers and view_layer and 1 <= int(view_layer) <= bb.num_blocks
     layer = int(view_layer) if keep_view else plan.layers[0]
     views = L.full_views(analysis, session.image, layer, bb.num_blocks, bb.patch_size)
@@ -609,7 +613,8 @@ with gr.Blocks(title="prune_viz", delete_cache=(3600, 3600)) as demo:
         with gr.Column(scale=3, min_width=480):
             C["readout"] = gr.Markdown(L.readout_markdown(None), elem_id="readout", container=True)
             C["view_layer"] = gr.Slider(1, INFO0.num_blocks, value=LAYERS0[0], step=1, label="Show the tokens after block…",
-                                        info="Move through the network: pruning layers show the decision, the others who is still computed.")
+                                        info="Move through the network: pruning layers show the decision, "
+                                        "the others who is still computed.")
             C["panel_note"] = gr.Markdown("")
             with gr.Tabs():
                 with gr.Tab("Tokens"):
@@ -717,27 +722,31 @@ with gr.Blocks(title="prune_viz", delete_cache=(3600, 3600)) as demo:
     setup_out = _comps(SETUP_OUT)
     input_out = _comps(INPUT_OUT)
     private = dict(api_visibility="private")
+    latest = dict(trigger_mode="always_last")  # a choice made while a run is going is run afterwards, not dropped
     model = dict(concurrency_id=MODEL, api_visibility="private")
 
     def _then_run(dep):
-        """estimate right away, then the full run (the readout moves before the heavy work)."""
-        return dep.success(on_estimate, main_in, C["readout"], show_progress="hidden", **private).then(
-            on_analyze, main_in, view_out, **model)
+        """Estimate right away, then the full run (the readout moves before the heavy work). A
+        trigger that arrives while the run is still going runs again afterwards with the newest
+        settings (Gradio's default would drop it)."""
+        return dep.success(on_estimate, main_in, C["readout"], show_progress="hidden", **private, **latest).then(
+            on_analyze, main_in, view_out, **model, **latest)
 
     _then_run(C["image_file"].upload(on_upload, [C["state"], C["image_file"], C["band_r"], C["band_g"], C["band_b"],
-                                                 C["stretch_lo"], C["stretch_hi"]], _comps(UPLOAD_OUT), **private))
+                                                 C["stretch_lo"], C["stretch_hi"]], _comps(UPLOAD_OUT), **private, **latest))
     band_inputs = [C["state"], C["band_r"], C["band_g"], C["band_b"], C["stretch_lo"], C["stretch_hi"]]
     _then_run(gr.on([C["band_r"].submit, C["band_g"].submit, C["band_b"].submit, C["band_r"].blur, C["band_g"].blur,
                      C["band_b"].blur, C["stretch_lo"].release, C["stretch_hi"].release],
                     on_bands, band_inputs, input_out, trigger_mode="always_last", **private))
     if "gallery" in C:
-        _then_run(C["gallery"].select(on_example, [C["state"], C["backbone"], C["sam_size"]], _comps(EXAMPLE_OUT), **private))
+        _then_run(C["gallery"].select(on_example, [C["state"], C["backbone"], C["sam_size"]], _comps(EXAMPLE_OUT),
+                                      **private, **latest))
     _then_run(gr.on([C["mask_file"].upload, C["mask_file"].clear], on_mask,
-                    [C["state"], C["mask_file"], C["backbone"], C["sam_size"]], [C["state"], C["mask_notices"]], **private))
+                    [C["state"], C["mask_file"], C["backbone"], C["sam_size"]], [C["state"], C["mask_notices"]], **private, **latest))
 
     backbone_in = [C["state"], C["backbone"], C["sam_size"], C["method"]]
-    _then_run(gr.on([C["backbone"].input, C["sam_size"].input], on_backbone, backbone_in, setup_out, **private))
-    check = C["method"].select(on_check_method, [C["backbone"], C["sam_size"], C["method"]], None, **private)
+    _then_run(gr.on([C["backbone"].input, C["sam_size"].input], on_backbone, backbone_in, setup_out, **private, **latest))
+    check = C["method"].select(on_check_method, [C["backbone"], C["sam_size"], C["method"]], None, **private, **latest)
     check.failure(on_revert_method, C["state"], C["method"], **private)
     _then_run(check.success(on_method, [C["state"], C["backbone"], C["sam_size"], C["method"]], setup_out, **private))
     C["download_btn"].click(on_download, [C["backbone"], C["sam_size"]], C["backbone_note"], **model).success(
@@ -762,7 +771,7 @@ with gr.Blocks(title="prune_viz", delete_cache=(3600, 3600)) as demo:
                            [C["state"], C["compare_image"], C["compare_table"], C["compare_note"]], **model)
     sam_tab.select(on_sam_tab, C["state"], C["sam_image"], **private)
     C["sam_image"].select(on_prompt_click, [C["state"], C["prompt_mode"]],
-                          [C["state"], C["sam_image"], C["prompt_status"]], **private)
+                          [C["state"], C["sam_image"], C["prompt_status"]], trigger_mode="multiple", **private)
     C["box_btn"].click(on_box, [C["state"], C["box_x0"], C["box_y0"], C["box_x1"], C["box_y1"]],
                        [C["state"], C["sam_image"], C["prompt_status"]], **private)
     C["clear_btn"].click(on_clear_prompts, C["state"], [C["state"], C["sam_image"], C["prompt_status"],

@@ -185,7 +185,8 @@ KNOWN_CONTROLS: dict[tuple[str, str], dict[str, Any]] = {
                            info="Never prune a token whose prediction entropy is beta bits or more."),
     ("matp", "k"): dict(kind="slider", minimum=0, maximum=10, step=1, label="k — relation tokens kept per class"),
     ("matp", "criterion"): dict(label="criterion (adaptive = the paper's)"),
-    ("matp", "fixed_threshold"): dict(kind="slider", minimum=0.0, maximum=1.0, step=0.01, label="fixed threshold (criterion = fixed)", advanced=True),
+    ("matp", "fixed_threshold"): dict(kind="slider", minimum=0.0, maximum=1.0, step=0.01,
+                                      label="fixed threshold (criterion = fixed)", advanced=True),
     ("matp", "topk_rate"): dict(kind="slider", minimum=0.0, maximum=0.95, step=0.05, label="top-k rate (criterion = topk)", advanced=True),
     ("matp", "weights"): dict(label="facet weights: entropy, 1 - confidence, atypicality", advanced=True),
 }
@@ -203,6 +204,7 @@ class Session:
     image_path: str | None = None  # the uploaded file, to re-read with other bands / stretch
     read_as: tuple | None = None  # (bands, stretch) the image was read with
     method: str | None = None  # the method in use (to restore the dropdown after a refused choice)
+    runs: int = 0  # analyses started; a run that is no longer the newest does not update the page
     notices: list[str] = field(default_factory=list)
     bands: int = 3
     gt: np.ndarray | None = None
@@ -524,15 +526,20 @@ def load_gt(path: str, session: Session, bb: Backbone | None) -> tuple[np.ndarra
 # --------------------------------------------------------------------------------- running
 
 
-def run_analysis(session: Session, bb: Backbone, info_key: tuple, plan: Plan) -> Analysis:
+def run_analysis(session: Session, bb: Backbone, info_key: tuple, plan: Plan, current: Any = None) -> Analysis:
     """Pruned forward reusing the session's cached unpruned forward (prefix cache) when it is
-    for this image and backbone; no FLOP-counter measurement, no timing repeats."""
+    for this image and backbone; no FLOP-counter measurement, no timing repeats.
+
+    ``current``: a callable telling whether this run is still the newest one of the session
+    (runs can overlap when a user changes settings during a slow run); a superseded run does
+    not overwrite the session's analysis or cache."""
     if session.image is None:
         raise ValueError("load an image first (upload one or click an example)")
     baseline = session.baseline if session.baseline_for == info_key else None
     result = analyze(bb, session.image, plan, gt=session.gt, baseline=baseline, measure=False, repeat=0)
-    session.baseline, session.baseline_for = result.baseline, info_key
-    session.analysis, session.backbone_key = result, info_key
+    if current is None or current():
+        session.baseline, session.baseline_for = result.baseline, info_key
+        session.analysis, session.backbone_key = result, info_key
     return result
 
 
@@ -911,10 +918,12 @@ def metrics_rows(analysis: Analysis, changed_fraction: float | None = None) -> l
 
     rows = [
         ["MACs, unpruned", f"{g(m['baseline'])} GMACs ({g(2 * m['baseline'])} GFLOPs)", "1 multiply-add = 1 MAC; FLOPs = 2 x MACs"],
-        ["MACs, pruned", f"{g(m['pruned'])} GMACs ({g(2 * m['pruned'])} GFLOPs)", "whole forward: embedding, blocks, aux heads, decision, decoder"],
+        ["MACs, pruned", f"{g(m['pruned'])} GMACs ({g(2 * m['pruned'])} GFLOPs)",
+         "whole forward: embedding, blocks, aux heads, decision, decoder"],
         ["MAC change", f"{m['delta_pct']:+.1f} %", "negative = saved"],
         ["  of which blocks", f"{g(parts['blocks'])} GMACs", "transformer blocks on the tokens still alive"],
-        ["  of which method", f"{parts['decision'] / 1e6:.1f} MMACs", "the pruning decision's own arithmetic (entropy, clustering, attention statistics)"],
+        ["  of which method", f"{parts['decision'] / 1e6:.1f} MMACs",
+         "the pruning decision's own arithmetic (entropy, clustering, attention statistics)"],
         ["  of which aux heads", f"{parts['aux_heads'] / 1e6:.1f} MMACs", "auxiliary classifiers (DToP / MATP)"],
         ["Tokens in the last block", f"{last} of {n} ({100 * last / n:.0f} %)", "16 x 16 px patches still computed at the end"],
         ["Agreement with unpruned (mIoU)", num(met.get("agreement_miou")), "1 = same segmentation as without pruning"],
@@ -1033,7 +1042,11 @@ def match_budget(
     def reduction(rate: float) -> tuple[float, Plan]:
         p = build_plan(bb, method, layers, seed, {**values, field_name: rate})
         est = estimate_macs(bb, baseline, p)
-        return 100.0 * (est["baseline"] - est["macs"]) / est["baseline"], p
+        macs = est["macs"]
+        if p.method.needs_attention:  # the run also pays for the attention statistics (not in the estimate)
+            grid, first = baseline.prep.grid, p.layers[0]
+            macs += bb.block_macs(first, None, grid, want_attn=True) - bb.block_macs(first, None, grid)
+        return 100.0 * (est["baseline"] - macs) / est["baseline"], p
 
     lo, hi = 0.0, max_rate
     r_hi, p_hi = reduction(hi)
@@ -1285,7 +1298,10 @@ def cli_command(backbone: str, input_size: int | None, plan: Plan, image_name: s
     return " ".join(parts) + "\n" + "".join(n + "\n" for n in notes)
 
 
-def export_zip(session: Session, bb: Backbone, info: BackboneInfo, root: str | Path | None = None, extra_pngs: dict[str, np.ndarray] | None = None) -> Path:
+def export_zip(
+    session: Session, bb: Backbone, info: BackboneInfo, root: str | Path | None = None,
+    extra_pngs: dict[str, np.ndarray] | None = None,
+) -> Path:
     """report.json, the PNGs of ``save_outputs``, the token-depth and change maps and the method's
     signal panels per pruning layer, the input (and mask) the run saw, and command.txt with the
     CLI line that reproduces it, zipped."""
