@@ -96,6 +96,33 @@ def test_unknown_backbone_and_missing_file(image_path, tmp_path, capsys):
     assert_one_error_line(code, err)
 
 
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("timm:local-dir:/tmp", "no hf-hub:, local-dir: or paths"),
+        ("timm:hf-hub:timm/vit_tiny_patch16_224", "no hf-hub:, local-dir: or paths"),
+        ("timm:../models/vit", "no hf-hub:, local-dir: or paths"),
+        ("timm:vit_not_a_model", "timm has no model called"),
+    ],
+)
+def test_timm_names_never_reach_the_network_or_a_path(name, expected, monkeypatch):
+    """timm would read hf-hub:/local-dir: names from the network or a folder; a name typed in a
+    browser must be refused before timm sees it (the socket guard fails the test otherwise)."""
+    import socket
+
+    import timm
+
+    from prune_viz import ui_logic as L
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("network touched")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(timm, "create_model", no_network)
+    with pytest.raises(ValueError, match=expected):
+        L.backbone_info(name)
+
+
 class Exploit:
     def __reduce__(self):
         import os

@@ -27,9 +27,21 @@ _MAX_MODELS = 3
 
 
 def check_backbone_name(name: str) -> None:
+    """ValueError unless ``name`` is one of ours or ``timm:<a model in timm's registry>``.
+
+    timm also accepts ``hf-hub:<repo>`` and ``local-dir:<path>`` names, which would fetch from
+    the network or open a folder typed by whoever wrote the name (a browser user, on a shared
+    Space); only plain registry names (with an optional ``.tag``) pass."""
     if name in BACKBONES and name != "timm:<name>":
         return
     if name.startswith("timm:") and len(name) > 5:
+        model_name = name[5:]
+        if any(c in model_name for c in ":/\\") or model_name.startswith("."):
+            raise ValueError(f"'{name}': give a model name from timm's registry (no hf-hub:, local-dir: or paths)")
+        from timm.models import is_model
+
+        if not is_model(model_name):
+            raise ValueError(f"'{name}': timm has no model called '{model_name}' (timm.list_models('vit_*') lists them)")
         return
     raise ValueError(f"unknown backbone '{name}'; choose demo, demo_matp, sam_vit_b, sam_vit_l, sam_vit_h or timm:<model_name>")
 
