@@ -17,7 +17,7 @@ from .methods import METHODS, get_method
 
 
 def parse_layers(text: str | list | tuple | None) -> tuple[int, ...] | None:
-    """'3,6,8' / [3, 6, 8] / None -> sorted distinct layers (None = the default)."""
+    """'3,6,8' / [3, 6, 8] / None -> sorted distinct layers (None or '' = the default; ',' is refused)."""
     if text is None or (isinstance(text, str) and text.strip() == ""):
         return None
     parts = text.split(",") if isinstance(text, str) else list(text)
@@ -26,6 +26,8 @@ def parse_layers(text: str | list | tuple | None) -> tuple[int, ...] | None:
     except ValueError:
         raise ValueError(f"layers must be integers like 3,6,8, got '{text}'") from None
     if not values:
+        if isinstance(text, str):  # "," or " , ": something was typed, but no layer
+            raise ValueError(f"layers must be integers like 3,6,8, got '{text}'")
         return None
     return tuple(sorted(set(values)))
 

@@ -63,3 +63,67 @@ def tiny_demo(tmp_path, monkeypatch):
     weights = write_tiny_demo(tmp_path / "tiny_demo")
     monkeypatch.setenv("PRUNE_VIZ_DEMO_WEIGHTS", str(weights))
     return weights
+
+
+# ----------------------------------------------------------------------------- the app (test_app*.py)
+
+SHIPPED_DEMO = ROOT / "assets" / "demo_segmenter.safetensors"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    """A synthetic aerial scene (256 px) and its label mask, in a temporary examples folder."""
+    import cv2
+
+    from prune_viz.data.synthetic import make_scene
+
+    folder = tmp_path_factory.mktemp("examples")
+    image, labels = make_scene(7, 256, "mixed")
+    cv2.imwrite(str(folder / "scene.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(folder / "scene_mask.png"), labels)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def app_module(scene, tmp_path_factory):
+    """Import app.py with the demo weights available and examples from a temporary folder."""
+    import importlib
+
+    saved = {k: os.environ.get(k) for k in ("PRUNE_VIZ_DEMO_WEIGHTS", "PRUNE_VIZ_EXAMPLES")}
+    if not SHIPPED_DEMO.is_file() and not os.environ.get("PRUNE_VIZ_DEMO_WEIGHTS"):
+        from prune_viz.train import TrainConfig, run
+
+        out = tmp_path_factory.mktemp("tiny_demo")
+        run(TrainConfig(steps=1, finetune_steps=0, val=1, batch=2), out)
+        os.environ["PRUNE_VIZ_DEMO_WEIGHTS"] = str(out / "demo_segmenter.safetensors")
+    os.environ["PRUNE_VIZ_EXAMPLES"] = str(scene)
+    sys.modules.pop("app", None)
+    module = importlib.import_module("app")
+    yield module
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(scope="module")
+def client(app_module):
+    """The app served on a free local port for this test module, and a gradio_client on it."""
+    from gradio_client import Client
+
+    port = _free_port()
+    app_module.demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True,
+                           max_file_size="50mb")
+    try:
+        yield Client(f"http://127.0.0.1:{port}/", verbose=False)
+    finally:
+        app_module.demo.close()

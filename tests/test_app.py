@@ -4,75 +4,19 @@ that must come back as our message (never a traceback), and the non-UI logic beh
 The demo backbone uses ``assets/demo_segmenter.safetensors`` when it exists, otherwise a tiny
 model trained for one step here (same architecture; the numbers are meaningless, the plumbing
 is not).
+The ``scene``, ``app_module`` and ``client`` fixtures live in conftest.py (shared with
+test_app_inputs.py).
 """
 
 from __future__ import annotations
 
-import importlib
 import json
-import os
-import socket
-import sys
 import zipfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = ROOT / "assets" / "demo_segmenter.safetensors"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def scene(tmp_path_factory):
-    from prune_viz.data.synthetic import make_scene
-
-    folder = tmp_path_factory.mktemp("examples")
-    image, labels = make_scene(7, 256, "mixed")
-    cv2.imwrite(str(folder / "scene.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-    cv2.imwrite(str(folder / "scene_mask.png"), labels)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def app_module(scene, tmp_path_factory):
-    """Import app.py with the demo weights available and examples from a temporary folder."""
-    saved = {k: os.environ.get(k) for k in ("PRUNE_VIZ_DEMO_WEIGHTS", "PRUNE_VIZ_EXAMPLES")}
-    if not SHIPPED.is_file() and not os.environ.get("PRUNE_VIZ_DEMO_WEIGHTS"):
-        from prune_viz.train import TrainConfig, run
-
-        out = tmp_path_factory.mktemp("tiny_demo")
-        run(TrainConfig(steps=1, finetune_steps=0, val=1, batch=2), out)
-        os.environ["PRUNE_VIZ_DEMO_WEIGHTS"] = str(out / "demo_segmenter.safetensors")
-    os.environ["PRUNE_VIZ_EXAMPLES"] = str(scene)
-    sys.modules.pop("app", None)
-    module = importlib.import_module("app")
-    yield module
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-
-
-@pytest.fixture(scope="module")
-def client(app_module):
-    from gradio_client import Client
-
-    port = _free_port()
-    app_module.demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True,
-                           max_file_size="50mb")
-    try:
-        yield Client(f"http://127.0.0.1:{port}/", verbose=False)
-    finally:
-        app_module.demo.close()
 
 
 def _call(client, *args, api_name):
