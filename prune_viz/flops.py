@@ -6,12 +6,18 @@ element-wise adds are not counted (neither does ``torch.utils.flop_counter``).
 
 The analytic counts are what the engine reports; :func:`measure_macs` runs a callable under
 ``FlopCounterMode`` and divides its FLOPs by two, so tests can hold the two side by side.
-``FlopCounterMode`` counts 0 for ``scaled_dot_product_attention`` on CPU unless the math backend
-is forced, so the measurement forces it.
+Older torch builds count 0 for ``scaled_dot_product_attention``'s fused CPU kernel; only there
+does the measurement force the math backend. Forcing it (``sdpa_kernel``) flips a
+*process-wide* switch: every other thread's attention then runs the math kernel too, with
+last-bit differences, and overlapping enter/exit from two threads can leave the switch wrong.
+The app measures decisions concurrently (the load test caught exactly this), so where the
+counter sees the fused kernel nothing is switched.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from typing import Any, Callable
 
 import torch
@@ -37,9 +43,21 @@ def conv_macs(conv: nn.Conv2d, out_h: int, out_w: int) -> int:
     return out_h * out_w * conv.out_channels * (conv.in_channels // conv.groups) * k_h * k_w
 
 
-def measure_macs(fn: Callable[[], Any]) -> tuple[int, Any]:
-    """Run ``fn()`` under FlopCounterMode (math SDPA) -> (MACs = FLOPs / 2, fn's result)."""
+@functools.cache
+def counter_sees_fused_sdpa() -> bool:
+    """Whether FlopCounterMode counts the default CPU attention kernel (torch >= 2.5 does)."""
+    q = torch.zeros(1, 1, 4, 8)
     counter = FlopCounterMode(display=False)
-    with sdpa_kernel(SDPBackend.MATH), counter, torch.no_grad():
+    with counter, torch.no_grad():
+        torch.nn.functional.scaled_dot_product_attention(q, q, q)
+    return counter.get_total_flops() == 2 * attention_core_macs(4, 4, 8)
+
+
+def measure_macs(fn: Callable[[], Any]) -> tuple[int, Any]:
+    """Run ``fn()`` under FlopCounterMode -> (MACs = FLOPs / 2, fn's result). Thread-safe
+    wherever :func:`counter_sees_fused_sdpa` (else the math backend is forced, see above)."""
+    counter = FlopCounterMode(display=False)
+    backend = contextlib.nullcontext() if counter_sees_fused_sdpa() else sdpa_kernel(SDPBackend.MATH)
+    with backend, counter, torch.no_grad():
         result = fn()
     return counter.get_total_flops() // 2, result

@@ -97,3 +97,19 @@ def test_bad_layers_are_refused_with_a_reason(tiny_timm, layers, needle):
 def test_bad_rate_is_refused(rate):
     with pytest.raises(ValueError):
         RateParams(rate)
+
+
+def test_measuring_macs_leaves_the_attention_backends_alone():
+    """sdpa_kernel(...) flips process-wide switches: a measurement in one request must not
+    change which attention kernel another request runs (the load test caught this once)."""
+    import torch
+
+    from prune_viz.flops import counter_sees_fused_sdpa
+
+    if not counter_sees_fused_sdpa():
+        pytest.skip("this torch's FlopCounterMode needs the math backend forced")
+    flags = (torch.backends.cuda.flash_sdp_enabled, torch.backends.cuda.mem_efficient_sdp_enabled,
+             torch.backends.cuda.math_sdp_enabled)
+    before = [f() for f in flags]
+    inside = measure_macs(lambda: [f() for f in flags])[1]
+    assert inside == before
