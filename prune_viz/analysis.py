@@ -8,6 +8,7 @@ from scratch; OpenCV work (LVTP's Sobel) is invisible to the counter and timed o
 
 from __future__ import annotations
 
+import hashlib
 import json
 import statistics
 import time
@@ -125,7 +126,22 @@ def build_report(backbone: Backbone, plan: Plan, baseline: Baseline, trace: Trac
         },
         "latency_ms": None,
         "metrics": metrics,
+        "digest": {
+            "input": baseline.key,
+            "status_grids": [_digest(s.status_grid) for s in trace.steps],
+            "seg_before": _digest(seg_b.labels),
+            "seg_after": _digest(seg_p.labels),
+        },
     }
+
+
+def _digest(array: np.ndarray) -> str:
+    """sha256 (first 16 hex digits) of an array's shape, dtype and bytes: two reports describe
+    the same decisions and segmentations exactly when their digests match."""
+    a = np.ascontiguousarray(array)
+    h = hashlib.sha256(f"{a.shape}{a.dtype}".encode())
+    h.update(a.tobytes())
+    return h.hexdigest()[:16]
 
 
 def save_outputs(analysis: Analysis, out: Path, image: np.ndarray, patch: int) -> list[Path]:
