@@ -16,11 +16,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import shutil
 import tempfile
+import threading
 import time
 import typing
+import weakref
 import zipfile
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -219,6 +223,62 @@ class Session:
 
     def clear_prompts(self) -> None:
         self.points, self.box, self.corner = [], None, None
+
+
+class CacheBudget:
+    """A server-wide bound on the prefix caches sessions keep (``Baseline.x_after``: every
+    block's output, ~10 MB for the demo at 512 px, ~0.7 GB for SAM ViT-H at 1024 px).
+
+    ``keep(session)`` after a session stores a baseline: when the caches of all live sessions
+    add up to more than ``max_bytes``, the least recently stored ones are dropped (that session's
+    next run recomputes its unpruned forward; what it shows stays valid). Sessions are held by
+    weak reference, so a session Gradio has let go of (time-to-live) is forgotten here too.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._held: OrderedDict[int, tuple[weakref.ref, int]] = OrderedDict()  # id -> (session, bytes)
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def size(baseline: Baseline | None) -> int:
+        return sum(t.numel() * t.element_size() for t in baseline.x_after) if baseline is not None else 0
+
+    def keep(self, session: Session) -> None:
+        with self._lock:
+            self._held.pop(id(session), None)
+            for key in [k for k, (ref, _) in self._held.items() if ref() is None]:
+                del self._held[key]
+            self._held[id(session)] = (weakref.ref(session), self.size(session.baseline))
+            total = sum(n for _, n in self._held.values())
+            while total > self.max_bytes and len(self._held) > 1:
+                _, (ref, n) = self._held.popitem(last=False)
+                total -= n
+                other = ref()
+                if other is not None:
+                    evict_cache(other)
+
+    def held_bytes(self) -> int:
+        with self._lock:
+            return sum(n for ref, n in self._held.values() if ref() is not None)
+
+
+def evict_cache(session: Session) -> None:
+    """Drop a session's prefix cache. A run already using it keeps its own reference; the
+    analysis on show keeps everything the views need (not the block outputs)."""
+    session.baseline, session.baseline_for = None, None
+    if session.analysis is not None and session.analysis.baseline.x_after:
+        slim = dataclasses.replace(session.analysis.baseline, x_after=[])
+        session.analysis = dataclasses.replace(session.analysis, baseline=slim)
+
+
+CACHE_BUDGET = CacheBudget(int(float(os.environ.get("PRUNE_VIZ_CACHE_MB", "2048")) * 2**20))
+
+
+def store_baseline(session: Session, baseline: Baseline, info_key: tuple) -> None:
+    """Keep ``baseline`` as the session's prefix cache, within :data:`CACHE_BUDGET`."""
+    session.baseline, session.baseline_for = baseline, info_key
+    CACHE_BUDGET.keep(session)
 
 
 # --------------------------------------------------------------------------------- examples
@@ -538,17 +598,18 @@ def run_analysis(session: Session, bb: Backbone, info_key: tuple, plan: Plan, cu
     baseline = session.baseline if session.baseline_for == info_key else None
     result = analyze(bb, session.image, plan, gt=session.gt, baseline=baseline, measure=False, repeat=0)
     if current is None or current():
-        session.baseline, session.baseline_for = result.baseline, info_key
         session.analysis, session.backbone_key = result, info_key
+        store_baseline(session, result.baseline, info_key)
     return result
 
 
 def live_estimate(session: Session, bb: Backbone, info_key: tuple, plan: Plan) -> dict[str, Any] | None:
     """Fast MAC readout from the cached unpruned forward; None when there is none yet."""
-    if session.baseline is None or session.baseline_for != info_key or session.image is None:
+    baseline = session.baseline if session.baseline_for == info_key else None
+    if baseline is None or session.image is None:
         return None
     t0 = time.perf_counter()
-    est = estimate_macs(bb, session.baseline, plan)
+    est = estimate_macs(bb, baseline, plan)
     return estimate_summary(est, (time.perf_counter() - t0) * 1e3)
 
 
@@ -560,11 +621,10 @@ def estimate_from_scratch(session: Session, bb: Backbone, info_key: tuple, plan:
 
     if session.image is None:
         raise ValueError("load an image first")
-    session.baseline = run_baseline(bb, session.image, attn_layers=attention_layers(plan))
-    session.baseline_for = info_key
-    out = live_estimate(session, bb, info_key, plan)
-    assert out is not None
-    return out
+    baseline = run_baseline(bb, session.image, attn_layers=attention_layers(plan))
+    store_baseline(session, baseline, info_key)
+    t0 = time.perf_counter()
+    return estimate_summary(estimate_macs(bb, baseline, plan), (time.perf_counter() - t0) * 1e3)
 
 
 def estimate_summary(est: dict[str, Any], ms: float | None = None) -> dict[str, Any]:
@@ -1098,17 +1158,19 @@ def compare_methods(
             use_layers = layers
         except ValueError as exc:
             use_layers, note = None, f"layers {layers} not usable ({exc}); its default layers used. "
-        if session.baseline is None or session.baseline_for != info_key:
+        baseline = session.baseline if session.baseline_for == info_key else None
+        if baseline is None:
             from .engine import run_baseline
 
-            session.baseline, session.baseline_for = run_baseline(bb, session.image), info_key
+            baseline = run_baseline(bb, session.image)
+            store_baseline(session, baseline, info_key)
         if target_pct is not None:
-            plan, budget_note = match_budget(bb, session.baseline, method, use_layers, seed, float(target_pct), values)
+            plan, budget_note = match_budget(bb, baseline, method, use_layers, seed, float(target_pct), values)
             note += budget_note
         else:
             plan = build_plan(bb, method, use_layers, seed, values)
             note += "defaults"
-        result = analyze(bb, session.image, plan, gt=session.gt, baseline=session.baseline, measure=False, repeat=0)
+        result = analyze(bb, session.image, plan, gt=session.gt, baseline=baseline, measure=False, repeat=0)
         rows.append(CompareRow(method, result, note))
     return rows
 
