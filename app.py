@@ -112,6 +112,11 @@ def _as_files(out: dict[str, Any]) -> dict[str, Any]:
     return done
 
 
+def _sentences(head: str, notices: list[str]) -> str:
+    """'Loaded x.' + ['stretched (2-98th percentile)', ...] -> one readable line."""
+    return " ".join(p for p in (head, "; ".join(notices) + "." if notices else "") if p)
+
+
 def _comps(names: list[str]) -> list:
     return [C[n] for n in names]
 
@@ -160,10 +165,10 @@ def _load(session: L.Session, path: str, name: str, bands=None, stretch=(2.0, 98
     session.clear_prompts()
     many = loaded.bands > 3
     h, w = loaded.rgb.shape[:2]
-    notes = [f"Loaded **{name}**: {w} x {h} px, {loaded.bands} band(s), {loaded.source_dtype}."] + session.notices
+    head = f"Loaded **{name}**: {w} x {h} px, {loaded.bands} band(s), {loaded.source_dtype}."
     return {
         "state": session,
-        "notices": " ".join(notes),
+        "notices": _sentences(head, session.notices),
         "band_row": gr.Row(visible=many),
         "band_r": gr.Number(maximum=loaded.bands) if many else gr.skip(),
         "band_g": gr.Number(maximum=loaded.bands) if many else gr.skip(),
@@ -180,9 +185,10 @@ def _api_prepare(image: str | None, backbone: str, method: str, layers: str, par
         raise CheckpointError(L.missing_weights_message(info.name))
     session = L.Session()
     loaded = L.load_input(image)
-    session.image, session.image_name = loaded.rgb, Path(image).name
+    session.image, session.image_name, session.notices = loaded.rgb, Path(image).name, list(loaded.notices)
     if mask:
-        session.gt, _ = L.load_gt(mask, session, bb)
+        session.gt, mask_notices = L.load_gt(mask, session, bb)
+        session.notices += [f"mask: {n}" for n in mask_notices]
     values = L.parse_params_json(params)
     method = (method or L.DEFAULT_METHOD).strip()
     if method in METHODS:
@@ -373,7 +379,7 @@ def _example(session, backbone, sam_size, index: int) -> dict[str, Any]:
     if ex.mask is not None:
         _, bb = _info(backbone, sam_size)
         session.gt, notices = L.load_gt(str(ex.mask), session, bb)
-        note = " ".join([f"Ground truth: **{ex.mask.name}**." if session.gt is not None else ""] + notices)
+        note = _sentences(f"Ground truth: **{ex.mask.name}**." if session.gt is not None else "", notices)
     out.update(mask_notices=note, image_file=None, mask_file=None)
     return out
 
@@ -400,7 +406,7 @@ def on_mask(session, file, backbone, sam_size):
     _, bb = _info(backbone, sam_size)
     session.gt, notices = L.load_gt(str(file), session, bb)
     head = f"Ground truth: **{Path(str(file)).name}**." if session.gt is not None else ""
-    return session, " ".join([head] + notices)
+    return session, _sentences(head, notices)
 
 
 @_user_errors
@@ -483,14 +489,15 @@ def on_export(session, backbone, sam_size):
 def api_analyze(image, backbone, method, layers, params, seed, mask=None) -> dict:
     """Report JSON of one analysis (MACs: 1 multiply-add = 1 MAC; FLOPs = 2 x MACs)."""
     session, bb, info, plan = _api_prepare(image, backbone, method, layers, params, seed, mask)
-    return L.json_ready(L.run_analysis(session, bb, info.key, plan).report)
+    report = L.run_analysis(session, bb, info.key, plan).report
+    return L.json_ready({**report, "input_notices": session.notices})
 
 
 @_user_errors
 def api_estimate(image, backbone, method, layers, params, seed) -> dict:
     """MAC readout (what the live counter shows) for these settings."""
     session, bb, info, plan = _api_prepare(image, backbone, method, layers, params, seed, None)
-    return L.json_ready(L.estimate_from_scratch(session, bb, info.key, plan))
+    return L.json_ready({**L.estimate_from_scratch(session, bb, info.key, plan), "input_notices": session.notices})
 
 
 @_user_errors
@@ -796,7 +803,13 @@ with gr.Blocks(title="prune_viz", delete_cache=(3600, 3600)) as demo:
     api_buttons["export"].click(api_export, [a["image"], a["backbone"], a["method"], a["layers"], a["params"], a["seed"],
                                              a["mask"]], api_file, api_name="export", concurrency_id=MODEL)
 
-demo.queue(max_size=32, default_concurrency_limit=2)
+# Requests beyond QUEUE_SIZE waiting ones are refused at once ("Queue is full, try again")
+# instead of piling up; at most MODEL_WORKERS networks run at the same time (they share the
+# CPU cores). Both can be changed per deployment; README "Limits" has the measured figures.
+QUEUE_SIZE = int(os.environ.get("PRUNE_VIZ_QUEUE_SIZE", "32"))
+MODEL_WORKERS = int(os.environ.get("PRUNE_VIZ_WORKERS", "2"))
+MAX_FILE_SIZE = "50mb"  # prune_viz.io refuses larger files too (CLI, API)
+demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=MODEL_WORKERS)
 
 if __name__ == "__main__":
-    demo.launch(max_file_size="50mb")
+    demo.launch(max_file_size=MAX_FILE_SIZE)

@@ -81,7 +81,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     backbone = build_backbone(args.backbone, checkpoint=args.checkpoint, input_size=args.input_size, download=args.download)
     values = {f.name: getattr(args, f.name, None) for spec in METHODS.values() for f in dataclasses.fields(spec.params_cls)}
     plan = make_plan(backbone, args.method, args.layers, args.seed, values)
-    gt = None
+    gt, input_notices = None, list(loaded.notices)
     if args.mask is not None:
         if backbone.num_classes == 0:
             raise UserError(f"--mask needs a backbone with semantic classes; {backbone.name} outputs anonymous segments")
@@ -89,7 +89,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         gt, notices = load_mask(args.mask, loaded.rgb.shape[:2], backbone.num_classes, palette)
         for notice in notices:
             print(f"note: {notice}", file=sys.stderr)
+        input_notices += [f"mask: {n}" for n in notices]
     result = analyze(backbone, loaded.rgb, plan, gt=gt, repeat=max(0, args.repeat), measure=not args.no_measure)
+    result.report["input_notices"] = input_notices
     result.report["command"] = " ".join(["python -m prune_viz"] + sys.argv[1:]) if sys.argv[1:2] == ["analyze"] else None
     written = save_outputs(result, args.out, loaded.rgb, backbone.patch_size)
     m = result.report["macs"]

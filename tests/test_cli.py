@@ -161,6 +161,8 @@ def test_input_zoo_through_cli(case, tmp_path, capsys):
     code, _, err = run(["analyze", str(path), "--out", str(tmp_path / "out"), *TINY, "--method", "random", "--repeat", "0", "--no-measure"], capsys)
     if zoo.EXPECT[case] == "ok":
         assert code == 0, err
-        assert (tmp_path / "out" / "report.json").exists()
+        report = json.loads((tmp_path / "out" / "report.json").read_text())
+        assert all(f"note: {n}" in err for n in report["input_notices"])  # said and kept
+        assert zoo.KEYWORD[case] in " ".join(report["input_notices"])
     else:
         assert_one_error_line(code, err)
