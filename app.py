@@ -27,6 +27,7 @@ from prune_viz.methods import METHODS
 
 # ----------------------------------------------------------------------------- constants
 
+L.limit_malloc_arenas()  # before Gradio starts its worker threads: keeps the server's memory flat
 ROOT = Path(__file__).resolve().parent
 EXAMPLES = L.find_examples(os.environ.get("PRUNE_VIZ_EXAMPLES", ROOT / "examples"))
 CONTROLS = L.param_controls()
