@@ -518,3 +518,14 @@ def test_stretch_is_monotonic(values: list[float], lo: float, hi: float) -> None
     assert (np.diff(out[finite][order]) >= 0).all()
     assert (out[~finite] == 0).all()
     assert not math.isnan(out.sum())
+
+
+def test_lzw_multiband_geotiff_loads(tmp_path):
+    """GDAL writes LZW by default; with imagecodecs (in requirements.txt) tifffile decodes it."""
+    pytest.importorskip("imagecodecs")
+    bands = (np.random.default_rng(3).random((40, 50, 5)) * 4000).astype(np.uint16)
+    path = tmp_path / "lzw5.tif"
+    tifffile.imwrite(path, bands, compression="lzw", photometric="minisblack", planarconfig="contig")
+    loaded = load_image(path)
+    assert loaded.rgb.shape == (40, 50, 3) and loaded.bands == 5
+    assert any("bands 1,2,3" in n for n in loaded.notices)
