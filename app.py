@@ -53,6 +53,8 @@ SETUP_OUT = [
 INPUT_OUT = ["state", "notices", "band_row", "band_r", "band_g", "band_b"]
 
 C: dict[str, Any] = {}  # name -> component, filled while the layout is built
+# Files are opened only from here: where Gradio puts what a browser or gradio_client uploaded.
+UPLOAD_ROOTS: tuple[str, ...] = (gr.utils.get_upload_folder(),)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -116,6 +118,18 @@ def _as_files(out: dict[str, Any]) -> dict[str, Any]:
 def _sentences(head: str, notices: list[str]) -> str:
     """'Loaded x.' + ['stretched (2-98th percentile)', ...] -> one readable line."""
     return " ".join(p for p in (head, "; ".join(notices) + "." if notices else "") if p)
+
+
+def _uploaded(path: Any) -> str:
+    """``path`` if it is a file Gradio received as an upload; anything else (a server path sent
+    in a crafted request, e.g. ``{"path": "/etc/..."}``, which Gradio passes through) is refused
+    before it is opened."""
+    real = os.path.realpath(str(path))
+    for root in map(os.path.realpath, UPLOAD_ROOTS):
+        if real.startswith(root.rstrip(os.sep) + os.sep):
+            return str(path)
+    raise gr.Error("files must be uploaded (from Python: gradio_client.handle_file(path)); "
+                   "the server does not open paths it is sent", print_exception=False)
 
 
 def _comps(names: list[str]) -> list:
@@ -184,6 +198,7 @@ def _api_prepare(image: str | None, backbone: str, method: str, layers: str, par
     info, bb = L.backbone_info(backbone or L.DEFAULT_BACKBONE)
     if bb is None:
         raise CheckpointError(L.missing_weights_message(info.name))
+    image, mask = _uploaded(image), (_uploaded(mask) if mask else None)
     session = L.Session()
     loaded = L.load_input(image)
     session.image, session.image_name, session.notices = loaded.rgb, Path(image).name, list(loaded.notices)
@@ -345,7 +360,7 @@ def on_upload(session, file, r, g, b, lo, hi):
     session = _session(session)
     if not file:
         return {}
-    path = str(file)
+    path = _uploaded(file)
     out = _load(session, path, Path(path).name, None, (lo, hi))
     out.update(mask_file=None, mask_notices="")
     if session.bands > 3:
@@ -405,7 +420,7 @@ def on_mask(session, file, backbone, sam_size):
         session.gt = None
         return session, "No ground-truth mask: mIoU and gamma are not shown."
     _, bb = _info(backbone, sam_size)
-    session.gt, notices = L.load_gt(str(file), session, bb)
+    session.gt, notices = L.load_gt(_uploaded(file), session, bb)
     head = f"Ground truth: **{Path(str(file)).name}**." if session.gt is not None else ""
     return session, _sentences(head, notices)
 
@@ -810,7 +825,11 @@ with gr.Blocks(title="prune_viz", delete_cache=(3600, 3600)) as demo:
 QUEUE_SIZE = int(os.environ.get("PRUNE_VIZ_QUEUE_SIZE", "32"))
 MODEL_WORKERS = int(os.environ.get("PRUNE_VIZ_WORKERS", "2"))
 MAX_FILE_SIZE = "50mb"  # prune_viz.io refuses larger files too (CLI, API)
+# Gradio keeps a copy of this page's configuration per browser / API session (0.3-5 MiB here,
+# measured by the load test) for up to 10 000 sessions by default; the oldest beyond this many
+# are forgotten (that visitor's next event starts from a fresh Session).
+SESSION_CAPACITY = int(os.environ.get("PRUNE_VIZ_SESSIONS", "200"))
 demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=MODEL_WORKERS)
 
 if __name__ == "__main__":
-    demo.launch(max_file_size=MAX_FILE_SIZE)
+    demo.launch(max_file_size=MAX_FILE_SIZE, state_session_capacity=SESSION_CAPACITY)

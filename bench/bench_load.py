@@ -18,8 +18,10 @@ and the public ``/analyze`` endpoint:
 Latency is per request as the client sees it (upload + queue wait + run + download).
 
 Run: ``python bench/bench_load.py [--sessions 16] [--requests 5] [--rounds 2] [--burst 64]
-[--queue-size 32] [--workers 2]``. The server inherits ``--queue-size`` / ``--workers`` as
-``PRUNE_VIZ_QUEUE_SIZE`` / ``PRUNE_VIZ_WORKERS``.
+[--queue-size 32] [--workers 2] [--session-capacity N]``. The server inherits them as
+``PRUNE_VIZ_QUEUE_SIZE`` / ``PRUNE_VIZ_WORKERS`` / ``PRUNE_VIZ_SESSIONS``. Every round opens
+``--sessions`` new Gradio sessions: Gradio's per-session bookkeeping is what grows the RSS
+from round to round until ``--session-capacity`` sessions are held.
 """
 
 from __future__ import annotations
@@ -222,7 +224,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(queue_size: int, workers: int, timeout_s: float = 180.0, log: Path | None = None) -> tuple[subprocess.Popen, str]:
+def start_server(queue_size: int, workers: int, timeout_s: float = 180.0, log: Path | None = None,
+                 session_capacity: int | None = None) -> tuple[subprocess.Popen, str]:
     """``python app.py`` on a free local port; returns (process, url) once it answers."""
     import urllib.request
 
@@ -230,6 +233,8 @@ def start_server(queue_size: int, workers: int, timeout_s: float = 180.0, log: P
     env = dict(os.environ, GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port),
                PRUNE_VIZ_QUEUE_SIZE=str(queue_size), PRUNE_VIZ_WORKERS=str(workers),
                GRADIO_ANALYTICS_ENABLED="False")
+    if session_capacity is not None:
+        env["PRUNE_VIZ_SESSIONS"] = str(session_capacity)
     out = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115 - lives as long as the server
     proc = subprocess.Popen([sys.executable, str(ROOT / "app.py")], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
@@ -273,10 +278,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sessions", type=int, default=16)
     ap.add_argument("--requests", type=int, default=5, help="per session")
-    ap.add_argument("--rounds", type=int, default=2, help="rounds of the concurrent phase (memory growth between them)")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of the concurrent phase (memory growth between them)")
     ap.add_argument("--burst", type=int, default=64, help="requests submitted at once to overflow the queue (0: skip)")
     ap.add_argument("--queue-size", type=int, default=32)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--session-capacity", type=int, help="sessions Gradio remembers (PRUNE_VIZ_SESSIONS; app default 200)")
     ap.add_argument("--url", help="an app already running (memory is then not reported)")
     ap.add_argument("--log", type=Path, default=Path("runs/bench_load_server.log"))
     args = ap.parse_args(argv)
@@ -289,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         url = args.url
     else:
         args.log.parent.mkdir(parents=True, exist_ok=True)
-        proc, url = start_server(args.queue_size, args.workers, log=args.log)
+        proc, url = start_server(args.queue_size, args.workers, log=args.log, session_capacity=args.session_capacity)
     phases: list[Phase] = []
 
     def phase(name: str, fn) -> Phase:

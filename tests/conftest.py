@@ -107,6 +107,8 @@ def app_module(scene, tmp_path_factory):
     os.environ["PRUNE_VIZ_EXAMPLES"] = str(scene)
     sys.modules.pop("app", None)
     module = importlib.import_module("app")
+    # In-process handler tests hand over files from pytest's temporary folders as if uploaded.
+    module.UPLOAD_ROOTS = (*module.UPLOAD_ROOTS, str(tmp_path_factory.getbasetemp()))
     yield module
     for key, value in saved.items():
         if value is None:

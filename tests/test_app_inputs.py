@@ -278,3 +278,21 @@ def test_parameter_set_through_analyze_handler(app_module, loaded_session, case)
     msg = str(err.value.message)
     assert _needle(case, UI_NEEDLE) in msg and "Traceback" not in msg
     assert loaded_session.runs == runs  # refused before anything ran
+
+
+def test_a_server_path_sent_instead_of_a_file_is_not_opened(client, app_module):
+    """A raw request naming a file on the server (instead of uploading one) gets no result from
+    it: Gradio refuses it, and behind Gradio the handlers open only files in its upload folder.
+    (gradio_client would upload a local path itself, so the request is made by hand here.)"""
+    import gradio as gr
+    import httpx
+
+    real_image = Path(app_module.ROOT) / "examples" / "mixed.png"  # a valid image the server can read
+    for path in (str(real_image), "/etc/passwd"):
+        data = [{"path": path, "meta": {"_type": "gradio.FileData"}}, "demo", "random", "6", "", 0, None]
+        event = httpx.post(client.src.rstrip("/") + "/gradio_api/call/analyze", json={"data": data}).json()["event_id"]
+        with httpx.stream("GET", client.src.rstrip("/") + f"/gradio_api/call/analyze/{event}", timeout=60) as stream:
+            body = "".join(stream.iter_text())
+        assert "event: error" in body and "macs" not in body
+        with pytest.raises(gr.Error, match="must be uploaded"):  # the handlers' own check
+            app_module.api_analyze(path, "demo", "random", "6", "", 0)
