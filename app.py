@@ -825,9 +825,9 @@ with gr.Blocks(title="prune_viz", delete_cache=(3600, 3600)) as demo:
 QUEUE_SIZE = int(os.environ.get("PRUNE_VIZ_QUEUE_SIZE", "32"))
 MODEL_WORKERS = int(os.environ.get("PRUNE_VIZ_WORKERS", "2"))
 MAX_FILE_SIZE = "50mb"  # prune_viz.io refuses larger files too (CLI, API)
-# Gradio keeps a copy of this page's configuration per browser / API session (0.3-5 MiB here,
-# measured by the load test) for up to 10 000 sessions by default; the oldest beyond this many
-# are forgotten (that visitor's next event starts from a fresh Session).
+# Gradio keeps a copy of this page's configuration per browser / API session (the RSS growth
+# bench/bench_load.py sees from round to round) for up to 10 000 sessions by default; the
+# oldest beyond this many are forgotten (that visitor's next event starts from a fresh Session).
 SESSION_CAPACITY = int(os.environ.get("PRUNE_VIZ_SESSIONS", "200"))
 demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=MODEL_WORKERS)
 

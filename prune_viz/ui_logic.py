@@ -276,9 +276,9 @@ def limit_malloc_arenas(arenas: int = 2) -> bool:
     """Cap glibc's malloc arenas (as ``MALLOC_ARENA_MAX`` would) unless that is set already.
 
     Gradio runs handlers on a pool of threads; glibc gives each thread its own arena, and the
-    multi-megabyte numpy / torch buffers of a run leave every arena fragmented: the load test
-    (bench/bench_load.py, 16 sessions) saw the server's RSS grow by 40-250 MiB per 80 requests
-    with the default, and level off (+0-20 MiB per 80) with two arenas, at no cost in latency.
+    multi-megabyte numpy / torch buffers of a run leave every arena fragmented, and the server's
+    RSS grows round after round of ``bench/bench_load.py`` (compare a run with
+    ``MALLOC_ARENA_MAX=16``, glibc's default on 2 cores), at no gain in latency.
     Call before worker threads exist. Returns whether the cap was applied (False off glibc)."""
     if os.environ.get("MALLOC_ARENA_MAX"):
         return False
