@@ -7,6 +7,8 @@ requests, memory) is ``python bench/bench_load.py``; this file uses its harness.
 from __future__ import annotations
 
 import gc
+import time
+from pathlib import Path
 
 import pytest
 
@@ -87,3 +89,38 @@ def test_session_caches_stay_within_the_budget(tiny_demo, rgb_image):
         assert budget.held_bytes() == one  # a session Gradio let go of is forgotten here too
     finally:
         L.CACHE_BUDGET = saved
+
+
+def test_a_browser_is_told_the_app_is_busy(server):
+    """With the queue full, a visitor's click is answered at once with Gradio's 'busy, try
+    again' message (not a spinner that never ends, not a dead page)."""
+    import shutil
+
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(chromium).exists():
+        pytest.skip("Debian's chromium is not installed")
+    from gradio_client import handle_file
+
+    proc, url = server
+    client = load.client_for(url)
+    requests = load.make_requests(4, load.examples())
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--headless", "--disable-gpu"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(url, timeout=60_000)
+            page.get_by_text("go on into block").first.wait_for(timeout=120_000)  # the first visit's analysis is done
+            jobs = [client.submit(handle_file(r.image), r.backbone, r.method, r.layers, r.params, r.seed, None,
+                                  api_name="/analyze") for r in requests * 3]  # 12 >> queue of 3
+            time.sleep(0.3)
+            page.locator(".gallery img, button img").nth(1).click()  # another example: a queued event
+            page.get_by_text("busy. Please try again").first.wait_for(timeout=30_000)
+        finally:
+            browser.close()
+    for job in jobs:
+        try:
+            job.result(timeout=120)
+        except Exception:  # noqa: BLE001 - refusals are expected here, the point is the browser's message
+            pass
+    assert proc.poll() is None
