@@ -50,7 +50,7 @@ SETUP_OUT = [
     "method", "layers", "backbone_note", "missing_help", "download_btn", "sam_size", "view_layer", "method_info",
     "sam_note", "compare_methods", *[f"grp:{m}" for m in METHODS],
 ]
-INPUT_OUT = ["state", "notices", "band_row", "band_r", "band_g", "band_b"]
+INPUT_OUT = ["state", "notices", "band_row", "band_r", "band_g", "band_b", "readout"]
 
 C: dict[str, Any] = {}  # name -> component, filled while the layout is built
 # Files are opened only from here: where Gradio puts what a browser or gradio_client uploaded.
@@ -188,6 +188,9 @@ def _load(session: L.Session, path: str, name: str, bands=None, stretch=(2.0, 98
         "band_r": gr.Number(maximum=loaded.bands) if many else gr.skip(),
         "band_g": gr.Number(maximum=loaded.bands) if many else gr.skip(),
         "band_b": gr.Number(maximum=loaded.bands) if many else gr.skip(),
+        # The previous image's numbers must not stand next to this one (e.g. if its run is
+        # refused because the server is busy).
+        "readout": f"**{name}** loaded: running the analysis…",
     }
 
 
@@ -409,8 +412,14 @@ def on_example(session, backbone, sam_size, evt: gr.SelectData):
 @_user_errors
 @_packed(EXAMPLE_OUT)
 def on_first_visit(session, backbone, sam_size):
-    """A first-time visitor sees the first example analysed, not an empty page."""
-    return _example(session, backbone, sam_size, 0) if EXAMPLES else {}
+    """A first-time visitor sees the first example analysed, not an empty page (unless they
+    were quicker and uploaded an image of their own already)."""
+    session = _session(session)
+    if not EXAMPLES or session.image is not None:
+        return {}
+    out = _example(session, backbone, sam_size, 0)
+    out.pop("image_file"), out.pop("mask_file")  # nothing to clear: never empty a file the visitor is uploading
+    return out
 
 
 @_user_errors

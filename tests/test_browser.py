@@ -28,6 +28,9 @@ if not os.path.exists(CHROMIUM):
     pytest.skip("Debian's chromium is not installed", allow_module_level=True)
 
 
+SERVER_LOG: list[Path] = []  # the running server's log, for failure messages
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -35,11 +38,15 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def app_url():
+def app_url(tmp_path_factory):
     port = free_port()
     env = dict(os.environ, GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port), GRADIO_ANALYTICS_ENABLED="False")
     env.pop("PRUNE_VIZ_DEMO_WEIGHTS", None)  # the shipped model, as a user gets it
-    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    # The server's output goes to a file: an unread pipe fills up and blocks the server mid-request.
+    log_path = tmp_path_factory.mktemp("browser") / "server.log"
+    SERVER_LOG[:] = [log_path]
+    log = open(log_path, "w")  # noqa: SIM115 - open for the server's lifetime
+    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + 180
     while time.time() < deadline:
@@ -48,7 +55,7 @@ def app_url():
             break
         except OSError:
             if proc.poll() is not None:
-                raise RuntimeError(proc.stdout.read().decode(errors="replace")[-2000:])
+                raise RuntimeError(log_path.read_text(errors="replace")[-2000:])
             time.sleep(1)
     else:
         proc.kill()
@@ -56,6 +63,7 @@ def app_url():
     yield url
     proc.terminate()
     proc.wait(timeout=20)
+    log.close()
 
 
 def test_upload_run_switch_tabs_read_a_number(app_url, tmp_path):
@@ -68,9 +76,16 @@ def test_upload_run_switch_tabs_read_a_number(app_url, tmp_path):
         page = browser.new_page(viewport={"width": 2000, "height": 1300})
         page.goto(app_url, timeout=120_000)
         # Upload a scene through the file input (our own loader reads it server-side).
+        # First the example a first visit shows, as a person would; then an upload of our own.
+        page.locator("#readout").get_by_text("measured on this run").wait_for(timeout=120_000)
         page.locator("input[type=file]").first.set_input_files(str(ROOT / "examples" / "parking.png"))
-        page.get_by_text("Loaded parking.png").first.wait_for(timeout=120_000)
-        page.get_by_text("go on into block").first.wait_for(timeout=120_000)
+        try:  # the upload's own output resets the readout, so this waits for the new image's numbers
+            page.get_by_text("Loaded parking.png").first.wait_for(timeout=120_000)
+            page.locator("#readout").get_by_text("measured on this run").wait_for(timeout=120_000)
+        except sync_api.TimeoutError:
+            page.screenshot(path=str(out / "timeout.png"), full_page=True)
+            pytest.fail(f"the upload was not answered; page text: {page.locator('body').inner_text()[:1500]!r}; "
+                        f"server log: {SERVER_LOG[0].read_text(errors='replace')[-1500:]!r}; screenshot {out / 'timeout.png'}")
         readout = page.locator("#readout").inner_text()
         gmacs = [float(v) for v in re.findall(r"([0-9]+(?:\.[0-9]+)?) GMACs", readout)]
         assert gmacs and 0 < gmacs[0] < 10.5, readout  # pruned total below the unpruned 10.46 GMACs
