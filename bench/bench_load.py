@@ -226,13 +226,16 @@ def free_port() -> int:
 
 def start_server(queue_size: int, workers: int, timeout_s: float = 180.0, log: Path | None = None,
                  session_capacity: int | None = None) -> tuple[subprocess.Popen, str]:
-    """``python app.py`` on a free local port; returns (process, url) once it answers."""
+    """``python app.py`` on a free local port, with the shipped demo model as a user gets it;
+    returns (process, url) once it answers. Its output goes to ``log`` (never to an unread pipe,
+    which would fill up and block the server mid-request)."""
     import urllib.request
 
     port = free_port()
     env = dict(os.environ, GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port),
                PRUNE_VIZ_QUEUE_SIZE=str(queue_size), PRUNE_VIZ_WORKERS=str(workers),
                GRADIO_ANALYTICS_ENABLED="False")
+    env.pop("PRUNE_VIZ_DEMO_WEIGHTS", None)
     if session_capacity is not None:
         env["PRUNE_VIZ_SESSIONS"] = str(session_capacity)
     out = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115 - lives as long as the server

@@ -70,14 +70,6 @@ def tiny_demo(tmp_path, monkeypatch):
 SHIPPED_DEMO = ROOT / "assets" / "demo_segmenter.safetensors"
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory):
     """A synthetic aerial scene (256 px) and its label mask, in a temporary examples folder."""
@@ -122,7 +114,9 @@ def client(app_module):
     """The app served on a free local port for this test module, and a gradio_client on it."""
     from gradio_client import Client
 
-    port = _free_port()
+    from bench.bench_load import free_port
+
+    port = free_port()
     app_module.demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True,
                            max_file_size="50mb")
     try:

@@ -10,14 +10,12 @@ is not installed (.ci/run installs both).
 import os
 import re
 import shutil
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+
+from bench import bench_load as load
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -31,39 +29,13 @@ if not os.path.exists(CHROMIUM):
 SERVER_LOG: list[Path] = []  # the running server's log, for failure messages
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory):
-    port = free_port()
-    env = dict(os.environ, GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port), GRADIO_ANALYTICS_ENABLED="False")
-    env.pop("PRUNE_VIZ_DEMO_WEIGHTS", None)  # the shipped model, as a user gets it
-    # The server's output goes to a file: an unread pipe fills up and blocks the server mid-request.
-    log_path = tmp_path_factory.mktemp("browser") / "server.log"
-    SERVER_LOG[:] = [log_path]
-    log = open(log_path, "w")  # noqa: SIM115 - open for the server's lifetime
-    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            break
-        except OSError:
-            if proc.poll() is not None:
-                raise RuntimeError(log_path.read_text(errors="replace")[-2000:])
-            time.sleep(1)
-    else:
-        proc.kill()
-        raise RuntimeError("app did not start within 180 s")
+    """``python app.py`` as a user starts it (shipped demo model), on a free local port."""
+    SERVER_LOG[:] = [tmp_path_factory.mktemp("browser") / "server.log"]
+    proc, url = load.start_server(queue_size=32, workers=2, log=SERVER_LOG[0])
     yield url
-    proc.terminate()
-    proc.wait(timeout=20)
-    log.close()
+    load.stop_server(proc)
 
 
 def test_upload_run_switch_tabs_read_a_number(app_url, tmp_path):
@@ -75,8 +47,8 @@ def test_upload_run_switch_tabs_read_a_number(app_url, tmp_path):
         browser = p.chromium.launch(executable_path=CHROMIUM, args=args)
         page = browser.new_page(viewport={"width": 2000, "height": 1300})
         page.goto(app_url, timeout=120_000)
-        # Upload a scene through the file input (our own loader reads it server-side).
-        # First the example a first visit shows, as a person would; then an upload of our own.
+        # First the example a first visit shows, as a person would; then a scene uploaded through
+        # the file input (our own loader reads it server-side).
         page.locator("#readout").get_by_text("measured on this run").wait_for(timeout=120_000)
         page.locator("input[type=file]").first.set_input_files(str(ROOT / "examples" / "parking.png"))
         try:  # the upload's own output resets the readout, so this waits for the new image's numbers
