@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageFile
 
-import prune_viz.io as pio
+from prune_viz.io import guards, tiff
 from prune_viz.io import InputError, LoadedImage, describe_bands, load_image, load_mask, stretch_to_uint8
 
 try:  # works whether or not tests/ becomes a package
@@ -50,7 +50,7 @@ def _assert_valid(result: LoadedImage) -> None:
     assert result.rgb.dtype == np.uint8
     assert result.rgb.ndim == 3 and result.rgb.shape[2] == 3
     assert result.rgb.shape[0] >= 1 and result.rgb.shape[1] >= 1
-    assert result.rgb.shape[0] * result.rgb.shape[1] <= pio.MAX_PIXELS
+    assert result.rgb.shape[0] * result.rgb.shape[1] <= guards.MAX_PIXELS
     assert all(isinstance(n, str) and n for n in result.notices)
     assert result.bands >= 1
 
@@ -218,7 +218,7 @@ def test_tiny_and_elongated_images(zoo_dir: dict[str, Path]) -> None:
 
 
 def test_large_images_are_downscaled(zoo_dir: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(pio, "MAX_PIXELS", 9000)  # 9000x50 is then 50 times too big
+    monkeypatch.setattr(guards, "MAX_PIXELS", 9000)  # 9000x50 is then 50 times too big
     strip = load_image(_path(zoo_dir, "png_9000x50"))
     h, w = strip.rgb.shape[:2]
     assert h * w <= 9000 and abs(w / h - 180) < 20
@@ -230,19 +230,19 @@ def test_large_images_are_downscaled(zoo_dir: dict[str, Path], monkeypatch: pyte
     jpeg.save(buf, "JPEG")
     small = load_image(buf.getvalue())
     assert small.rgb.shape[0] * small.rgb.shape[1] <= 9000
-    assert small.rgb.shape[:2] == pio._downscaled_size(300, 400)[::-1]
+    assert small.rgb.shape[:2] == guards._downscaled_size(300, 400)[::-1]
     assert "downscaled from 300x400" in " ".join(small.notices)
     # 16-bit data take the other road (stretch at full size, then resize): same contract.
     gray = load_image(_path(zoo_dir, "png16_gray"))
     assert gray.rgb.shape[:2] == (40, 50)
-    monkeypatch.setattr(pio, "MAX_PIXELS", 500)
+    monkeypatch.setattr(guards, "MAX_PIXELS", 500)
     gray = load_image(_path(zoo_dir, "png16_gray"))
-    assert gray.rgb.shape[:2] == pio._downscaled_size(50, 40)[::-1]
+    assert gray.rgb.shape[:2] == guards._downscaled_size(50, 40)[::-1]
     assert gray.source_shape == (40, 50) and "downscaled from 50x40" in " ".join(gray.notices)
 
 
 def test_file_size_limits(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(pio, "MAX_FILE_BYTES", 100)
+    monkeypatch.setattr(guards, "MAX_FILE_BYTES", 100)
     data = zoo.png_bytes(zoo._noise((32, 32, 3)))
     with pytest.raises(InputError, match="too large"):
         load_image(data)
@@ -399,7 +399,7 @@ def test_stretch_to_uint8_basics() -> None:
     ],
 )
 def test_guess_band_order(shape: tuple[int, int, int], expected: tuple[int, int, int] | None) -> None:
-    assert pio._guess_band_order(list(shape)) == expected
+    assert tiff._guess_band_order(list(shape)) == expected
 
 
 def test_tiff_extra_dimensions_use_the_first_plane() -> None:

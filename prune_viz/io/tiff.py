@@ -1,0 +1,273 @@
+"""Decoding TIFFs through tifffile: any dtype, any number of bands, band-last or band-first.
+
+tifffile is imported lazily (most uploads are PNG or JPEG); Pillow reads what tifffile cannot
+decode without the optional ``imagecodecs`` package.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .guards import _MAX_DECODE_BYTES, _TIFF_MAX_RATIO, InputError, _check_size, _corrupt, _human_bytes, _Raw, _short, _Source
+from .pillow import _cmyk_to_rgb, _decode_pillow
+
+if TYPE_CHECKING:
+    import tifffile
+
+# A first (or last) axis at most this long, and at most half the others, is taken for bands.
+_MAX_GUESSED_BANDS: int = 16
+
+# TIFF tag values (TIFF 6.0 spec), spelled out so the checks below read as prose.
+_PHOTOMETRIC_MINISWHITE = 0
+_PHOTOMETRIC_PALETTE = 3
+_PHOTOMETRIC_SEPARATED = 5  # CMYK when there are 4 samples
+_EXTRASAMPLE_ALPHA = (1, 2)  # associated, unassociated
+_TAG_GDAL_NODATA = 42113
+
+
+@dataclass(frozen=True)
+class _TiffPlan:
+    """How to turn a tifffile series array into H x W x C: ``arr[index].transpose(order)``.
+
+    Worked out from the header alone so sizes can be checked, and bands counted, before any
+    strip is read. ``alpha`` lists channel positions (after the transpose) that are alpha.
+    """
+
+    index: tuple[int | slice, ...]
+    order: tuple[int, ...]
+    height: int
+    width: int
+    channels: int
+    alpha: tuple[int, ...]
+    notices: tuple[str, ...]
+
+
+def _decode_tiff(src: _Source, for_mask: bool) -> _Raw:
+    """TIFF via tifffile; Pillow reads what tifffile cannot (LZW/JPEG without imagecodecs)."""
+    try:
+        return _decode_tifffile(src, for_mask)
+    except InputError:
+        raise
+    except Exception as exc:
+        try:
+            return _decode_pillow(src, for_mask)
+        except InputError as pil_error:
+            if "imagecodecs" in str(exc):
+                raise InputError(
+                    f"this TIFF uses a compression that needs the optional 'imagecodecs' package "
+                    f"(pip install imagecodecs): {_short(exc)}"
+                ) from exc
+            if "truncated" in str(pil_error):
+                raise _corrupt("TIFF", exc) from exc
+            raise InputError(f"could not read the TIFF: {_short(exc)}") from exc
+
+
+def _open_tifffile(src: _Source) -> tifffile.TiffFile:
+    import tifffile
+
+    return tifffile.TiffFile(io.BytesIO(src.data))
+
+
+def _describe_tiff(src: _Source) -> tuple[int, str]:
+    with _open_tifffile(src) as tif:
+        series = tif.series[0]
+        plan = _plan_tiff(series, series.keyframe)
+        _check_size(plan.width, plan.height)
+        return _tiff_bands(series.keyframe, plan), np.dtype(series.dtype).name
+
+
+def _tiff_bands(page: tifffile.TiffPage, plan: _TiffPlan) -> int:
+    """Selectable bands: colour-mapped and CMYK images become 3 RGB bands, alpha never counts."""
+    if int(page.photometric) == _PHOTOMETRIC_PALETTE and plan.channels == 1 and page.colormap is not None:
+        return 3
+    if _is_cmyk(page, plan):
+        return 3
+    return plan.channels - len(plan.alpha)
+
+
+def _decode_tifffile(src: _Source, for_mask: bool) -> _Raw:
+    with _open_tifffile(src) as tif:
+        series = tif.series[0]
+        page = series.keyframe
+        plan = _plan_tiff(series, page)
+        _check_size(plan.width, plan.height)
+        dtype = np.dtype(series.dtype)
+        if math.prod(series.shape) * dtype.itemsize > _MAX_DECODE_BYTES:
+            raise InputError(
+                f"the TIFF would decode to {math.prod(series.shape) * dtype.itemsize / 2**30:.1f} GB "
+                f"(shape {tuple(series.shape)}, {dtype.name}); the limit is {_MAX_DECODE_BYTES / 2**30:.1f} GB"
+            )
+        _check_tiff_complete(series, len(src.data))
+        _check_tiff_expansion(series, page, plan)
+        notices = list(plan.notices)
+        if len(tif.series) > 1:
+            notices.append(f"the TIFF holds {len(tif.series)} images: using the first")
+        arr = series.asarray()
+        arr = arr[plan.index].transpose(plan.order)
+        if arr.ndim == 2:
+            arr = arr[..., None]
+        source_shape = (plan.height, plan.width) if plan.channels == 1 else (plan.height, plan.width, plan.channels)
+        if plan.alpha:
+            keep = [c for c in range(arr.shape[2]) if c not in plan.alpha]
+            arr = arr[..., keep]
+            notices.append(("RGBA" if len(keep) == 3 else f"{plan.channels}-channel") + ": alpha dropped")
+        arr, more = _tiff_photometric(arr, page, plan, for_mask)
+        notices += more
+        return _Raw(arr, (plan.height, plan.width), source_shape, dtype.name, "TIFF", notices, _gdal_nodata(page))
+
+
+def _plan_tiff(series: tifffile.TiffPageSeries, page: tifffile.TiffPage) -> _TiffPlan:
+    """Find the Y, X and band axes of a TIFF series from its axes letters and shape.
+
+    tifffile names sample axes 'S' from the TIFF tags (reliable: band-last 'YXS' for
+    interleaved, band-first 'SYX' for planar) and ImageJ/OME channels 'C'. Without either,
+    a 3-D stack of pages ('IYX', 'QYX') is ambiguous: a first axis of at most 16 and much
+    smaller than the others is bands-first; likewise a last such axis is band-last (what a
+    band-last array written without photometric tags looks like, pages of W x bands); anything
+    else is read as pages, the first used. Other axes (time, z, pages) are reduced to index 0.
+    """
+    shape, axes = tuple(int(n) for n in series.shape), str(series.axes)
+    notices: list[str] = []
+    index: list[int | slice] = [slice(None)] * len(shape)
+    # Singleton axes (except Y, X) carry nothing: drop them.
+    for i, (ax, n) in enumerate(zip(axes, shape)):
+        if n == 1 and ax not in "YX":
+            index[i] = 0
+    kept = [i for i in range(len(shape)) if isinstance(index[i], slice)]
+    kept_axes = "".join(axes[i] for i in kept)
+    if "Y" not in kept_axes or "X" not in kept_axes:
+        raise InputError(f"unsupported TIFF layout (axes {axes!r}, shape {shape})")
+    band_ax = next((c for c in "SC" if c in kept_axes), None)
+    extras = [i for i in kept if axes[i] not in "YX" + (band_ax or "")]
+    if band_ax is None and len(extras) == 1 and len(kept) == 3:
+        d = [shape[i] for i in kept]
+        order = _guess_band_order(d)
+        if order is None:  # a long stack of pages: use the first page
+            index[kept[0]] = 0
+            notices.append(f"the TIFF holds {d[0]} pages: using the first")
+            return _finish_plan(index, (0, 1), shape, kept[1:], None, page, notices)
+        y, x, c = (kept[j] for j in order)
+        return _finish_plan(index, order, shape, [y, x], c, page, notices)
+    for i in extras:
+        index[i] = 0
+    if extras:
+        extra_text = ", ".join(f"{axes[i]}={shape[i]}" for i in extras)
+        notices.append(f"the TIFF has extra dimensions ({extra_text}): using the first of each")
+    remaining = [i for i in kept if i not in extras]  # Y, X and maybe the band axis, in file order
+    y, x = axes.index("Y"), axes.index("X")
+    c = axes.index(band_ax) if band_ax else None
+    want = [y, x] + ([c] if c is not None else [])
+    order = tuple(remaining.index(i) for i in want)
+    return _finish_plan(index, order, shape, [y, x], c, page, notices)
+
+
+def _guess_band_order(d: list[int]) -> tuple[int, int, int] | None:
+    """Positions (y, x, band) in a 3-D shape ``d`` whose band axis is unknown, or None for pages."""
+    def small(n: int, others: list[int]) -> bool:
+        return n <= _MAX_GUESSED_BANDS and all(2 * n <= o for o in others)
+
+    if small(d[0], [d[1], d[2]]):
+        return (1, 2, 0)
+    if small(d[2], [d[0], d[1]]):
+        return (0, 1, 2)
+    if d[0] <= _MAX_GUESSED_BANDS:  # a few pages, as stored: bands-first
+        return (1, 2, 0)
+    return None
+
+
+def _finish_plan(
+    index: list[int | slice],
+    order: tuple[int, ...],
+    shape: tuple[int, ...],
+    yx: list[int],
+    c: int | None,
+    page: tifffile.TiffPage,
+    notices: list[str],
+) -> _TiffPlan:
+    height, width = shape[yx[0]], shape[yx[1]]
+    channels = shape[c] if c is not None else 1
+    return _TiffPlan(tuple(index), tuple(order), height, width, channels,
+                     _tiff_alpha(page, channels), tuple(notices))
+
+
+def _tiff_alpha(page: tifffile.TiffPage, channels: int) -> tuple[int, ...]:
+    """Channel positions that the ExtraSamples tag marks as alpha (not GeoTIFF's 'unspecified')."""
+    extras = tuple(int(e) for e in (getattr(page, "extrasamples", ()) or ()))
+    if not extras or channels != int(page.samplesperpixel):
+        return ()
+    first_extra = channels - len(extras)
+    return tuple(first_extra + i for i, e in enumerate(extras) if e in _EXTRASAMPLE_ALPHA)
+
+
+def _is_cmyk(page: tifffile.TiffPage, plan: _TiffPlan) -> bool:
+    """8-bit CMYK, the only separated (ink) layout we convert; others stay plain bands."""
+    return (int(page.photometric) == _PHOTOMETRIC_SEPARATED and plan.channels - len(plan.alpha) == 4
+            and int(page.bitspersample) == 8)
+
+
+def _tiff_photometric(
+    arr: np.ndarray, page: tifffile.TiffPage, plan: _TiffPlan, for_mask: bool
+) -> tuple[np.ndarray, list[str]]:
+    """Apply what the Photometric tag says the samples mean (palette, CMYK, white-is-zero)."""
+    photometric = int(page.photometric)
+    if for_mask:
+        return arr, []  # masks want the stored values (palette indices are class ids)
+    if photometric == _PHOTOMETRIC_PALETTE and page.colormap is not None and arr.shape[2] == 1:
+        cmap = np.asarray(page.colormap)  # 3 x 2**bits, 16-bit colour values
+        idx = np.clip(arr[..., 0].astype(np.intp), 0, cmap.shape[1] - 1)
+        rgb = (cmap[:, idx] >> 8 if cmap.max() > 255 else cmap[:, idx]).astype(np.uint8)
+        return np.moveaxis(rgb, 0, -1), []
+    if _is_cmyk(page, plan):
+        return _cmyk_to_rgb(arr), ["CMYK: converted to RGB (no colour profile applied)"]
+    if photometric == _PHOTOMETRIC_MINISWHITE and arr.dtype.kind in "ub":
+        top = True if arr.dtype == bool else np.iinfo(arr.dtype).max
+        return (np.logical_not(arr) if arr.dtype == bool else top - arr), ["white-is-zero TIFF: inverted"]
+    return arr, []
+
+
+def _check_tiff_complete(series: tifffile.TiffPageSeries, size: int) -> None:
+    """Strips or tiles that end past the end of the file mean a truncated download.
+
+    tifffile would otherwise hand back zeros for the missing part without complaint.
+    """
+    for page in series.pages:
+        if page is None:
+            continue
+        for offset, count in zip(page.dataoffsets, page.databytecounts):
+            if count and offset + count > size:
+                raise _corrupt("TIFF", EOFError(f"image data ends at byte {offset + count}, the file has {size}"))
+
+
+def _check_tiff_expansion(series: tifffile.TiffPageSeries, page: tifffile.TiffPage, plan: _TiffPlan) -> None:
+    """Refuse a TIFF whose strips hold fewer bytes than its tags promise (uncompressed:
+    exactly; LZW, PackBits, deflate: at their best ratio). Other codecs are not bounded here.
+    """
+    ratio = _TIFF_MAX_RATIO.get(int(page.compression))
+    if ratio is None or any(p is None for p in series.pages):
+        return
+    stored = sum(int(c) for p in series.pages for c in p.databytecounts)
+    declared = math.prod(series.shape) * int(page.bitspersample) / 8
+    if declared > ratio * stored:
+        raise _corrupt("TIFF", ValueError(
+            f"the tags declare {plan.width}x{plan.height} pixels but the file holds only "
+            f"{_human_bytes(stored)} of image data"
+        ))
+
+
+def _gdal_nodata(page: tifffile.TiffPage) -> float | None:
+    """GeoTIFF no-data value (GDAL tag 42113, stored as text), so it can be kept out of the stretch."""
+    try:
+        tag = page.tags.get(_TAG_GDAL_NODATA)
+        if tag is None:
+            return None
+        value = tag.value
+        text = value.decode("ascii", "ignore") if isinstance(value, bytes) else str(value)
+        number = float(text.strip().strip("\x00"))
+        return number if math.isfinite(number) else None
+    except (ValueError, AttributeError):
+        return None
