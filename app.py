@@ -437,7 +437,7 @@ def on_mask(session, file, backbone, sam_size):
 @_user_errors
 def on_download(backbone, sam_size, progress=gr.Progress()):
     """Fetch official SAM weights into the checkpoint folder (only works online)."""
-    from prune_viz.backbones.sam import SAM_VARIANTS
+    from prune_viz.backbones.sam_variants import SAM_VARIANTS
     from prune_viz.checkpoints import cache_dir, download
 
     v = SAM_VARIANTS[backbone]

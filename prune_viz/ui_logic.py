@@ -365,7 +365,7 @@ def backbone_note(name: str) -> str:
 
 def checkpoint_help(name: str) -> str:
     """Markdown: how to get missing SAM weights (the server never opens a path typed in a browser)."""
-    from .backbones.sam import SAM_VARIANTS
+    from .backbones.sam_variants import SAM_VARIANTS
 
     v = SAM_VARIANTS[name]
     return (
@@ -379,7 +379,7 @@ def checkpoint_help(name: str) -> str:
 
 def missing_weights_message(name: str) -> str:
     """Plain-text version of :func:`checkpoint_help` for API callers."""
-    from .backbones.sam import SAM_VARIANTS
+    from .backbones.sam_variants import SAM_VARIANTS
 
     v = SAM_VARIANTS[name]
     return (f"{name} weights are not on this server: put the official file {v.filename} ({v.size_note}, {v.url}) "
@@ -398,7 +398,7 @@ def backbone_info(name: str, sam_size: int | None = None) -> tuple[BackboneInfo,
     except CheckpointError as exc:
         if not name.startswith("sam_"):
             raise
-        from .backbones.sam import SAM_VARIANTS
+        from .backbones.sam_variants import SAM_VARIANTS
 
         v = SAM_VARIANTS[name]
         unavailable = {m: (f"needs auxiliary heads, which {name} does not have (use the demo backbone)" if s.needs_aux else None)

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from prune_viz.backbones.sam import SAM_VARIANTS, SamBackbone, _build_sam_model, build_sam
+from prune_viz.backbones.sam import SamBackbone, build_sam
+from prune_viz.backbones.sam_variants import SAM_VARIANTS, _build_sam_model
 from prune_viz.checkpoints import CheckpointError
 from prune_viz.engine import Plan, run_baseline, run_pruned
 from prune_viz.flops import measure_macs
@@ -255,7 +256,7 @@ def test_checkpoint_loads_and_matches(vit_b, vit_b_file):
 
 
 def test_checkpoint_from_cache_folder_and_download(vit_b_file, tmp_path, monkeypatch):
-    import prune_viz.backbones.sam as sam_mod
+    import prune_viz.backbones.sam_variants as sam_variants
 
     monkeypatch.setenv("PRUNE_VIZ_CHECKPOINTS", str(tmp_path))
     calls = []
@@ -265,7 +266,7 @@ def test_checkpoint_from_cache_folder_and_download(vit_b_file, tmp_path, monkeyp
         os.symlink(vit_b_file, dest)
         return dest
 
-    monkeypatch.setattr(sam_mod, "download_file", fake_download)
+    monkeypatch.setattr(sam_variants, "download_file", fake_download)
     v = SAM_VARIANTS["sam_vit_b"]
     build_sam("sam_vit_b", img_size=IMG, download=True, points_per_side=2)
     assert calls == [(v.url, v.filename, v.sha256)]

@@ -6,32 +6,14 @@ is patched: the full-grid path calls the unmodified ``Block``; the pruned path r
 the kept tokens with the block's own sub-modules (``norm1``, ``attn.qkv``, ``attn.proj``,
 ``attn.rel_pos_h/w``, ``norm2``, ``mlp``) and segment-anything's ``get_rel_pos``.
 
-Attention on a subset of tokens
--------------------------------
-* Global blocks: every kept token attends to every kept token.
-* Windowed blocks: a kept token attends to the kept tokens of its own 14 x 14 window. SAM pads
-  the *normalised* grid with zeros up to a multiple of 14 before partitioning, so in edge windows
-  the unmodified model also attends to those pad cells: their key/value is exactly the qkv bias
-  (the input is 0). The subset path keeps these pad keys (never as queries: their outputs are
-  cropped by SAM too), so at pruning rate 0 it equals the unmodified block.
-* Relative positions: SAM adds ``rel_h[q_row, k_row] + rel_w[q_col, k_col]`` with
-  ``rel_h = q . R_h[q_row, k_row]`` (decomposed, MViTv2). The subset path computes ``rel_h`` /
-  ``rel_w`` for the kept queries only and gathers the columns of the kept (and pad) keys, with
-  window-local coordinates in windowed blocks and grid coordinates in global blocks.
-
-Layers are 1-based (``prune_viz`` convention); segment-anything's ``global_attn_indexes`` are
-0-based. So the global blocks are ViT-B 3, 6, 9, 12; ViT-L 6, 12, 18, 24; ViT-H 8, 16, 24, 32.
-LVTP's default pruning layer is the second global block: ViT-B 6, ViT-L 12, ViT-H 16 (the
-paper's "16th layer" of ViT-H is a global-attention block).
+The subset attention (and its MACs) lives in :mod:`.sam_attention`; variants, constants and
+weights in :mod:`.sam_variants`.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
-from functools import partial
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -39,183 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..checkpoints import CheckpointError, cache_dir, download as download_file, load_state_dict
 from ..flops import conv_macs, linear_macs, measure_macs
 from .base import Backbone, BlockKind, BlockOutput, Prepared, Segmentation
-
-PATCH_SIZE = 16
-WINDOW_SIZE = 14
-PROMPT_EMBED_DIM = 256
-PIXEL_MEAN = (123.675, 116.28, 103.53)  # 0-255 scale, as segment_anything/build_sam.py
-PIXEL_STD = (58.395, 57.12, 57.375)
-
-
-@dataclass(frozen=True)
-class SamVariant:
-    """Hyper-parameters and official weights of one SAM image encoder size.
-
-    global_attn_indexes: 0-based, exactly as in segment_anything/build_sam.py.
-    default_layers: 1-based pruning layers (LVTP's choice: the second global block).
-    sha256: of the official file. The 6 hex characters in the official file names are the start
-    of the file's **md5**, not of its sha256, so they are not checked separately (the sha256
-    check is the stronger one). sha256 values were cross-checked against several independent
-    download scripts that verify these files; ``None`` would mean "unknown: check skipped".
-    """
-
-    name: str
-    embed_dim: int
-    depth: int
-    num_heads: int
-    global_attn_indexes: tuple[int, ...]
-    default_layers: tuple[int, ...]
-    filename: str
-    url: str
-    sha256: str | None
-    size_note: str
-
-
-_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
-SAM_VARIANTS: dict[str, SamVariant] = {
-    "sam_vit_b": SamVariant(
-        "sam_vit_b", 768, 12, 12, (2, 5, 8, 11), (6,), "sam_vit_b_01ec64.pth", _URL + "sam_vit_b_01ec64.pth",
-        "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912", "375 MB",
-    ),
-    "sam_vit_l": SamVariant(
-        "sam_vit_l", 1024, 24, 16, (5, 11, 17, 23), (12,), "sam_vit_l_0b3195.pth", _URL + "sam_vit_l_0b3195.pth",
-        "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622", "1.25 GB",
-    ),
-    "sam_vit_h": SamVariant(
-        "sam_vit_h", 1280, 32, 16, (7, 15, 23, 31), (16,), "sam_vit_h_4b8939.pth", _URL + "sam_vit_h_4b8939.pth",
-        "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e", "2.56 GB",
-    ),
-}
-
-
-# --- building ----------------------------------------------------------------------------------
-def _build_sam_model(
-    embed_dim: int, depth: int, num_heads: int, global_attn_indexes: tuple[int, ...], img_size: int = 1024
-) -> "nn.Module":
-    """segment-anything's ``_build_sam`` with ``img_size`` as a parameter (the library fixes 1024).
-
-    ``img_size`` sets the token grid (img_size / 16), the absolute position embedding and the
-    global blocks' relative-position tables; windowed blocks stay 14 x 14. Built on the current
-    default device (``torch.device("meta")`` gives a free shape-only model).
-    """
-    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
-
-    if img_size % PATCH_SIZE or img_size < PATCH_SIZE:
-        raise ValueError(f"img_size must be a positive multiple of {PATCH_SIZE}, got {img_size}")
-    grid = img_size // PATCH_SIZE
-    sam = Sam(
-        image_encoder=ImageEncoderViT(
-            depth=depth,
-            embed_dim=embed_dim,
-            img_size=img_size,
-            mlp_ratio=4,
-            norm_layer=partial(nn.LayerNorm, eps=1e-6),
-            num_heads=num_heads,
-            patch_size=PATCH_SIZE,
-            qkv_bias=True,
-            use_rel_pos=True,
-            global_attn_indexes=tuple(global_attn_indexes),
-            window_size=WINDOW_SIZE,
-            out_chans=PROMPT_EMBED_DIM,
-        ),
-        prompt_encoder=PromptEncoder(
-            embed_dim=PROMPT_EMBED_DIM,
-            image_embedding_size=(grid, grid),
-            input_image_size=(img_size, img_size),
-            mask_in_chans=16,
-        ),
-        mask_decoder=MaskDecoder(
-            num_multimask_outputs=3,
-            transformer=TwoWayTransformer(depth=2, embedding_dim=PROMPT_EMBED_DIM, mlp_dim=2048, num_heads=8),
-            transformer_dim=PROMPT_EMBED_DIM,
-            iou_head_depth=3,
-            iou_head_hidden_dim=256,
-        ),
-        pixel_mean=list(PIXEL_MEAN),
-        pixel_std=list(PIXEL_STD),
-    )
-    return sam.eval()
-
-
-def _guess_variant(state: dict[str, Tensor]) -> str | None:
-    """Which official variant a state dict looks like (by its embedding width), if any."""
-    w = state.get("image_encoder.patch_embed.proj.weight")
-    if w is None:
-        return None
-    for v in SAM_VARIANTS.values():
-        if w.shape[0] == v.embed_dim:
-            return v.name
-    return None
-
-
-def _adapt_resolution(state: dict[str, Tensor], model_state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Resample the input-size-dependent tensors of a checkpoint to this model's grid.
-
-    Only ``pos_embed`` (1 x g x g x C) and the global blocks' ``rel_pos_h/w`` ((2g - 1) x d)
-    depend on the input size. Relative tables are resampled exactly as ``get_rel_pos`` would do
-    on the fly (linear), so the result equals running the original tables; the absolute table is
-    resampled bicubically. Tensors whose channel width differs are left alone: that is a wrong
-    variant, reported by the caller.
-    """
-    out = dict(state)
-    for key, target in model_state.items():
-        src = out.get(key)
-        if src is None or src.shape == target.shape or src.ndim != target.ndim:
-            continue
-        if key.endswith("pos_embed") and src.ndim == 4 and src.shape[-1] == target.shape[-1]:
-            grid = tuple(target.shape[1:3])
-            resized = F.interpolate(src.permute(0, 3, 1, 2).float(), size=grid, mode="bicubic", align_corners=False)
-            out[key] = resized.permute(0, 2, 3, 1).to(src.dtype)
-        elif (key.endswith("rel_pos_h") or key.endswith("rel_pos_w")) and src.ndim == 2 and src.shape[1] == target.shape[1]:
-            resized = F.interpolate(src.float().T[None], size=target.shape[0], mode="linear")
-            out[key] = resized[0].T.to(src.dtype).contiguous()
-    return out
-
-
-def _load_weights(sam: nn.Module, state: dict[str, Tensor], variant: str, source: str) -> None:
-    """Check every key and shape against the model, then load (``assign``: no copy of the
-    weights, and the model may be a shape-only ``meta`` model until now)."""
-    model_state = sam.state_dict()
-    state = _adapt_resolution(state, model_state)
-    missing = [k for k in model_state if k not in state]
-    unexpected = [k for k in state if k not in model_state]
-    mismatched = [k for k in model_state if k in state and state[k].shape != model_state[k].shape]
-    if missing or unexpected or mismatched:
-        guess = _guess_variant(state)
-        hint = f" It looks like a {guess} checkpoint: choose that backbone." if guess and guess != variant else ""
-        detail = []
-        if mismatched:
-            k = mismatched[0]
-            detail.append(
-                f"{len(mismatched)} tensors of another shape, e.g. {k}: "
-                f"file {tuple(state[k].shape)} vs model {tuple(model_state[k].shape)}"
-            )
-        if missing:
-            detail.append(f"{len(missing)} missing, e.g. {missing[0]}")
-        if unexpected:
-            detail.append(f"{len(unexpected)} unexpected, e.g. {unexpected[0]}")
-        raise CheckpointError(f"{source} does not fit {variant} ({'; '.join(detail)}).{hint}")
-    sam.load_state_dict({k: v.to(model_state[k].dtype) for k, v in state.items()}, strict=True, assign=True)
-
-
-def _resolve_checkpoint(variant: SamVariant, checkpoint: str | None, download: bool, progress) -> Path:
-    """The file to load: an explicit path, else the cache folder, else a download if allowed."""
-    if checkpoint:
-        return Path(checkpoint).expanduser()
-    cached = cache_dir() / variant.filename
-    if cached.is_file():
-        return cached
-    if download:
-        return download_file(variant.url, cached, variant.sha256, progress)
-    raise CheckpointError(
-        f"no weights for {variant.name}: {variant.filename} is not in {cache_dir()}. Either pass "
-        f"--checkpoint PATH (a local copy of {variant.url}), or put {variant.filename} in that folder "
-        f"(set PRUNE_VIZ_CHECKPOINTS to use another folder), or allow the download with --download "
-        f"({variant.size_note}, sha256-checked)."
-    )
+from .sam_attention import full_block_macs, run_block_subset, subset_attention, subset_attention_macs
+from .sam_variants import PIXEL_MEAN, PIXEL_STD, PROMPT_EMBED_DIM, SAM_VARIANTS, load_sam_model
 
 
 def build_sam(
@@ -233,51 +42,13 @@ def build_sam(
     (tests, benchmarks). The network is touched only for an allowed download.
 
     A checkpoint made for another input size (e.g. the official 1024 weights with
-    ``img_size=512``) is resampled to this grid (see :func:`_adapt_resolution`).
+    ``img_size=512``) is resampled to this grid (see :func:`.sam_variants._adapt_resolution`).
     """
     if variant not in SAM_VARIANTS:
         raise ValueError(f"unknown SAM variant '{variant}'; choose one of {', '.join(SAM_VARIANTS)}")
     v = SAM_VARIANTS[variant]
-    if random_weights and checkpoint:
-        raise ValueError("give either a checkpoint or random_weights=True, not both")
-    args = (v.embed_dim, v.depth, v.num_heads, v.global_attn_indexes, img_size)
-    if random_weights:
-        sam = _build_sam_model(*args)
-    else:
-        path = _resolve_checkpoint(v, checkpoint, download, progress)
-        state = load_state_dict(path)
-        with torch.device("meta"):  # shapes only: the file's tensors become the parameters
-            sam = _build_sam_model(*args)
-        _load_weights(sam, state, v.name, path.name)
-        # Sam's pixel_mean/std are non-persistent buffers (not in any checkpoint): make them real.
-        sam.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN).view(-1, 1, 1), persistent=False)
-        sam.register_buffer("pixel_std", torch.tensor(PIXEL_STD).view(-1, 1, 1), persistent=False)
+    sam = load_sam_model(v, checkpoint, img_size, download, progress, random_weights)
     return SamBackbone(sam, v.name, default_layers=v.default_layers, points_per_side=points_per_side)
-
-
-# --- geometry helpers ----------------------------------------------------------------------------
-def _window_pad_cells(grid: tuple[int, int], ws: int) -> list[Tensor]:
-    """Per window (row-major over the padded grid): window-local indices (row * ws + col) of the
-    zero pad cells SAM appends to reach a multiple of ``ws``. Empty for interior windows."""
-    gh, gw = grid
-    nwh, nww = math.ceil(gh / ws), math.ceil(gw / ws)
-    local = torch.arange(ws * ws)
-    lr, lc = local // ws, local % ws
-    pads = []
-    for wi in range(nwh):
-        for wj in range(nww):
-            is_pad = (wi * ws + lr >= gh) | (wj * ws + lc >= gw)
-            pads.append(local[is_pad])
-    return pads
-
-
-def _window_occupancy(kept_idx: Tensor, grid: tuple[int, int], ws: int) -> Tensor:
-    """Kept tokens per window (row-major over windows)."""
-    gh, gw = grid
-    nww = math.ceil(gw / ws)
-    rows, cols = kept_idx // gw, kept_idx % gw
-    win = (rows // ws) * nww + cols // ws
-    return torch.bincount(win, minlength=math.ceil(gh / ws) * nww)
 
 
 def _point_grid(n: int) -> np.ndarray:
@@ -410,9 +181,9 @@ class SamBackbone(Backbone):
             out = block(x.reshape(1, gh, gw, -1)).reshape(x.shape)
             received = None
             if want_attn:  # statistics recomputed from the block's weights; the output stays the library's
-                _, received = _subset_attention(block, block.norm1(x[0]), torch.arange(gh * gw), grid, True, False)
+                _, received = subset_attention(block, block.norm1(x[0]), torch.arange(gh * gw), grid, True, False)
             return BlockOutput(x=out, received=received)
-        return _run_block_subset(block, x, kept_idx, grid, want_attn)
+        return run_block_subset(block, x, kept_idx, grid, want_attn)
 
     def image_embedding(self, patch_grid: Tensor) -> Tensor:
         """1 x N x C grid features -> SAM image embedding 1 x 256 x gh x gw (the encoder's neck)."""
@@ -537,12 +308,12 @@ class SamBackbone(Backbone):
         gh, gw = grid
         n = gh * gw
         if kept_idx is None:
-            macs = _full_block_macs(block, grid)
+            macs = full_block_macs(block, grid)
             if want_attn:
-                macs += _subset_attention_macs(block, torch.arange(n), grid, with_output=False)
+                macs += subset_attention_macs(block, torch.arange(n), grid, with_output=False)
             return macs
         nk = int(kept_idx.numel())
-        return linear_macs(block.mlp, nk) + _subset_attention_macs(block, kept_idx, grid, with_output=True)
+        return linear_macs(block.mlp, nk) + subset_attention_macs(block, kept_idx, grid, with_output=True)
 
     def _measure_prompt_decoder_macs(self) -> int:
         """MACs of the prompt encoder + mask decoder for the everything-mode point batches.
@@ -586,202 +357,3 @@ class SamBackbone(Backbone):
         neck = self.sam.image_encoder.neck
         return conv_macs(neck[0], gh, gw) + conv_macs(neck[2], gh, gw) + self._prompt_decoder_macs
 
-
-# --- the subset path ---------------------------------------------------------------------------
-def _run_block_subset(block: nn.Module, x: Tensor, kept_idx: Tensor, grid: tuple[int, int], want_attn: bool) -> BlockOutput:
-    """A segment-anything ``Block`` on the kept tokens only. x: 1 x Nk x C -> 1 x Nk x C."""
-    if kept_idx.numel() != x.shape[1]:
-        raise ValueError(f"{x.shape[1]} tokens but {kept_idx.numel()} kept positions")
-    attn_out, received = _subset_attention(block, block.norm1(x[0]), kept_idx, grid, want_attn, True)
-    x = x + attn_out[None]
-    x = x + block.mlp(block.norm2(x))
-    return BlockOutput(x=x, received=received)
-
-
-def _subset_attention(
-    block: nn.Module, y: Tensor, kept_idx: Tensor, grid: tuple[int, int], want_stats: bool, with_output: bool
-) -> tuple[Tensor | None, Tensor | None]:
-    """Attention of block ``block`` among the kept tokens.
-
-    y: Nk x C, tokens after norm1, in ``kept_idx`` order (row-major grid positions).
-    Returns (Nk x C after attn.proj, or None when ``with_output`` is False;
-             Nk mean attention received per kept token when ``want_stats``, else None).
-    qkv and proj run on all kept tokens at once (one big matmul each); only the attention
-    itself is per window. In windowed blocks the tokens are first sorted by window (a row
-    gather of y), so that every window is a contiguous slice of q, k and v.
-    """
-    attn = block.attn
-    nk, c = y.shape
-    heads = attn.num_heads
-    gh, gw = grid
-    rows, cols = kept_idx // gw, kept_idx % gw
-    ws = block.window_size
-    order = None
-    if ws:
-        win = (rows // ws) * math.ceil(gw / ws) + cols // ws
-        order = torch.sort(win, stable=True).indices
-        counts = torch.bincount(win, minlength=math.ceil(gh / ws) * math.ceil(gw / ws)).tolist()
-        y, rows, cols = y.index_select(0, order), rows[order], cols[order]
-    qkv = attn.qkv(y).reshape(nk, 3, heads, c // heads).permute(1, 2, 0, 3)  # 3 x H x Nk x hd
-    q, k, v = qkv.unbind(0)
-    if ws:
-        ctx, received = _window_attention(attn, q, k, v, rows % ws, cols % ws, counts, grid, ws, want_stats, with_output)
-    else:
-        rel = _rel_pos_tables(attn, q, (gh, gw), rows, cols) if attn.use_rel_pos else None
-        ctx, received = _attend(q * attn.scale, k, v, rel, rows, cols, nk, want_stats, with_output)
-    out = attn.proj(ctx.transpose(0, 1).reshape(nk, c)) if with_output else None
-    if order is not None:  # back to kept_idx order
-        inverse = torch.empty_like(order)
-        inverse[order] = torch.arange(nk)
-        out = out.index_select(0, inverse) if out is not None else None
-        received = received[inverse] if received is not None else None
-    return out, received
-
-
-def _rel_pos_tables(attn: nn.Module, q: Tensor, size: tuple[int, int], q_rows: Tensor, q_cols: Tensor) -> tuple[Tensor, Tensor]:
-    """SAM's decomposed relative-position terms for the given queries, key-coordinate major:
-    rel_h[h, r, i] = q_i . R_h[q_row_i, r], rel_w[h, s, i] = q_i . R_w[q_col_i, s].
-    q: H x n x hd (unscaled, as in ``add_decomposed_rel_pos``) -> (H x size_h x n, H x size_w x n).
-    Same products as segment-anything's einsums (one hd-dot per query and key coordinate)."""
-    from segment_anything.modeling.image_encoder import get_rel_pos
-
-    r_h = get_rel_pos(size[0], size[0], attn.rel_pos_h)  # size_h x size_h x hd (q_row, k_row)
-    r_w = get_rel_pos(size[1], size[1], attn.rel_pos_w)
-    rel_h = torch.einsum("hnc,nkc->hkn", q, r_h[q_rows])
-    rel_w = torch.einsum("hnc,nkc->hkn", q, r_w[q_cols])
-    return rel_h, rel_w
-
-
-def _attend(
-    q_scaled: Tensor,
-    k: Tensor,
-    v: Tensor,
-    rel: tuple[Tensor, Tensor] | None,
-    key_rows: Tensor,
-    key_cols: Tensor,
-    n_real_keys: int,
-    want_stats: bool,
-    with_output: bool,
-) -> tuple[Tensor | None, Tensor | None]:
-    """softmax over keys of (q k^T + rel_h[key_row, q] + rel_w[key_col, q]), times v.
-
-    q_scaled: H x n x hd; k, v: H x m x hd, the first ``n_real_keys`` keys are tokens (the rest
-    are window pad cells); rel: (H x size_h x n, H x size_w x n) from :func:`_rel_pos_tables`.
-    The scores are held key-major (H x m x n): the bias for a key is then a whole row of the
-    table, so adding it is a row gather (memory copies) rather than a per-element gather along
-    the last axis, which measured 3-10x slower on CPU. Softmax runs in place over dim 1.
-    Returns (H x n x hd or None, n_real_keys attention received, averaged over heads and
-    queries, or None).
-    """
-    scores = torch.bmm(k, q_scaled.transpose(1, 2))  # H x m x n
-    if rel is not None:
-        scores += rel[0].index_select(1, key_rows)
-        scores += rel[1].index_select(1, key_cols)
-    scores -= scores.amax(dim=1, keepdim=True)
-    scores.exp_()
-    scores /= scores.sum(dim=1, keepdim=True)
-    received = scores[:, :n_real_keys].mean(dim=(0, 2)) if want_stats else None
-    ctx = torch.bmm(v.transpose(1, 2), scores).transpose(1, 2) if with_output else None
-    return ctx, received
-
-
-def _window_attention(
-    attn: nn.Module,
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    lr: Tensor,
-    lc: Tensor,
-    counts: list[int],
-    grid: tuple[int, int],
-    ws: int,
-    want_stats: bool,
-    with_output: bool,
-) -> tuple[Tensor | None, Tensor | None]:
-    """Windowed attention among kept tokens (plus each edge window's pad keys).
-
-    q, k, v: H x Nk x hd, tokens sorted by window (``counts[w]`` tokens of window w, row-major
-    over windows); lr, lc: their window-local row / column. The loop runs over occupied windows
-    only (at most ceil(gh/ws) * ceil(gw/ws) of them; a Python step per window, never per token).
-    Returns (H x Nk x hd, Nk received) in the same window order, as requested.
-    """
-    heads, nk, hd = q.shape
-    q_scaled = q * attn.scale
-    rel_h = rel_w = None
-    if attn.use_rel_pos:
-        rel_h, rel_w = _rel_pos_tables(attn, q, (ws, ws), lr, lc)  # H x ws x Nk each
-    # Pad cells are zeros after norm1, so their key/value is the qkv bias (zero without bias).
-    qkv_bias = attn.qkv.bias if attn.qkv.bias is not None else torch.zeros(3 * heads * hd, dtype=q.dtype)
-    k_pad, v_pad = qkv_bias.reshape(3, heads, 1, hd)[1:3]
-    pads = _window_pad_cells(grid, ws)
-
-    ctx_parts: list[Tensor] = []
-    recv_parts: list[Tensor] = []
-    start = 0
-    for w, n in enumerate(counts):
-        if n == 0:
-            continue
-        sl = slice(start, start + n)
-        start += n
-        kw, vw = k[:, sl], v[:, sl]
-        key_r, key_c = lr[sl], lc[sl]
-        p = int(pads[w].numel())
-        if p:
-            kw = torch.cat([kw, k_pad.expand(heads, p, hd)], dim=1)
-            vw = torch.cat([vw, v_pad.expand(heads, p, hd)], dim=1)
-            key_r = torch.cat([key_r, pads[w] // ws])
-            key_c = torch.cat([key_c, pads[w] % ws])
-        rel = (rel_h[:, :, sl], rel_w[:, :, sl]) if rel_h is not None else None
-        ctx_w, recv_w = _attend(q_scaled[:, sl], kw, vw, rel, key_r, key_c, n, want_stats, with_output)
-        if ctx_w is not None:
-            ctx_parts.append(ctx_w)
-        if recv_w is not None:
-            recv_parts.append(recv_w)
-    ctx = torch.cat(ctx_parts, dim=1) if with_output else None
-    received = torch.cat(recv_parts) if want_stats else None
-    return ctx, received
-
-
-# --- MAC formulas ------------------------------------------------------------------------------
-def _full_block_macs(block: nn.Module, grid: tuple[int, int]) -> int:
-    """MACs of the unmodified segment-anything Block on the gh x gw grid."""
-    gh, gw = grid
-    n = gh * gw
-    c = block.attn.qkv.in_features
-    ws = block.window_size
-    if ws == 0:
-        tokens, core, rel = n, 2 * n * n * c, n * (gh + gw) * c
-    else:
-        hp, wp = math.ceil(gh / ws) * ws, math.ceil(gw / ws) * ws
-        tokens = hp * wp  # qkv, attention, rel-pos and proj all see the pad cells as tokens
-        windows = tokens // (ws * ws)
-        core = windows * 2 * (ws * ws) ** 2 * c
-        rel = windows * (ws * ws) * 2 * ws * c  # einsum bhwc,hkc / bhwc,wkc per window
-    if not block.attn.use_rel_pos:
-        rel = 0
-    return linear_macs(block.attn, tokens) + core + rel + linear_macs(block.mlp, n)
-
-
-def _subset_attention_macs(block: nn.Module, kept_idx: Tensor, grid: tuple[int, int], with_output: bool) -> int:
-    """MACs of :func:`_subset_attention`: qkv (+ proj and P.V when ``with_output``), rel-pos
-    terms for the kept queries, and QK^T over the keys each query sees."""
-    attn = block.attn
-    c = attn.qkv.in_features
-    nk = int(kept_idx.numel())
-    ws = block.window_size
-    gh, gw = grid
-    if ws == 0:
-        pairs = nk * nk
-        rel = nk * (gh + gw) * c
-    else:
-        occ = _window_occupancy(kept_idx, grid, ws).tolist()
-        pads = _window_pad_cells(grid, ws)
-        pairs = sum(n * (n + int(p.numel())) for n, p in zip(occ, pads) if n)
-        rel = nk * 2 * ws * c
-    if not attn.use_rel_pos:
-        rel = 0
-    qkv = nk * attn.qkv.in_features * attn.qkv.out_features
-    macs = qkv + rel + pairs * c  # QK^T
-    if with_output:
-        macs += pairs * c + nk * attn.proj.in_features * attn.proj.out_features  # P.V and proj
-    return macs
