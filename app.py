@@ -21,6 +21,7 @@ import numpy as np
 from gradio.components.plot import PlotData
 
 from prune_viz import ui_logic as L
+from prune_viz.backbones import SAM_SIZES, describe, input_size_for, download_weights
 from prune_viz.checkpoints import CheckpointError
 from prune_viz.io import InputError
 from prune_viz.methods import METHODS
@@ -137,7 +138,7 @@ def _comps(names: list[str]) -> list:
 
 
 def _info(backbone: str, sam_size: Any):
-    return L.backbone_info(backbone, L.input_size_for((backbone or "").strip(), sam_size))
+    return L.backbone_info(backbone, input_size_for((backbone or "").strip(), sam_size))
 
 
 def _session(session: L.Session | None) -> L.Session:
@@ -255,7 +256,7 @@ def on_analyze(session, backbone, sam_size, method, layers, seed, view_layer, *p
         "chart_macs": _plot(views["charts"][1]),
         "chart_cum": _plot(views["charts"][2]),
     }
-    if info.name.startswith("sam_"):  # the prompt tab shows this image (SAM runs take seconds anyway)
+    if bb.supports_prompts:  # the prompt tab shows this image (SAM runs take seconds anyway)
         out["sam_image"] = L.prompt_image(session)
     out.update(_layer_updates(views))
     out.update({f"tab_{t}": gr.Column(visible=views["tabs"][t]) for t in L.VIEW_TABS})
@@ -303,14 +304,15 @@ def on_backbone(session, backbone, sam_size, method):
         method = L.DEFAULT_METHOD if L.DEFAULT_METHOD in usable else usable[0]
     _session(session).method = method
     layers = L.default_layers_for(method, info)
-    is_sam = backbone.startswith("sam_")
+    facts = describe(backbone, sam_size)
+    is_sam = facts.supports_prompts
     out = {
         "method": gr.Dropdown(choices=L.method_choices(info), value=method),
         "layers": gr.CheckboxGroup(choices=L.layer_choices(info), value=layers),
         "backbone_note": info.note,
         "missing_help": gr.Markdown(info.missing_help, visible=bool(info.missing_help)),
-        "download_btn": gr.Button(f"Download {backbone}", visible=is_sam and not info.loaded),
-        "sam_size": gr.Dropdown(visible=is_sam),
+        "download_btn": gr.Button(f"Download {backbone}", visible=facts.downloadable and not info.loaded),
+        "sam_size": gr.Dropdown(visible=bool(facts.input_sizes)),
         "view_layer": gr.Slider(minimum=1, maximum=info.num_blocks, value=layers[0]),
         "method_info": L.method_explanation(method),
         "sam_note": ("Click on the image to add prompts, then **Predict masks**: the same prompt is answered "
@@ -437,14 +439,8 @@ def on_mask(session, file, backbone, sam_size):
 @_user_errors
 def on_download(backbone, sam_size, progress=gr.Progress()):
     """Fetch official SAM weights into the checkpoint folder (only works online)."""
-    from prune_viz.backbones.sam_variants import SAM_VARIANTS
-    from prune_viz.checkpoints import cache_dir, download
-
-    v = SAM_VARIANTS[backbone]
-    progress(0, desc=f"Downloading {v.filename} ({v.size_note})")
-    download(v.url, cache_dir() / v.filename, v.sha256,
-             progress=lambda done, total: progress(done / total if total else 0, desc=f"{done / 1e6:.0f} MB"))
-    return f"Downloaded {v.filename} to {cache_dir()}."
+    progress(0, desc=f"Downloading the {backbone} weights")
+    return download_weights(backbone, lambda done, total: progress(done / total if total else 0, desc=f"{done / 1e6:.0f} MB"))
 
 
 @_user_errors
@@ -608,7 +604,7 @@ with gr.Blocks(title="prune_viz", delete_cache=(3600, 3600)) as demo:
             gr.Markdown("### 2 · Model")
             C["backbone"] = gr.Dropdown(choices=L.BACKBONE_CHOICES, value=L.DEFAULT_BACKBONE, label="Backbone",
                                         allow_custom_value=True, info="or type timm:<model name>")
-            C["sam_size"] = gr.Dropdown(choices=list(L.SAM_SIZES), value=1024, label="SAM input size (px)",
+            C["sam_size"] = gr.Dropdown(choices=list(SAM_SIZES), value=1024, label="SAM input size (px)",
                                         info="1024 = the official size; 512 is about 4x faster", visible=False)
             C["backbone_note"] = gr.Markdown(INFO0.note)
             C["missing_help"] = gr.Markdown(INFO0.missing_help, visible=bool(INFO0.missing_help))

@@ -85,8 +85,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if args.mask is not None:
         if backbone.num_classes == 0:
             raise UserError(f"--mask needs a backbone with semantic classes; {backbone.name} outputs anonymous segments")
-        palette = getattr(backbone, "palette", None)
-        gt, notices = load_mask(args.mask, loaded.rgb.shape[:2], backbone.num_classes, palette)
+        gt, notices = load_mask(args.mask, loaded.rgb.shape[:2], backbone.num_classes, backbone.palette)
         for notice in notices:
             print(f"note: {notice}", file=sys.stderr)
         input_notices += [f"mask: {n}" for n in notices]

@@ -33,7 +33,7 @@ import numpy as np
 
 from . import viz
 from .analysis import Analysis, analyze, save_outputs
-from .backbones import build_backbone, check_backbone_name
+from .backbones import BUILDERS, TIMM_PREFIX, build_backbone, check_backbone_name, describe, input_size_for
 from .backbones.base import Backbone
 from .checkpoints import CheckpointError, cache_dir
 from .engine import Baseline, Plan, Trace, estimate_macs
@@ -47,7 +47,6 @@ from .params import make_plan, method_availability
 
 DEFAULT_BACKBONE = "demo"
 DEFAULT_METHOD = "lvtp" if "lvtp" in METHODS else "random"
-SAM_SIZES = (1024, 768, 512)
 EXAMPLE_GLOB = "*.png"
 
 BACKBONE_CHOICES: list[tuple[str, str]] = [
@@ -348,10 +347,6 @@ class BackboneInfo:
         return (self.name, self.input_size)
 
 
-def input_size_for(name: str, sam_size: int | float | None) -> int | None:
-    return int(sam_size or 1024) if name.startswith("sam_") else None
-
-
 def get_backbone(name: str, input_size: int | None = None) -> Backbone:
     """The shared, read-only model (``build_backbone``'s LRU). ValueError / CheckpointError."""
     name = (name or "").strip()
@@ -360,7 +355,7 @@ def get_backbone(name: str, input_size: int | None = None) -> Backbone:
 
 
 def backbone_note(name: str) -> str:
-    return BACKBONE_NOTES.get(name) or (BACKBONE_NOTES["timm"] if name.startswith("timm:") else "")
+    return BACKBONE_NOTES.get(name) or (BACKBONE_NOTES["timm"] if check_backbone_name(name) is BUILDERS[TIMM_PREFIX] else "")
 
 
 def checkpoint_help(name: str) -> str:
@@ -388,27 +383,19 @@ def missing_weights_message(name: str) -> str:
 
 
 def backbone_info(name: str, sam_size: int | None = None) -> tuple[BackboneInfo, Backbone | None]:
-    """Build (or reuse) the backbone and describe it; for SAM without weights, describe it from
-    its known configuration and say how to get the weights. Unknown names raise ValueError."""
-    name = (name or "").strip()
-    check_backbone_name(name)
-    size = input_size_for(name, sam_size)
-    try:
-        bb = get_backbone(name, size)
-    except CheckpointError as exc:
-        if not name.startswith("sam_"):
-            raise
-        from .backbones.sam_variants import SAM_VARIANTS
-
-        v = SAM_VARIANTS[name]
-        unavailable = {m: (f"needs auxiliary heads, which {name} does not have (use the demo backbone)" if s.needs_aux else None)
+    """Build (or reuse) the backbone and describe it; without weights, describe it from its
+    known configuration and say how to get the weights. Unknown names raise ValueError."""
+    facts = describe(name, sam_size)
+    if not facts.loaded:
+        unavailable = {m: (f"needs auxiliary heads, which {facts.name} does not have (use the demo backbone)" if s.needs_aux else None)
                        for m, s in METHODS.items()}
-        info = BackboneInfo(name, size, v.depth, tuple(i + 1 for i in v.global_attn_indexes), (), v.default_layers, 0,
-                            False, backbone_note(name), checkpoint_help(name) + f"\n\n<small>{exc}</small>", unavailable)
+        info = BackboneInfo(facts.name, facts.input_size, facts.num_blocks, facts.global_layers, (), facts.default_layers, 0,
+                            False, backbone_note(facts.name), checkpoint_help(facts.name) + f"\n\n<small>{facts.missing}</small>",
+                            unavailable)
         return info, None
-    global_layers = tuple(getattr(bb, "global_layers", ()))
-    info = BackboneInfo(name, size, bb.num_blocks, global_layers, tuple(bb.aux_layers), tuple(bb.default_layers()),
-                        int(bb.num_classes), True, backbone_note(name), "", method_availability(bb))
+    bb = get_backbone(facts.name, facts.input_size)
+    info = BackboneInfo(facts.name, facts.input_size, facts.num_blocks, facts.global_layers, facts.aux_layers,
+                        facts.default_layers, facts.num_classes, True, backbone_note(facts.name), "", method_availability(bb))
     return info, bb
 
 
@@ -598,8 +585,7 @@ def load_gt(path: str, session: Session, bb: Backbone | None) -> tuple[np.ndarra
         return None, [f"ground-truth masks need a backbone with semantic classes; {bb.name} outputs anonymous segments, "
                       "so the mask is ignored"]
     num_classes = bb.num_classes if bb is not None else 7
-    palette = getattr(bb, "palette", None)
-    return load_mask(path, session.image.shape[:2], num_classes, palette)
+    return load_mask(path, session.image.shape[:2], num_classes, bb.palette if bb is not None else None)
 
 
 # --------------------------------------------------------------------------------- running
@@ -1281,7 +1267,7 @@ def set_box(session: Session, x0: float, y0: float, x1: float, y1: float) -> Non
 def sam_predict(session: Session, bb: Backbone, info_key: tuple) -> tuple[np.ndarray, np.ndarray, str]:
     """Prompted masks from the unpruned and the pruned image embeddings of the last analysis,
     which must come from this backbone at this input size (``info_key``)."""
-    if not hasattr(bb, "predict_masks"):
+    if not bb.supports_prompts:
         raise ValueError("prompts need a SAM backbone: choose sam_vit_b, sam_vit_l or sam_vit_h")
     a = session.analysis
     if a is None or session.image is None or session.backbone_key != info_key:
@@ -1362,7 +1348,7 @@ def write_pngs(images: list[np.ndarray | None]) -> list[str | None]:
 def cli_command(backbone: str, input_size: int | None, plan: Plan, image_name: str = "input.png", mask_name: str | None = None) -> str:
     """The CLI line that reproduces a run (scalar parameters; tuples cannot be given there)."""
     parts = ["python -m prune_viz analyze", image_name, "--out out", f"--backbone {backbone}"]
-    if input_size and backbone.startswith("sam_") and input_size != 1024:
+    if input_size and input_size != input_size_for(backbone, None):
         parts.append(f"--input-size {input_size}")
     parts += [f"--method {plan.method.name}", f"--layers {','.join(map(str, plan.layers))}"]
     notes = []

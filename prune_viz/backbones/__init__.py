@@ -1,4 +1,6 @@
-"""Registry of backbone families: feeds the CLI choices and the UI dropdowns.
+"""Registry of backbone families (``BUILDERS``, data like segment-anything's ``sam_model_registry``):
+it feeds the CLI choices and the UI dropdowns, and :func:`describe` tells the controls what a
+backbone offers, also when its weights are not on this machine.
 
 Built models are shared, read-only, between requests (a small LRU keyed by what identifies the
 weights); nothing per request is stored here.
@@ -9,16 +11,108 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass, replace
+from typing import Callable
 
+from ..checkpoints import CheckpointError
 from .base import Backbone
 
-BACKBONES: dict[str, str] = {
-    "demo": "Demo segmenter shipped with prune_viz (ViT-Tiny shape, 7 aerial classes, offline)",
-    "demo_matp": "The demo segmenter fine-tuned with MATP's pruning in the loop (for the matp method)",
-    "sam_vit_b": "Segment Anything ViT-B image encoder (windowed + global attention)",
-    "sam_vit_l": "Segment Anything ViT-L image encoder",
-    "sam_vit_h": "Segment Anything ViT-H image encoder",
-    "timm:<name>": "Any timm plain VisionTransformer, e.g. timm:vit_base_patch16_224",
+# (name, checkpoint, input_size, download, random_weights) -> Backbone
+BuildFn = Callable[[str, "str | None", "int | None", bool, bool], Backbone]
+
+
+@dataclass(frozen=True)
+class BackboneFacts:
+    """What the controls need to know about a backbone, with or without its weights.
+
+    ``missing`` is the reason the weights cannot be loaded ("" when they are here);
+    ``input_sizes`` the square input sizes a user may choose (first = default; () = fixed).
+    """
+
+    name: str
+    input_size: int | None
+    num_blocks: int
+    global_layers: tuple[int, ...]
+    aux_layers: tuple[int, ...]
+    default_layers: tuple[int, ...]
+    num_classes: int
+    supports_prompts: bool
+    weights: str
+    input_sizes: tuple[int, ...] = ()
+    downloadable: bool = False
+    missing: str = ""
+
+    @property
+    def loaded(self) -> bool:
+        return not self.missing
+
+    @property
+    def key(self) -> tuple[str, int | None]:
+        """What identifies the model a session's cached forward belongs to."""
+        return (self.name, self.input_size)
+
+
+@dataclass(frozen=True)
+class BackboneEntry:
+    """One registered family: how to build it and what can be said about it without weights."""
+
+    description: str
+    build: BuildFn
+    input_sizes: tuple[int, ...] = ()  # choosable square input sizes, first = default
+    facts: Callable[[str, int | None], BackboneFacts] | None = None  # from the known configuration
+    download: Callable[[str, Callable[[int, int], None] | None], str] | None = None  # fetch official weights
+
+
+def _build_demo(name: str, checkpoint: str | None, input_size: int | None, download: bool, random_weights: bool) -> Backbone:
+    from .demo import DEMO_MATP_WEIGHTS, build_demo
+
+    backbone = build_demo(checkpoint or (DEMO_MATP_WEIGHTS if name == "demo_matp" else None))
+    backbone.name = name
+    return backbone
+
+
+def _build_sam(name: str, checkpoint: str | None, input_size: int | None, download: bool, random_weights: bool) -> Backbone:
+    from .sam import build_sam
+
+    return build_sam(name, checkpoint=checkpoint, img_size=input_size or SAM_SIZES[0], download=download,
+                     random_weights=random_weights)
+
+
+def _sam_facts(name: str, input_size: int | None) -> BackboneFacts:
+    from .sam_variants import SAM_VARIANTS
+
+    v = SAM_VARIANTS[name]
+    return BackboneFacts(name, input_size, v.depth, tuple(i + 1 for i in v.global_attn_indexes), (), v.default_layers, 0,
+                         True, v.filename, SAM_SIZES, True)
+
+
+def _download_sam(name: str, progress: Callable[[int, int], None] | None) -> str:
+    from ..checkpoints import cache_dir, download
+    from .sam_variants import SAM_VARIANTS
+
+    v = SAM_VARIANTS[name]
+    download(v.url, cache_dir() / v.filename, v.sha256, progress=progress)
+    return f"Downloaded {v.filename} to {cache_dir()}."
+
+
+def _build_timm(name: str, checkpoint: str | None, input_size: int | None, download: bool, random_weights: bool) -> Backbone:
+    from .vit import build_timm
+
+    return build_timm(name[len(TIMM_PREFIX):], input_size=input_size, checkpoint=checkpoint,
+                      pretrained=download and not random_weights)
+
+
+SAM_SIZES = (1024, 768, 512)  # 1024 = the official input size
+TIMM_PREFIX = "timm:"
+BUILDERS: dict[str, BackboneEntry] = {
+    "demo": BackboneEntry("Demo segmenter shipped with prune_viz (ViT-Tiny shape, 7 aerial classes, offline)", _build_demo),
+    "demo_matp": BackboneEntry("The demo segmenter fine-tuned with MATP's pruning in the loop (for the matp method)",
+                               _build_demo),
+    "sam_vit_b": BackboneEntry("Segment Anything ViT-B image encoder (windowed + global attention)", _build_sam,
+                               SAM_SIZES, _sam_facts, _download_sam),
+    "sam_vit_l": BackboneEntry("Segment Anything ViT-L image encoder", _build_sam, SAM_SIZES, _sam_facts, _download_sam),
+    "sam_vit_h": BackboneEntry("Segment Anything ViT-H image encoder", _build_sam, SAM_SIZES, _sam_facts, _download_sam),
+    TIMM_PREFIX: BackboneEntry("Any timm plain VisionTransformer, e.g. timm:vit_base_patch16_224", _build_timm),
 }
 
 _CACHE: "OrderedDict[tuple, Backbone]" = OrderedDict()
@@ -26,24 +120,32 @@ _LOCK = threading.Lock()
 _MAX_MODELS = 3
 
 
-def check_backbone_name(name: str) -> None:
-    """ValueError unless ``name`` is one of ours or ``timm:<a model in timm's registry>``.
+def check_backbone_name(name: str) -> BackboneEntry:
+    """The registry entry for ``name``; ValueError unless it is one of ours or
+    ``timm:<a model in timm's registry>``.
 
     timm also accepts ``hf-hub:<repo>`` and ``local-dir:<path>`` names, which would fetch from
     the network or open a folder typed by whoever wrote the name (a browser user, on a shared
     Space); only plain registry names (with an optional ``.tag``) pass."""
-    if name in BACKBONES and name != "timm:<name>":
-        return
-    if name.startswith("timm:") and len(name) > 5:
-        model_name = name[5:]
+    if name in BUILDERS and name != TIMM_PREFIX:
+        return BUILDERS[name]
+    if name.startswith(TIMM_PREFIX) and len(name) > len(TIMM_PREFIX):
+        model_name = name[len(TIMM_PREFIX):]
         if any(c in model_name for c in ":/\\") or model_name.startswith("."):
             raise ValueError(f"'{name}': give a model name from timm's registry (no hf-hub:, local-dir: or paths)")
         from timm.models import is_model
 
         if not is_model(model_name):
             raise ValueError(f"'{name}': timm has no model called '{model_name}' (timm.list_models('vit_*') lists them)")
-        return
-    raise ValueError(f"unknown backbone '{name}'; choose demo, demo_matp, sam_vit_b, sam_vit_l, sam_vit_h or timm:<model_name>")
+        return BUILDERS[TIMM_PREFIX]
+    names = ", ".join(n if n != TIMM_PREFIX else "timm:<model_name>" for n in BUILDERS)
+    raise ValueError(f"unknown backbone '{name}'; choose {names}")
+
+
+def input_size_for(name: str, size: int | float | None) -> int | None:
+    """The input size a run uses: ``size`` (or the default) where the family lets users choose."""
+    sizes = check_backbone_name(name).input_sizes
+    return int(size or sizes[0]) if sizes else None
 
 
 def build_backbone(
@@ -54,28 +156,50 @@ def build_backbone(
     random_weights: bool = False,
 ) -> Backbone:
     """Build (or reuse) a backbone adapter. Raises ValueError / CheckpointError with a reason."""
-    check_backbone_name(name)
+    entry = check_backbone_name(name)
     # The demo's server-side weights override is part of what identifies the model.
     key = (name, checkpoint, input_size, random_weights, os.environ.get("PRUNE_VIZ_DEMO_WEIGHTS"))
     with _LOCK:
         if key in _CACHE:
             _CACHE.move_to_end(key)
             return _CACHE[key]
-    if name in ("demo", "demo_matp"):
-        from .demo import DEMO_MATP_WEIGHTS, build_demo
-
-        backbone: Backbone = build_demo(checkpoint or (DEMO_MATP_WEIGHTS if name == "demo_matp" else None))
-        backbone.name = name
-    elif name.startswith("sam_"):
-        from .sam import build_sam
-
-        backbone = build_sam(name, checkpoint=checkpoint, img_size=input_size or 1024, download=download, random_weights=random_weights)
-    else:
-        from .vit import build_timm
-
-        backbone = build_timm(name[5:], input_size=input_size, checkpoint=checkpoint, pretrained=download and not random_weights)
+    backbone = entry.build(name, checkpoint, input_size, download, random_weights)
     with _LOCK:
         _CACHE[key] = backbone
         while len(_CACHE) > _MAX_MODELS:
             _CACHE.popitem(last=False)
     return backbone
+
+
+def facts_of(backbone: Backbone) -> BackboneFacts:
+    """The facts of a built backbone."""
+    entry = check_backbone_name(backbone.name)
+    return BackboneFacts(
+        backbone.name, backbone.input_size if entry.input_sizes else None, backbone.num_blocks,
+        tuple(backbone.global_layers), tuple(backbone.aux_layers), tuple(backbone.default_layers()),
+        int(backbone.num_classes), bool(backbone.supports_prompts), backbone.weights, entry.input_sizes,
+        entry.download is not None,
+    )
+
+
+def describe(name: str, input_size: int | float | None = None) -> BackboneFacts:
+    """What backbone ``name`` at ``input_size`` offers. Built (from the shared cache) when its
+    weights are here; otherwise, for families with a known configuration (SAM), described from
+    it with ``missing`` saying how to get the weights. ValueError for unknown names."""
+    name = (name or "").strip()
+    entry = check_backbone_name(name)
+    size = input_size_for(name, input_size)
+    try:
+        return facts_of(build_backbone(name, input_size=size))
+    except CheckpointError as exc:
+        if entry.facts is None:
+            raise
+        return replace(entry.facts(name, size), missing=str(exc))
+
+
+def download_weights(name: str, progress: Callable[[int, int], None] | None = None) -> str:
+    """Fetch the official weights of ``name`` into the checkpoint folder (needs the network)."""
+    entry = check_backbone_name(name)
+    if entry.download is None:
+        raise ValueError(f"{name} has no official weights to download")
+    return entry.download(name, progress)

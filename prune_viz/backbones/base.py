@@ -73,7 +73,11 @@ class BlockOutput:
 
 
 class Backbone(ABC):
-    """Adapter interface. Subclasses set the attributes below in ``__init__``."""
+    """Adapter interface. Subclasses set the attributes below in ``__init__``.
+
+    The capabilities (``class_names`` .. ``weights``) are facts stated once, as timm's
+    ``num_prefix_tokens`` is: callers read them instead of guessing from the backbone's name.
+    """
 
     name: str
     patch_size: int
@@ -82,6 +86,16 @@ class Backbone(ABC):
     embed_dim: int
     aux_layers: tuple[int, ...] = ()  # 1-based layers with an auxiliary head after them
     num_classes: int = 0  # semantic classes of the head (0 when the output is segments)
+    class_names: tuple[str, ...] = ()  # num_classes names, () for segments
+    palette: np.ndarray | None = None  # num_classes x 3 uint8 class colours, None for segments
+    global_layers: tuple[int, ...] = ()  # 1-based blocks with global attention where others are windowed
+    input_size: int | None = None  # side of the square model input in px
+    supports_prompts: bool = False  # answers point / box prompts (``predict_masks``)
+    weights: str = ""  # where the weights came from, in words (a file name, "random weights")
+
+    @abstractmethod
+    def num_params(self) -> int:
+        """Parameters of everything the backbone runs (heads included)."""
 
     @abstractmethod
     def block_kind(self, layer: int) -> BlockKind:

@@ -150,6 +150,10 @@ class DemoBackbone(TimmViT):
         self.mean = torch.tensor(model.cfg.mean).view(1, 3, 1, 1)
         self.std = torch.tensor(model.cfg.std).view(1, 3, 1, 1)
         self.palette = np.array(model.cfg.palette, dtype=np.uint8)
+        self.class_names = tuple(model.cfg.classes)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.net.parameters())  # heads included
 
     def default_layers(self) -> tuple[int, ...]:
         return (6,)
@@ -223,4 +227,6 @@ def build_demo(checkpoint: str | Path | None = None, config: str | Path | None =
         raise CheckpointError(
             f"{weights.name} does not match the demo model config (missing {missing[:2]}, unexpected {unexpected[:2]})"
         )
-    return DemoBackbone(model.eval())
+    backbone = DemoBackbone(model.eval())
+    backbone.weights = weights.name
+    return backbone

@@ -47,8 +47,10 @@ def build_sam(
     if variant not in SAM_VARIANTS:
         raise ValueError(f"unknown SAM variant '{variant}'; choose one of {', '.join(SAM_VARIANTS)}")
     v = SAM_VARIANTS[variant]
-    sam = load_sam_model(v, checkpoint, img_size, download, progress, random_weights)
-    return SamBackbone(sam, v.name, default_layers=v.default_layers, points_per_side=points_per_side)
+    sam, weights = load_sam_model(v, checkpoint, img_size, download, progress, random_weights)
+    backbone = SamBackbone(sam, v.name, default_layers=v.default_layers, points_per_side=points_per_side)
+    backbone.weights = weights
+    return backbone
 
 
 def _point_grid(n: int) -> np.ndarray:
@@ -112,6 +114,9 @@ class SamBackbone(Backbone):
         self.name = name
         self.patch_size = int(enc.patch_embed.proj.kernel_size[0])
         self.img_size = int(enc.img_size)
+        self.input_size = self.img_size
+        self.supports_prompts = True
+        self.weights = "random weights"
         self.num_blocks = len(enc.blocks)
         self.num_prefix_tokens = 0
         self.embed_dim = int(enc.patch_embed.proj.out_channels)
@@ -132,6 +137,9 @@ class SamBackbone(Backbone):
         self._prompt_decoder_macs = self._measure_prompt_decoder_macs()
 
     # --- structure -----------------------------------------------------------------------------
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.sam.parameters())
+
     def _block(self, layer: int) -> nn.Module:
         if not 1 <= layer <= self.num_blocks:
             raise ValueError(f"layer {layer} is out of range for {self.name}: 1..{self.num_blocks}")

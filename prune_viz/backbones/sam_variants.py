@@ -201,15 +201,16 @@ def load_sam_model(
     download: bool,
     progress: Callable[[int, int], None] | None,
     random_weights: bool,
-) -> nn.Module:
+) -> tuple[nn.Module, str]:
     """segment-anything's ``Sam`` for ``variant`` at ``img_size``, weights from ``checkpoint``,
-    the cache folder or an allowed download (random when ``random_weights``)."""
+    the cache folder or an allowed download (random when ``random_weights``), and a label
+    saying which weights it holds."""
     if random_weights and checkpoint:
         raise ValueError("give either a checkpoint or random_weights=True, not both")
     v = variant
     args = (v.embed_dim, v.depth, v.num_heads, v.global_attn_indexes, img_size)
     if random_weights:
-        return _build_sam_model(*args)
+        return _build_sam_model(*args), "random weights"
     path = _resolve_checkpoint(v, checkpoint, download, progress)
     state = load_state_dict(path)
     with torch.device("meta"):  # shapes only: the file's tensors become the parameters
@@ -218,4 +219,4 @@ def load_sam_model(
     # Sam's pixel_mean/std are non-persistent buffers (not in any checkpoint): make them real.
     sam.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN).view(-1, 1, 1), persistent=False)
     sam.register_buffer("pixel_std", torch.tensor(PIXEL_STD).view(-1, 1, 1), persistent=False)
-    return sam
+    return sam, path.name

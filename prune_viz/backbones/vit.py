@@ -77,6 +77,9 @@ class TimmViT(Backbone):
         self.std = torch.tensor(cfg.get("std", (0.229, 0.224, 0.225))).view(1, 3, 1, 1)
         self._native = native
 
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
     def block_kind(self, layer: int) -> BlockKind:
         return "plain"
 
@@ -156,4 +159,6 @@ def build_timm(model_name: str, input_size: int | None = None, checkpoint: str |
                 f"{Path(checkpoint).name} does not match timm model '{model_name}' "
                 f"(missing {len(missing)} keys, e.g. {missing[:2]}; unexpected {len(unexpected)}, e.g. {unexpected[:2]})"
             )
-    return TimmViT(model, f"timm:{model_name}", input_size=input_size)
+    backbone = TimmViT(model, f"timm:{model_name}", input_size=input_size)
+    backbone.weights = Path(checkpoint).name if checkpoint else ("timm pretrained" if pretrained else "random weights")
+    return backbone
