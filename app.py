@@ -25,6 +25,7 @@ from prune_viz.backbones import SAM_SIZES, describe, input_size_for, download_we
 from prune_viz.checkpoints import CheckpointError
 from prune_viz.io import InputError
 from prune_viz.methods import METHODS
+from prune_viz.params import DEFAULT_METHOD, make_plan
 
 # ----------------------------------------------------------------------------- constants
 
@@ -146,7 +147,7 @@ def _session(session: L.Session | None) -> L.Session:
 
 
 def _plan(bb, method: str, layers: Any, seed: Any, params: tuple) -> Any:
-    return L.build_plan(bb, method, layers, seed, L.values_for(method, CONTROLS, list(params)))
+    return make_plan(bb, method, layers, seed, L.values_for(method, CONTROLS, list(params)))
 
 
 def _layer_updates(views: dict[str, Any]) -> dict[str, Any]:
@@ -209,11 +210,8 @@ def _api_prepare(image: str | None, backbone: str, method: str, layers: str, par
     if mask:
         session.gt, mask_notices = L.load_gt(mask, session, bb)
         session.notices += [f"mask: {n}" for n in mask_notices]
-    values = L.parse_params_json(params)
-    method = (method or L.DEFAULT_METHOD).strip()
-    if method in METHODS:
-        L.check_method_params(method, values)
-    plan = L.build_plan(bb, method, layers or None, seed if seed is not None else 0, values)
+    method = (method or DEFAULT_METHOD).strip()
+    plan = make_plan(bb, method, layers or None, seed, L.parse_params_json(params), strict=True)
     return session, bb, info, plan
 
 
@@ -301,7 +299,7 @@ def on_backbone(session, backbone, sam_size, method):
     info, bb = _info(backbone, sam_size)
     usable = [m for m in METHODS if not info.availability.get(m)]
     if method not in usable:
-        method = L.DEFAULT_METHOD if L.DEFAULT_METHOD in usable else usable[0]
+        method = DEFAULT_METHOD if DEFAULT_METHOD in usable else usable[0]
     _session(session).method = method
     layers = L.default_layers_for(method, info)
     facts = describe(backbone, sam_size)
@@ -337,7 +335,7 @@ def on_check_method(backbone, sam_size, method) -> None:
 def on_revert_method(session):
     """After a refused choice, show the method that is really in use again."""
     session = _session(session)
-    return gr.Dropdown(value=session.method or L.DEFAULT_METHOD)
+    return gr.Dropdown(value=session.method or DEFAULT_METHOD)
 
 
 @_user_errors
@@ -571,7 +569,7 @@ def _param_control(c: L.ParamControl):
 
 
 INFO0 = _initial_info()
-METHOD0 = L.DEFAULT_METHOD if not INFO0.availability.get(L.DEFAULT_METHOD) else "random"
+METHOD0 = DEFAULT_METHOD if not INFO0.availability.get(DEFAULT_METHOD) else "random"
 LAYERS0 = L.default_layers_for(METHOD0, INFO0)
 
 with gr.Blocks(title="prune_viz", delete_cache=(3600, 3600)) as demo:
@@ -738,7 +736,7 @@ with gr.Blocks(title="prune_viz", delete_cache=(3600, 3600)) as demo:
     with gr.Group(visible=False):
         api_in = {
             "image": gr.File(type="filepath"), "mask": gr.File(type="filepath"), "backbone": gr.Textbox("demo"),
-            "method": gr.Textbox(L.DEFAULT_METHOD), "methods": gr.Textbox(""), "layers": gr.Textbox(""),
+            "method": gr.Textbox(DEFAULT_METHOD), "methods": gr.Textbox(""), "layers": gr.Textbox(""),
             "params": gr.Textbox("{}"), "seed": gr.Number(0, precision=0), "target": gr.Number(0),
         }
         api_json, api_file = gr.JSON(), gr.File()

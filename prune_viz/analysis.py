@@ -16,14 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from .backbones.base import Backbone
-from .engine import Baseline, Plan, Trace, run_baseline, run_pruned
+from .engine import Baseline, Plan, Trace, image_key, run_baseline, run_pruned
 from .flops import MACS_NOTE, measure_macs
 from .metrics import agreement_miou, boundary_f1, gamma, miou
-from .viz import colorize_labels, image_to_uint8, token_status_map
+from .viz import colorize_labels, image_to_uint8, token_status_map, write_png
 
 
 @dataclass
@@ -31,6 +30,12 @@ class Analysis:
     baseline: Baseline
     trace: Trace
     report: dict[str, Any]
+
+    @property
+    def model_image(self) -> np.ndarray:
+        """H x W x 3 uint8: the image as the model saw it (resized, padding cropped)."""
+        prep = self.baseline.prep
+        return image_to_uint8(prep.image01, prep.valid_hw)
 
 
 def attention_layers(plan: Plan) -> tuple[int, ...]:
@@ -62,7 +67,7 @@ def analyze(
     repeat > 0 times both forwards from scratch (median of ``repeat`` after a warm-up);
     measure=True cross-checks MACs with the FLOP counter on from-scratch forwards.
     """
-    if baseline is None or baseline.key != _key(backbone, image):
+    if baseline is None or baseline.key != image_key(backbone, image):
         baseline = run_baseline(backbone, image, attn_layers=attention_layers(plan))
     trace = run_pruned(backbone, image, plan, baseline=baseline, count_decisions=True)
     report = build_report(backbone, plan, baseline, trace, gt)
@@ -78,12 +83,6 @@ def analyze(
             "repeat": repeat,
         }
     return Analysis(baseline, trace, report)
-
-
-def _key(backbone: Backbone, image: np.ndarray) -> str:
-    from .engine import image_key
-
-    return image_key(backbone, image)
 
 
 def build_report(backbone: Backbone, plan: Plan, baseline: Baseline, trace: Trace, gt: np.ndarray | None) -> dict[str, Any]:
@@ -151,21 +150,16 @@ def save_outputs(analysis: Analysis, out: Path, image: np.ndarray, patch: int) -
     path = out / "report.json"
     path.write_text(json.dumps(analysis.report, indent=2, default=_json_default))
     written.append(path)
-    prep = analysis.baseline.prep
-    model_img = image_to_uint8(prep.image01, prep.valid_hw)
+    model_img = analysis.model_image
     for step in analysis.trace.steps:
         p = out / f"token_map_L{step.layer}.png"
-        _write_png(p, token_status_map(model_img, step.status_grid, patch))
+        write_png(p, token_status_map(model_img, step.status_grid, patch))
         written.append(p)
     for name, seg in (("seg_before", analysis.baseline.seg), ("seg_after", analysis.trace.seg)):
         p = out / f"{name}.png"
-        _write_png(p, colorize_labels(seg.labels, seg.palette))
+        write_png(p, colorize_labels(seg.labels, seg.palette))
         written.append(p)
     return written
-
-
-def _write_png(path: Path, rgb: np.ndarray) -> None:
-    cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
 
 
 def _json_default(value: Any) -> Any:

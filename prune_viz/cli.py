@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .checkpoints import CheckpointError
 from .io import InputError
-from .params import make_plan
+from .params import DEFAULT_METHOD, make_plan, param_names
 
 EXIT_USAGE = 2
 
@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--checkpoint", default=None)
     a.add_argument("--download", action="store_true", help="download official weights when not on disk (needs network)")
     a.add_argument("--input-size", type=int, default=None)
-    a.add_argument("--method", default="lvtp" if "lvtp" in METHODS else "random", choices=sorted(METHODS))
+    a.add_argument("--method", default=DEFAULT_METHOD, choices=sorted(METHODS))
     a.add_argument("--layers", default=None, help="1-based pruning layers, e.g. 3,6,8 (default: the backbone's)")
     a.add_argument("--mask", type=Path, default=None, help="ground-truth label mask for mIoU")
     a.add_argument("--seed", type=int, default=0)
@@ -73,13 +73,13 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from .analysis import analyze, save_outputs
     from .backbones import build_backbone
     from .io import load_image, load_mask
-    from .methods import METHODS
+    from .methods import get_method
 
     loaded = load_image(args.image)
     for notice in loaded.notices:
         print(f"note: {notice}", file=sys.stderr)
     backbone = build_backbone(args.backbone, checkpoint=args.checkpoint, input_size=args.input_size, download=args.download)
-    values = {f.name: getattr(args, f.name, None) for spec in METHODS.values() for f in dataclasses.fields(spec.params_cls)}
+    values = {name: getattr(args, name) for name in param_names(get_method(args.method))}
     plan = make_plan(backbone, args.method, args.layers, args.seed, values)
     gt, input_notices = None, list(loaded.notices)
     if args.mask is not None:

@@ -24,9 +24,7 @@ from torch import Tensor
 
 from .backbones.base import Backbone, BlockOutput, Prepared, Segmentation
 from .flops import measure_macs
-from .methods.base import EXITED, KEPT, MethodSpec, PruneContext
-
-GONE = -1  # status-grid value for tokens that were already removed before this step
+from .methods.base import EXITED, GONE, KEPT, PRUNED, MethodSpec, PruneContext
 
 
 @dataclass(frozen=True)
@@ -101,10 +99,29 @@ class Trace:
     macs: dict[str, int]
     time_ms: float
     from_cache: bool = False
+    num_blocks: int = 0  # of the backbone; drop_layer == num_blocks means "never left"
 
     @property
     def final_tokens(self) -> int:
         return self.layers[-1].tokens if self.layers else 0
+
+    def step_at(self, layer: int) -> StepRecord | None:
+        """The pruning step that explains the tokens after block ``layer``: the last step at or
+        before it (the first one when ``layer`` comes before every step); None without steps."""
+        if not self.steps:
+            return None
+        return next((s for s in reversed(self.steps) if s.layer <= layer), self.steps[0])
+
+    def status_at(self, layer: int) -> np.ndarray:
+        """gh x gw int8 statuses as the tokens leave block ``layer``: a pruning layer shows its
+        decision; other layers show alive tokens as KEPT. Tokens removed earlier show as GONE,
+        or as EXITED when they left with a final prediction."""
+        step = next((s for s in self.steps if s.layer == layer), None)
+        grid = step.status_grid.copy() if step is not None else np.full(self.grid, KEPT, dtype=np.int8)
+        earlier = (self.drop_layer < layer) if step is not None else (self.drop_layer <= layer)
+        earlier &= self.drop_layer < self.num_blocks
+        grid[earlier] = np.where(self.exited[earlier], EXITED, GONE)
+        return grid
 
 
 def image_key(backbone: Backbone, image: np.ndarray) -> str:
@@ -184,18 +201,44 @@ def validate_plan(backbone: Backbone, plan: Plan) -> None:
                 f"pruning layer {layer} is out of range for {backbone.name}: "
                 f"choose layers 1..{backbone.num_blocks - 1} (pruning after the last block saves nothing)"
             )
+    reason = plan.method.unmet_need(backbone.name, tuple(backbone.aux_layers))
+    if reason:
+        raise ValueError(f"method '{plan.method.name}' {reason}")
     if plan.method.needs_aux:
-        if not backbone.aux_layers:
-            raise ValueError(
-                f"method '{plan.method.name}' needs auxiliary heads; backbone {backbone.name} has none "
-                "(use the demo backbone)"
-            )
         missing = [layer for layer in plan.layers if layer not in backbone.aux_layers]
         if missing:
             raise ValueError(
                 f"method '{plan.method.name}' can only prune after layers with an auxiliary head "
                 f"{list(backbone.aux_layers)} on {backbone.name}; got {missing}"
             )
+
+
+def attention_surcharge(backbone: Backbone, layer: int, grid: tuple[int, int], kept_idx: Tensor | None = None) -> int:
+    """Extra MACs block ``layer`` pays to also return attention statistics (for this token set)."""
+    return backbone.block_macs(layer, kept_idx, grid, want_attn=True) - backbone.block_macs(layer, kept_idx, grid)
+
+
+def _context(
+    backbone: Backbone, plan: Plan, layer: int, patches: Tensor, kept_idx: Tensor, prep: Prepared,
+    stats: BlockOutput | None, aux: Tensor | None,
+) -> PruneContext:
+    """What the method sees after block ``layer``. patches: 1 x Nk x C; aux: Nk x K x S or None."""
+    grid = prep.grid
+    return PruneContext(
+        layer=layer,
+        step=plan.layers.index(layer),
+        num_steps=len(plan.layers),
+        tokens=patches[0],
+        kept_idx=kept_idx,
+        grid=grid,
+        patch_size=backbone.patch_size,
+        image=prep.image01,
+        seed=plan.seed,
+        received=stats.received if stats is not None else None,
+        cls_attn=stats.cls_attn if stats is not None else None,
+        aux_logits=aux.mean(-1) if aux is not None else None,
+        num_tokens_total=grid[0] * grid[1],
+    )
 
 
 @torch.no_grad()
@@ -259,8 +302,7 @@ def run_pruned(
                 stats = out
     if want_attn and stats is not None:
         # The statistics cost extra arithmetic in the block that produced them: count it.
-        extra = backbone.block_macs(first, None, grid, want_attn=True) - backbone.block_macs(first, None, grid)
-        decision_macs += extra
+        decision_macs += attention_surcharge(backbone, first, grid)
 
     kept_idx = torch.arange(n)
     full = torch.zeros(1, n, backbone.embed_dim, dtype=x.dtype)
@@ -273,7 +315,7 @@ def run_pruned(
             stats = out if step_attn else None
             macs = backbone.block_macs(layer, kept_idx, grid)
             if step_attn:
-                decision_macs += backbone.block_macs(layer, kept_idx, grid, want_attn=True) - macs
+                decision_macs += attention_surcharge(backbone, layer, grid, kept_idx)
             base_macs = backbone.block_macs(layer, None, grid)
             records.append(LayerRecord(layer, backbone.block_kind(layer), kept_idx.numel(), macs, base_macs, (_now() - tb) * 1e3))
         if layer not in plan.layers:
@@ -289,25 +331,11 @@ def run_pruned(
         if replay is not None:
             keep_global = replay[step]
             keep = torch.nonzero(torch.isin(kept_idx, keep_global)).flatten()
-            status = torch.full((kept_idx.numel(),), 2, dtype=torch.long)
+            status = torch.full((kept_idx.numel(),), PRUNED, dtype=torch.long)
             status[keep] = KEPT
             diag: dict[str, Any] = {}
         else:
-            ctx = PruneContext(
-                layer=layer,
-                step=step,
-                num_steps=len(plan.layers),
-                tokens=patches[0],
-                kept_idx=kept_idx,
-                grid=grid,
-                patch_size=backbone.patch_size,
-                image=prep.image01,
-                seed=plan.seed,
-                received=stats.received if stats is not None else None,
-                cls_attn=stats.cls_attn if stats is not None else None,
-                aux_logits=aux.mean(-1) if aux is not None else None,
-                num_tokens_total=n,
-            )
+            ctx = _context(backbone, plan, layer, patches, kept_idx, prep, stats, aux)
             if count_decisions:
                 step_macs, decision = measure_macs(lambda: method.decide(ctx, plan.params))
                 decision_macs += step_macs
@@ -376,6 +404,7 @@ def run_pruned(
         macs=macs,
         time_ms=(_now() - t0) * 1e3,
         from_cache=from_cache,
+        num_blocks=backbone.num_blocks,
     )
 
 
@@ -406,12 +435,7 @@ def estimate_macs(backbone: Backbone, baseline: Baseline, plan: Plan) -> dict[st
     if plan.method.needs_attention and stats is None:
         stats = backbone.run_block(first, baseline.x_after[first - 1], None, grid, want_attn=True)
     aux = backbone.aux_logits(first, patches[0]) if plan.method.needs_aux else None
-    ctx = PruneContext(
-        layer=first, step=0, num_steps=len(plan.layers), tokens=patches[0], kept_idx=torch.arange(n), grid=grid,
-        patch_size=backbone.patch_size, image=baseline.prep.image01, seed=plan.seed,
-        received=stats.received if stats is not None else None, cls_attn=stats.cls_attn if stats is not None else None,
-        aux_logits=aux.mean(-1) if aux is not None else None, num_tokens_total=n,
-    )
+    ctx = _context(backbone, plan, first, patches, torch.arange(n), baseline.prep, stats, aux)
     kept_idx = torch.arange(n)[plan.method.decide(ctx, plan.params).keep]
     fraction = kept_idx.numel() / n
     total = backbone.embed_macs(baseline.prep) + backbone.decode_macs(baseline.prep)

@@ -1,7 +1,9 @@
-"""Parameter validation in one place, used by the app, its API and the CLI.
+"""The one door that turns user input into a validated :class:`~prune_viz.engine.Plan`.
 
-Everything a user can set becomes a validated :class:`~prune_viz.engine.Plan` here, or a
-``ValueError`` whose message can be shown to that user as is.
+The app, its API, the CLI and the benchmark all build plans here (one utility per rule, like
+ToMe's ``parse_r``): a method's parameter names, its default layers on a backbone, whether it
+can run there, which values it takes. Anything wrong becomes a ``ValueError`` whose message can
+be shown to the user as is.
 """
 
 from __future__ import annotations
@@ -10,10 +12,34 @@ import dataclasses
 import math
 from typing import Any
 
-from .backbones import check_backbone_name
+from .backbones import BackboneFacts
 from .backbones.base import Backbone
 from .engine import Plan, validate_plan
 from .methods import METHODS, get_method
+from .methods.base import MethodSpec
+
+DEFAULT_METHOD = "lvtp" if "lvtp" in METHODS else "random"
+
+
+def param_names(spec: MethodSpec) -> tuple[str, ...]:
+    """The fields of the method's params dataclass, in declaration order."""
+    return tuple(f.name for f in dataclasses.fields(spec.params_cls))
+
+
+def default_layers(spec: MethodSpec, backbone: Backbone | BackboneFacts) -> tuple[int, ...]:
+    """Where ``spec`` prunes on ``backbone`` when the user does not say: the method's own
+    schedule, else the backbone's; a method that needs auxiliary heads keeps only the layers
+    that have one (the first head's layer when none of them does)."""
+    own = backbone.default_layers() if isinstance(backbone, Backbone) else backbone.default_layers
+    layers = spec.default_layers(backbone.num_blocks) if spec.default_layers else tuple(own)
+    if spec.needs_aux and backbone.aux_layers:
+        layers = tuple(layer for layer in layers if layer in backbone.aux_layers) or tuple(backbone.aux_layers[:1])
+    return tuple(layers)
+
+
+def method_availability(backbone: Backbone | BackboneFacts) -> dict[str, str | None]:
+    """Method name -> None when usable on this backbone, else the reason it is not."""
+    return {name: spec.unmet_need(backbone.name, tuple(backbone.aux_layers)) for name, spec in METHODS.items()}
 
 
 def parse_layers(text: str | list | tuple | None) -> tuple[int, ...] | None:
@@ -32,10 +58,14 @@ def parse_layers(text: str | list | tuple | None) -> tuple[int, ...] | None:
     return tuple(sorted(set(values)))
 
 
-def method_values(spec_name: str, values: dict[str, Any]) -> dict[str, Any]:
-    """Keep only the values the method's params take; reject NaN / infinite numbers early."""
-    spec = get_method(spec_name)
-    names = {f.name for f in dataclasses.fields(spec.params_cls)}
+def method_values(method: str, values: dict[str, Any], strict: bool = False) -> dict[str, Any]:
+    """Keep only the values the method's params take (``strict``: refuse the others, as the
+    API does); reject NaN / infinite numbers early. ``None`` means "the default"."""
+    spec = get_method(method)
+    names = param_names(spec)
+    unknown = sorted(set(values) - set(names))
+    if strict and unknown:
+        raise ValueError(f"{method} has no parameter {', '.join(unknown)}; it takes: {', '.join(sorted(names)) or 'none'}")
     out = {}
     for key, value in values.items():
         if key not in names or value is None:
@@ -46,32 +76,44 @@ def method_values(spec_name: str, values: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def make_plan(backbone: Backbone, method: str, layers: Any, seed: int = 0, values: dict[str, Any] | None = None) -> Plan:
-    """Method name + raw values + layers -> validated Plan (ValueError with the reason)."""
+def make_plan(
+    backbone: Backbone,
+    method: str,
+    layers: Any,
+    seed: Any = 0,
+    values: dict[str, Any] | None = None,
+    strict: bool = False,
+) -> Plan:
+    """Method name + raw values + layers -> validated Plan (ValueError with the reason).
+
+    Availability is checked first (a clearer message than a failed run). ``layers``: text,
+    a list, or None / '' for :func:`default_layers`; an empty list is a choice of no layer and
+    refused. ``seed``: a non-negative whole number (a float like 3.0 from a number field is
+    accepted). ``strict``: parameters the method does not take are refused, not ignored.
+    """
     spec = get_method(method)
-    try:
-        params = spec.params_cls(**method_values(method, values or {}))
-    except TypeError as exc:
-        raise ValueError(f"bad parameter for {method}: {exc}") from None
+    reason = spec.unmet_need(backbone.name, tuple(backbone.aux_layers))
+    if reason:
+        raise ValueError(f"{method} cannot run on {backbone.name}: it {reason}")
+    if isinstance(layers, (list, tuple)) and not layers:
+        raise ValueError("choose at least one pruning layer")
+    seed = 0 if seed is None else seed
+    if isinstance(seed, float) and seed.is_integer():
+        seed = int(seed)
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    try:
+        params = spec.params_cls(**method_values(method, values or {}, strict))
+    except TypeError as exc:
+        raise ValueError(f"bad parameter for {method}: {exc}") from None
     chosen = parse_layers(layers)
-    if chosen is None:
-        chosen = spec.default_layers(backbone.num_blocks) if spec.default_layers else backbone.default_layers()
-    plan = Plan(spec, params, chosen, seed)
+    plan = Plan(spec, params, chosen if chosen is not None else default_layers(spec, backbone), seed)
     validate_plan(backbone, plan)
     return plan
 
 
-def method_availability(backbone: Backbone) -> dict[str, str | None]:
-    """Method name -> None when usable on this backbone, else the reason it is not."""
-    out: dict[str, str | None] = {}
-    for name, spec in METHODS.items():
-        reason = None
-        if spec.needs_aux and not backbone.aux_layers:
-            reason = f"needs auxiliary heads, which {backbone.name} does not have (use the demo backbone)"
-        out[name] = reason
-    return out
-
-
-__all__ = ["parse_layers", "make_plan", "method_values", "method_availability", "check_backbone_name"]
+def plan_params(method: str, stored: dict[str, Any]) -> Any:
+    """A report's ``params`` (JSON: tuples became lists) -> the method's params object again."""
+    spec = get_method(method)
+    names = param_names(spec)
+    return spec.params_cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in stored.items() if k in names})

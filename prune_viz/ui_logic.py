@@ -36,17 +36,16 @@ from .analysis import Analysis, analyze, save_outputs
 from .backbones import BUILDERS, TIMM_PREFIX, build_backbone, check_backbone_name, describe, input_size_for
 from .backbones.base import Backbone
 from .checkpoints import CheckpointError, cache_dir
-from .engine import Baseline, Plan, Trace, estimate_macs
+from .engine import Baseline, Plan, StepRecord, Trace, attention_surcharge, estimate_macs
 from .flops import MACS_NOTE
 from .io import LoadedImage, describe_bands, load_image, load_mask
 from .methods import METHODS, get_method
-from .methods.base import EXITED, KEPT, PENDING_KEPT, PRUNED
-from .params import make_plan, method_availability
+from .methods.base import KEPT, PENDING_KEPT, STATUS_LABELS, STATUSES
+from .params import default_layers, make_plan, method_availability, param_names, plan_params
 
 # --------------------------------------------------------------------------------- constants
 
 DEFAULT_BACKBONE = "demo"
-DEFAULT_METHOD = "lvtp" if "lvtp" in METHODS else "random"
 EXAMPLE_GLOB = "*.png"
 
 BACKBONE_CHOICES: list[tuple[str, str]] = [
@@ -151,14 +150,7 @@ VIEW_TABS = ("entropy", "edges", "clusters", "exits", "facets", "signals")
 # Distribution plot per method: (diagnostic, scalar drawn as the cut-off line).
 HISTOGRAMS: dict[str, tuple[str, str]] = {"dtop": ("confidence", "threshold"), "matp": ("score", "adaptive_threshold")}
 
-STATUS_ORDER = (KEPT, PENDING_KEPT, PRUNED, EXITED, viz.GONE)
-STATUS_EXPLAIN = {
-    KEPT: "computed by the next blocks",
-    PENDING_KEPT: "undecided after the first test, kept by the second",
-    PRUNED: "removed here: later blocks skip it, its features freeze",
-    EXITED: "left early with its final prediction",
-    viz.GONE: "removed at an earlier pruning layer",
-}
+STATUS_ORDER = tuple(s.code for s in STATUSES)
 
 # Parameter controls. Generated from each method's params dataclass; these entries refine the
 # known ones (range, label, help). kind: slider | int | float | choice | text | bool.
@@ -428,11 +420,7 @@ def layer_choices(info: BackboneInfo) -> list[tuple[str, int]]:
 
 
 def default_layers_for(method: str, info: BackboneInfo) -> list[int]:
-    spec = get_method(method)
-    layers = spec.default_layers(info.num_blocks) if spec.default_layers else info.default_layers
-    if spec.needs_aux and info.aux_layers:
-        layers = tuple(layer for layer in layers if layer in info.aux_layers) or info.aux_layers[:1]
-    return list(layers)
+    return list(default_layers(get_method(method), info))
 
 
 def method_explanation(method: str) -> str:
@@ -541,26 +529,6 @@ def parse_params_json(text: str | dict | None) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise ValueError(f'params must be a JSON object like {{"rate": 0.5}}, got {type(obj).__name__}')
     return {k: tuple(v) if isinstance(v, list) else v for k, v in obj.items()}
-
-
-def check_method_params(method: str, values: dict[str, Any]) -> None:
-    spec = get_method(method)
-    names = {f.name for f in dataclasses.fields(spec.params_cls)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ValueError(f"{method} has no parameter {', '.join(unknown)}; it takes: {', '.join(sorted(names)) or 'none'}")
-
-
-def build_plan(bb: Backbone, method: str, layers: Any, seed: Any, values: dict[str, Any]) -> Plan:
-    """Availability first (a clearer message than a failed run), then params.make_plan."""
-    reason = method_availability(bb).get(method) if method in METHODS else None
-    if reason:
-        raise ValueError(f"{method} cannot run on {bb.name}: it {reason}")
-    if isinstance(seed, float) and seed.is_integer():
-        seed = int(seed)
-    if isinstance(layers, (list, tuple)) and not layers:
-        raise ValueError("choose at least one pruning layer")
-    return make_plan(bb, method, layers, seed if seed is not None else 0, values)
 
 
 # --------------------------------------------------------------------------------- loading
@@ -703,21 +671,16 @@ def json_ready(obj: Any) -> Any:
 # --------------------------------------------------------------------------------- views
 
 
-def model_image(analysis: Analysis) -> np.ndarray:
-    prep = analysis.baseline.prep
-    return viz.image_to_uint8(prep.image01, prep.valid_hw)
-
-
 def legend_html() -> str:
     """Token-status legend with the same colours as the maps (Okabe-Ito, colour-blind safe)."""
     items = []
-    for status in STATUS_ORDER:
-        r, g_, b = viz.STATUS_COLOURS[status]
+    for status in STATUSES:
+        r, g_, b = viz.STATUS_COLOURS[status.code]
         items.append(
             f"<span style='display:inline-flex;align-items:center;margin-right:14px;white-space:nowrap'>"
             f"<span style='width:14px;height:14px;background:rgb({r},{g_},{b});border:1px solid #333;"
-            f"display:inline-block;margin-right:5px'></span><b>{viz.STATUS_LABELS[status]}</b>"
-            f"&nbsp;<span style='opacity:.75'>— {STATUS_EXPLAIN[status]}</span></span>"
+            f"display:inline-block;margin-right:5px'></span><b>{status.label}</b>"
+            f"&nbsp;<span style='opacity:.75'>— {status.meaning}</span></span>"
         )
     return "<div style='line-height:1.9'>" + " ".join(items) + "</div>"
 
@@ -734,35 +697,11 @@ def class_legend_html(seg) -> str:
     return "<div>" + " ".join(items) + "</div>"
 
 
-def step_index_for(trace: Trace, layer: int) -> int | None:
-    """The pruning step shown for slider position ``layer``: the last step at or before it
-    (the first one when the layer is before every step); None without steps."""
-    if not trace.steps:
-        return None
-    idx = 0
-    for i, s in enumerate(trace.steps):
-        if s.layer <= layer:
-            idx = i
-    return idx
-
-
-def status_at_layer(trace: Trace, layer: int, num_blocks: int) -> np.ndarray:
-    """gh x gw statuses as the tokens leave block ``layer``: a pruning layer shows its decision;
-    other layers show alive tokens as kept. Tokens removed earlier show as gone, or as exited
-    when they left with a final prediction."""
-    step = next((s for s in trace.steps if s.layer == layer), None)
-    grid = step.status_grid.copy() if step is not None else np.full(trace.grid, KEPT, dtype=np.int8)
-    earlier = (trace.drop_layer < layer) if step is not None else (trace.drop_layer <= layer)
-    earlier &= trace.drop_layer < num_blocks
-    grid[earlier] = np.where(trace.exited[earlier], EXITED, viz.GONE)
-    return grid
-
-
 def token_map_view(analysis: Analysis, layer: int, num_blocks: int, patch: int) -> tuple[np.ndarray, str]:
     """Token map after block ``layer`` and a caption counting each status."""
     trace = analysis.trace
-    img = model_image(analysis)
-    grid = status_at_layer(trace, layer, num_blocks)
+    img = analysis.model_image
+    grid = trace.status_at(layer)
     n = grid.size
     counts = {s: int((grid == s).sum()) for s in STATUS_ORDER}
     going_on = counts[KEPT] + counts[PENDING_KEPT]
@@ -772,7 +711,7 @@ def token_map_view(analysis: Analysis, layer: int, num_blocks: int, patch: int) 
     else:
         head = f"**After block {layer}**: {going_on} of {n} tokens ({100 * going_on / n:.0f} %) go on into block {layer + 1}"
     if step is not None:
-        parts = [f"{counts[s]} {viz.STATUS_LABELS[s]}" for s in STATUS_ORDER if counts[s]]
+        parts = [f"{counts[s]} {STATUS_LABELS[s]}" for s in STATUS_ORDER if counts[s]]
         tail = f" — pruning layer: {', '.join(parts)}."
     elif layer < trace.plan_layers[0]:
         tail = f" — no pruning yet (first pruning layer: {trace.plan_layers[0]})."
@@ -806,7 +745,7 @@ def depth_view(analysis: Analysis, num_blocks: int, patch: int, width: int = 420
 
 def scaled_model_image(analysis: Analysis, width: int, patch: int) -> tuple[np.ndarray, float]:
     """The model-input image scaled to ``width`` px and the token size at that scale."""
-    img = model_image(analysis)
+    img = analysis.model_image
     scale = width / img.shape[1]
     return _resize(img, (max(1, round(img.shape[0] * scale)), width)), patch * scale
 
@@ -850,10 +789,9 @@ def _diag_panel(name: str, value: np.ndarray, img: np.ndarray, patch: float, gri
 
 
 def diagnostics_panels(
-    analysis: Analysis, step_idx: int, names: list[str], patch: int, ncols: int = 2, width: int = 340
+    analysis: Analysis, step: StepRecord, names: list[str], patch: int, ncols: int = 2, width: int = 340
 ) -> np.ndarray | None:
     """One tiled image of the named per-token / per-pixel diagnostics of one pruning step."""
-    step = analysis.trace.steps[step_idx]
     img, patch = scaled_model_image(analysis, width, patch)
     seg = analysis.baseline.seg
     classes = (seg.class_names, seg.palette) if seg.kind == "semantic" and seg.palette is not None else None
@@ -891,12 +829,11 @@ def scalar_rows(trace: Trace) -> list[list[Any]]:
     return rows
 
 
-def histogram_figure(analysis: Analysis, step_idx: int, method: str) -> dict | None:
+def histogram_figure(step: StepRecord, method: str) -> dict | None:
     """Plotly figure (as a JSON-ready dict) of the score a method thresholds, with its cut-off line."""
-    if method not in HISTOGRAMS or not analysis.trace.steps:
+    if method not in HISTOGRAMS:
         return None
     name, line = HISTOGRAMS[method]
-    step = analysis.trace.steps[step_idx]
     values = step.diagnostics.get(name)
     if not isinstance(values, np.ndarray):
         return None
@@ -923,18 +860,17 @@ def layer_views(analysis: Analysis, layer: int, num_blocks: int, patch: int) -> 
     trace = analysis.trace
     token_img, caption = token_map_view(analysis, int(layer), num_blocks, patch)
     out: dict[str, Any] = {"token_map": token_img, "token_caption": caption}
-    idx = step_index_for(trace, int(layer))
-    diag = trace.steps[idx].diagnostics if idx is not None else {}
-    tabs = tabs_for(trace.method, diag)
+    step = trace.step_at(int(layer))
+    tabs = tabs_for(trace.method, step.diagnostics if step is not None else {})
     for tab in VIEW_TABS:
         names = tabs.get(tab)
-        out[tab] = diagnostics_panels(analysis, idx, names, patch) if names and idx is not None else None
+        out[tab] = diagnostics_panels(analysis, step, names, patch) if names and step is not None else None
     out["tabs"] = {tab: tab in tabs for tab in VIEW_TABS}
-    out["histogram"] = histogram_figure(analysis, idx, trace.method) if idx is not None else None
-    if idx is not None and trace.steps[idx].layer != int(layer):
-        out["panel_note"] = f"Method signals shown for pruning layer {trace.steps[idx].layer} (the last one at or before layer {layer})."
+    out["histogram"] = histogram_figure(step, trace.method) if step is not None else None
+    if step is not None and step.layer != int(layer):
+        out["panel_note"] = f"Method signals shown for pruning layer {step.layer} (the last one at or before layer {layer})."
     else:
-        out["panel_note"] = f"Method signals at pruning layer {layer}." if idx is not None else "This method has no per-token signals."
+        out["panel_note"] = f"Method signals at pruning layer {layer}." if step is not None else "This method has no per-token signals."
     return out
 
 
@@ -1089,8 +1025,7 @@ def full_views(analysis: Analysis, image: np.ndarray, layer: int, num_blocks: in
 
 
 def rate_field(method: str) -> str | None:
-    names = {f.name for f in dataclasses.fields(get_method(method).params_cls)}
-    return "rate" if "rate" in names else None
+    return "rate" if "rate" in param_names(get_method(method)) else None
 
 
 def match_budget(
@@ -1100,17 +1035,16 @@ def match_budget(
     """Bisect the method's ``rate`` so the estimated MAC reduction hits ``target_pct``.
     Methods without a rate run at their settings (the note says so)."""
     field_name = rate_field(method)
-    plan = build_plan(bb, method, layers, seed, values)
+    plan = make_plan(bb, method, layers, seed, values)
     if field_name is None:
         return plan, "no rate parameter: shown at its settings, not at the budget"
 
     def reduction(rate: float) -> tuple[float, Plan]:
-        p = build_plan(bb, method, layers, seed, {**values, field_name: rate})
+        p = make_plan(bb, method, layers, seed, {**values, field_name: rate})
         est = estimate_macs(bb, baseline, p)
         macs = est["macs"]
         if p.method.needs_attention:  # the run also pays for the attention statistics (not in the estimate)
-            grid, first = baseline.prep.grid, p.layers[0]
-            macs += bb.block_macs(first, None, grid, want_attn=True) - bb.block_macs(first, None, grid)
+            macs += attention_surcharge(bb, p.layers[0], baseline.prep.grid)
         return 100.0 * (est["baseline"] - macs) / est["baseline"], p
 
     lo, hi = 0.0, max_rate
@@ -1159,7 +1093,7 @@ def compare_methods(
         values = dict(values_by_method.get(method, {}))
         note = ""
         try:
-            build_plan(bb, method, layers, seed, values)
+            make_plan(bb, method, layers, seed, values)
             use_layers = layers
         except ValueError as exc:
             use_layers, note = None, f"layers {layers} not usable ({exc}); its default layers used. "
@@ -1173,7 +1107,7 @@ def compare_methods(
             plan, budget_note = match_budget(bb, baseline, method, use_layers, seed, float(target_pct), values)
             note += budget_note
         else:
-            plan = build_plan(bb, method, use_layers, seed, values)
+            plan = make_plan(bb, method, use_layers, seed, values)
             note += "defaults"
         result = analyze(bb, session.image, plan, gt=session.gt, baseline=baseline, measure=False, repeat=0)
         rows.append(CompareRow(method, result, note))
@@ -1302,20 +1236,12 @@ def write_png(rgb: np.ndarray | None, folder: Path = PNG_DIR) -> str | None:
     pruned forward for the page's ~10 maps; a file written here is only hashed and copied into
     Gradio's cache. Files older than ten minutes are removed as new ones are written (Gradio
     has copied them by then)."""
-    import os
     import uuid
-
-    import cv2
 
     if rgb is None:
         return None
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{uuid.uuid4().hex}.png"
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR),
-                           [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE])
-    if not ok:
-        raise RuntimeError("PNG encoding failed")
-    path.write_bytes(buf.tobytes())
+    path = viz.write_png(folder / f"{uuid.uuid4().hex}.png", rgb, fast=True)
     if uuid.uuid4().int % 50 == 0:  # now and then, not on every call
         now = time.time()
         for old in folder.glob("*.png"):
@@ -1372,8 +1298,6 @@ def export_zip(
     """report.json, the PNGs of ``save_outputs``, the token-depth and change maps and the method's
     signal panels per pruning layer, the input (and mask) the run saw, and command.txt with the
     CLI line that reproduces it, zipped."""
-    import cv2
-
     a = session.analysis
     if a is None or session.image is None:
         raise ValueError("run an analysis first")
@@ -1383,21 +1307,22 @@ def export_zip(
     work = Path(tempfile.mkdtemp(prefix="run_", dir=root))
     out = work / "prune_viz_run"
     save_outputs(a, out, session.image, bb.patch_size)
-    cv2.imwrite(str(out / "input.png"), cv2.cvtColor(session.image, cv2.COLOR_RGB2BGR))
+    viz.write_png(out / "input.png", session.image)
     mask_name = None
     if session.gt is not None:
         mask_name = "mask.png"
-        cv2.imwrite(str(out / mask_name), session.gt.astype(np.uint8))
+        viz.write_png(out / mask_name, session.gt.astype(np.uint8))
     extra = dict(extra_pngs or {})
     extra["token_depth"] = depth_view(a, bb.num_blocks, bb.patch_size)
     extra["change_map"] = segmentation_views(a, session.image)["change"]
-    for i, step in enumerate(a.trace.steps):
+    for step in a.trace.steps:
         for tab, names in tabs_for(a.trace.method, step.diagnostics).items():
-            extra[f"{tab}_L{step.layer}"] = diagnostics_panels(a, i, names, bb.patch_size)
+            extra[f"{tab}_L{step.layer}"] = diagnostics_panels(a, step, names, bb.patch_size)
     for name, rgb in extra.items():
         if rgb is not None:
-            cv2.imwrite(str(out / f"{name}.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    plan = Plan(get_method(a.report["method"]), _params_of(a), tuple(a.report["layers_pruned"]), int(a.report["seed"]))
+            viz.write_png(out / f"{name}.png", rgb)
+    plan = Plan(get_method(a.report["method"]), plan_params(a.report["method"], a.report["params"]),
+                tuple(a.report["layers_pruned"]), int(a.report["seed"]))
     (out / "command.txt").write_text(
         "# Reproduce this run from inside this folder:\n" + cli_command(info.name, info.input_size, plan, "input.png", mask_name)
     )
@@ -1407,13 +1332,6 @@ def export_zip(
             z.write(p, f"prune_viz_run/{p.name}")
     shutil.rmtree(out)
     return zpath
-
-
-def _params_of(a: Analysis):
-    spec = get_method(a.report["method"])
-    names = {f.name for f in dataclasses.fields(spec.params_cls)}
-    vals = {k: tuple(v) if isinstance(v, list) else v for k, v in a.report["params"].items() if k in names}
-    return spec.params_cls(**vals)
 
 
 def _clean_old(root: Path, max_age_s: float) -> None:

@@ -1,4 +1,4 @@
-"""Drawing: token maps, heatmaps, segmentations as RGB arrays (never imports gradio).
+"""Drawing: token maps, heatmaps, segmentations as RGB arrays, and PNG files (never imports gradio).
 
 Colours are colour-blind safe: token statuses use Okabe-Ito hues, heatmaps use viridis /
 cividis, segment ids use a fixed Tol-like qualitative table.
@@ -6,13 +6,14 @@ cividis, segment ids use a fixed Tol-like qualitative table.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 import torch
 
-from .methods.base import EXITED, KEPT, PENDING_KEPT, PRUNED
+from .methods.base import EXITED, GONE, KEPT, PENDING_KEPT, PRUNED
 
-GONE = -1
 # Okabe-Ito: blue (kept), orange (pending then kept), grey (pruned), reddish purple (exited).
 STATUS_COLOURS: dict[int, tuple[int, int, int]] = {
     KEPT: (0, 114, 178),
@@ -21,7 +22,6 @@ STATUS_COLOURS: dict[int, tuple[int, int, int]] = {
     EXITED: (204, 121, 167),
     GONE: (40, 40, 40),
 }
-STATUS_LABELS = {KEPT: "kept", PENDING_KEPT: "pending → kept", PRUNED: "pruned here", EXITED: "exited (final)", GONE: "gone earlier"}
 
 SEGMENT_TABLE = np.array(
     [
@@ -373,3 +373,19 @@ def draw_prompts(
     if corner is not None:
         cv2.circle(out, (int(round(corner[0])), int(round(corner[1]))), r, (240, 228, 66), t)
     return out
+
+
+def write_png(path: str | Path, image: np.ndarray, fast: bool = False) -> Path:
+    """H x W x 3 uint8 RGB (or H x W uint8 grey, e.g. a label mask) -> a PNG file at ``path``.
+
+    ``fast``: zlib level 1 with run-length strategy, several times quicker than the default
+    for the app's maps (which are mostly flat colours) at a slightly larger file."""
+    image = np.ascontiguousarray(image)
+    pixels = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
+    flags = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE] if fast else []
+    ok, buf = cv2.imencode(".png", pixels, flags)
+    if not ok:
+        raise RuntimeError("PNG encoding failed")
+    path = Path(path)
+    path.write_bytes(buf.tobytes())
+    return path

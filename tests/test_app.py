@@ -132,7 +132,7 @@ def test_ui_handlers_render_every_view(app_module, scene):
     live = app.on_estimate(session, "demo", 1024, "lvtp", [3, 6], 0, 6, *params)
     assert "estimate" in live and "extrapolated" in live  # two pruning layers: not exact
     # A non-pruning layer: tokens removed at layer 3 show as gone, nothing is "pruned here".
-    grid = L.status_at_layer(session.analysis.trace, 4, 12)
+    grid = session.analysis.trace.status_at(4)
     assert not (grid == 2).any() and (grid == -1).sum() == (session.analysis.trace.steps[0].status_grid == 2).sum()
     bad = app.on_estimate(session, "demo", 1024, "lvtp", [], 0, 6, *params)
     assert "cannot run" in bad and "at least one pruning layer" in bad
@@ -159,11 +159,12 @@ def test_sam_prompts_answered_before_and_after_pruning():
     the pruned image embedding (a small random-weight SAM ViT-B at 256 px)."""
     from prune_viz import ui_logic as L
     from prune_viz.backbones.sam import build_sam
+    from prune_viz.params import make_plan
 
     bb = build_sam("sam_vit_b", img_size=256, random_weights=True, points_per_side=2)
     rng = np.random.default_rng(0)
     session = L.Session(image=(rng.random((200, 300, 3)) * 255).astype(np.uint8))
-    plan = L.build_plan(bb, "random", "6", 0, {"rate": 0.5})
+    plan = make_plan(bb, "random", "6", 0, {"rate": 0.5})
     L.run_analysis(session, bb, ("sam_vit_b", 256), plan)
     info = L.BackboneInfo("sam_vit_b", 256, bb.num_blocks, bb.global_layers, (), bb.default_layers(), 0, True, "")
     labels = [label for label, _ in L.layer_choices(info)]

@@ -61,9 +61,10 @@ def test_session_caches_stay_within_the_budget(tiny_demo, rgb_image):
     """The prefix caches of all sessions together stay under the budget: the oldest is dropped,
     its page still renders, and its next run recomputes the same answer."""
     from prune_viz import ui_logic as L
+    from prune_viz.params import make_plan
 
     info, bb = L.backbone_info("demo")
-    plan = L.build_plan(bb, "random", "2", 0, {"rate": 0.5})
+    plan = make_plan(bb, "random", "2", 0, {"rate": 0.5})
     first, second = L.Session(image=rgb_image), L.Session(image=rgb_image[::-1].copy())
     budget = L.CacheBudget(0)
     saved = L.CACHE_BUDGET

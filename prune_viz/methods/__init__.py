@@ -14,10 +14,3 @@ def get_method(name: str) -> MethodSpec:
         raise ValueError(f"unknown method '{name}'; choose one of: {', '.join(METHODS)}")
     return METHODS[name]
 
-
-def make_params(spec: MethodSpec, **values):
-    """Build the method's frozen params from the given values, ignoring those it does not take."""
-    import dataclasses
-
-    names = {f.name for f in dataclasses.fields(spec.params_cls)}
-    return spec.params_cls(**{k: v for k, v in values.items() if k in names and v is not None})

@@ -22,7 +22,28 @@ KEPT = 0  # kept by the method's main criterion
 PENDING_KEPT = 1  # undecided after a first pass, kept by a second one (LVTP's second clustering)
 PRUNED = 2  # removed: later blocks do not compute it; its features freeze at this layer
 EXITED = 3  # removed with a final prediction (DToP early exit)
+GONE = -1  # only in status grids: removed at an earlier pruning step (never a method's answer)
 STATUS_NAMES = {KEPT: "kept", PENDING_KEPT: "pending-then-kept", PRUNED: "pruned", EXITED: "exited"}
+
+
+@dataclass(frozen=True)
+class Status:
+    """How one status is shown: a short label (legends, captions) and what it means."""
+
+    code: int
+    label: str
+    meaning: str
+
+
+# The one status table, in legend order; viz adds the colours, the UI the legend.
+STATUSES: tuple[Status, ...] = (
+    Status(KEPT, "kept", "computed by the next blocks"),
+    Status(PENDING_KEPT, "pending → kept", "undecided after the first test, kept by the second"),
+    Status(PRUNED, "pruned here", "removed here: later blocks skip it, its features freeze"),
+    Status(EXITED, "exited (final)", "left early with its final prediction"),
+    Status(GONE, "gone earlier", "removed at an earlier pruning layer"),
+)
+STATUS_LABELS: dict[int, str] = {s.code: s.label for s in STATUSES}
 
 
 @dataclass(frozen=True)
@@ -90,6 +111,12 @@ class MethodSpec:
     needs_attention: bool = False
     needs_aux: bool = False
     default_layers: Callable[[int], tuple[int, ...]] | None = None  # num_blocks -> layers
+
+    def unmet_need(self, backbone_name: str, aux_layers: tuple[int, ...]) -> str | None:
+        """Why this method cannot run on a backbone with these auxiliary heads (None: it can)."""
+        if self.needs_aux and not aux_layers:
+            return f"needs auxiliary heads, which {backbone_name} does not have (use the demo backbone)"
+        return None
 
 
 def keep_all(ctx: PruneContext) -> Decision:
