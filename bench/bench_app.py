@@ -93,11 +93,13 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    import app
-    from prune_viz import ui_logic as L
+    import app  # noqa: F401 - builds the page and the default model, as a server start does
+    from prune_viz.ui.session import Session
+    from prune_viz.webapp import handlers
 
     import_s = time.perf_counter() - t0
     work = Path(tempfile.mkdtemp(prefix="bench_app_"))
+    handlers.UPLOAD_ROOTS = (*handlers.UPLOAD_ROOTS, str(work))  # the bench's scene stands in for an upload
     if args.image is None:
         import cv2
 
@@ -112,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     cache.mkdir()
 
     layers = [int(x) for x in args.layers.split(",")]
-    defaults = {k: app.C[k].value for k in app.PARAM_KEYS}
+    defaults = {k: c.default for k, c in zip(handlers.PARAM_KEYS, handlers.CONTROLS)}
     name, _, choices = args.vary.partition("=")
     vary_key = f"p:{args.method}:{name}"
     if vary_key not in defaults:
@@ -123,18 +125,18 @@ def main(argv: list[str] | None = None) -> int:
         values = dict(defaults)
         if value is not None:
             values[vary_key] = value
-        return [values[k] for k in app.PARAM_KEYS]
+        return [values[k] for k in handlers.PARAM_KEYS]
 
     def analyze(session, value: float | None = None) -> tuple:
-        return app.on_analyze(session, "demo", 1024, args.method, layers, 0, layers[0], *params(value))
+        return handlers.on_analyze(session, "demo", 1024, args.method, layers, 0, layers[0], *params(value))
 
     def first() -> None:
-        session = L.Session()
-        app.on_upload(session, str(path), 1, 2, 3, 2.0, 98.0)
+        session = Session()
+        handlers.on_upload(session, str(path), 1, 2, 3, 2.0, 98.0)
         encode_outputs(analyze(session), cache)
 
-    session = L.Session()
-    app.on_upload(session, str(path), 1, 2, 3, 2.0, 98.0)
+    session = Session()
+    handlers.on_upload(session, str(path), 1, 2, 3, 2.0, 98.0)
     analyze(session)
     rates = iter(np.tile(alternatives, 1000))
 
@@ -142,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         encode_outputs(analyze(session, float(next(rates))), cache)
 
     def estimate() -> None:
-        text = app.on_estimate(session, "demo", 1024, args.method, layers, 0, layers[0], *params(float(next(rates))))
+        text = handlers.on_estimate(session, "demo", 1024, args.method, layers, 0, layers[0], *params(float(next(rates))))
         assert "live estimate" in text, text  # not an inline error message
 
     rows = [

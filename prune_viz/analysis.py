@@ -38,6 +38,13 @@ class Analysis:
         return image_to_uint8(prep.image01, prep.valid_hw)
 
 
+def mask_refusal(backbone: Backbone) -> str | None:
+    """Why a ground-truth mask cannot be scored on this backbone (None: it can)."""
+    if backbone.num_classes == 0:
+        return f"ground-truth masks need a backbone with semantic classes; {backbone.name} outputs anonymous segments"
+    return None
+
+
 def attention_layers(plan: Plan) -> tuple[int, ...]:
     """Layers whose attention statistics the baseline should cache for this plan."""
     return plan.layers[:1] if plan.method.needs_attention else ()

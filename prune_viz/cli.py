@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from .analysis import analyze, save_outputs
+    from .analysis import analyze, mask_refusal, save_outputs
     from .backbones import build_backbone
     from .io import load_image, load_mask
     from .methods import get_method
@@ -83,8 +83,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     plan = make_plan(backbone, args.method, args.layers, args.seed, values)
     gt, input_notices = None, list(loaded.notices)
     if args.mask is not None:
-        if backbone.num_classes == 0:
-            raise UserError(f"--mask needs a backbone with semantic classes; {backbone.name} outputs anonymous segments")
+        reason = mask_refusal(backbone)
+        if reason:
+            raise UserError(f"--mask: {reason}")
         gt, notices = load_mask(args.mask, loaded.rgb.shape[:2], backbone.num_classes, backbone.palette)
         for notice in notices:
             print(f"note: {notice}", file=sys.stderr)

@@ -18,6 +18,9 @@ import cv2
 import numpy as np
 import pytest
 
+from prune_viz.ui.session import Session
+from prune_viz.webapp import handlers
+
 
 def _call(client, *args, api_name):
     from gradio_client import handle_file
@@ -119,63 +122,63 @@ def test_method_unavailable_on_backbone(client, scene):
 
 def test_ui_handlers_render_every_view(app_module, scene):
     """The handlers behind the page (what bench/bench_app.py times), in-process."""
-    app, L = app_module, app_module.L
-    session = L.Session()
-    first = dict(zip(app.EXAMPLE_OUT, app.on_first_visit(session, "demo", 1024)))
+    session = Session()
+    first = dict(zip(handlers.EXAMPLE_OUT, handlers.on_first_visit(session, "demo", 1024)))
     assert first["state"].image is not None and first["state"].gt is not None
-    params = [app.C[k].value for k in app.PARAM_KEYS]
-    out = dict(zip(app.VIEW_OUT, app.on_analyze(session, "demo", 1024, "lvtp", [3, 6], 0, 6, *params)))
+    params = [c.default for c in handlers.CONTROLS]
+    out = dict(zip(handlers.VIEW_OUT, handlers.on_analyze(session, "demo", 1024, "lvtp", [3, 6], 0, 6, *params)))
     token_map = cv2.imread(out["token_map"])  # maps go out as PNG files
     assert token_map.shape == (512, 512, 3) and Path(out["img_entropy"]).is_file() and Path(out["img_edges"]).is_file()
     assert out["img_exits"] is None and out["tab_entropy"].visible and not out["tab_exits"].visible
     assert len(out["seg_slider"]) == 2 and out["chart_macs"] is not None and "GMACs" in out["readout"]
-    live = app.on_estimate(session, "demo", 1024, "lvtp", [3, 6], 0, 6, *params)
+    live = handlers.on_estimate(session, "demo", 1024, "lvtp", [3, 6], 0, 6, *params)
     assert "estimate" in live and "extrapolated" in live  # two pruning layers: not exact
     # A non-pruning layer: tokens removed at layer 3 show as gone, nothing is "pruned here".
     grid = session.analysis.trace.status_at(4)
     assert not (grid == 2).any() and (grid == -1).sum() == (session.analysis.trace.steps[0].status_grid == 2).sum()
-    bad = app.on_estimate(session, "demo", 1024, "lvtp", [], 0, 6, *params)
+    bad = handlers.on_estimate(session, "demo", 1024, "lvtp", [], 0, 6, *params)
     assert "cannot run" in bad and "at least one pruning layer" in bad
 
 
 def test_param_controls_cover_every_method_field():
     import dataclasses
 
-    from prune_viz import ui_logic as L
     from prune_viz.methods import METHODS
+    from prune_viz.ui.controls import param_controls, values_for
 
-    controls = {(c.method, c.name): c for c in L.param_controls()}
+    controls = {(c.method, c.name): c for c in param_controls()}
     for name, spec in METHODS.items():
         for f in dataclasses.fields(spec.params_cls):
             assert (name, f.name) in controls
     if "lvtp" in METHODS:
         assert controls[("lvtp", "entropy")].kind == "choice" and controls[("lvtp", "rate")].kind == "slider"
-        values = L.values_for("lvtp", list(controls.values()), [c.default for c in controls.values()])
+        values = values_for("lvtp", list(controls.values()), [c.default for c in controls.values()])
         assert values["k"] == 8 and isinstance(values["k"], int)
 
 
 def test_sam_prompts_answered_before_and_after_pruning():
     """Clicks become prompts in original pixels; the same prompt is answered from the unpruned and
     the pruned image embedding (a small random-weight SAM ViT-B at 256 px)."""
-    from prune_viz import ui_logic as L
+    from prune_viz.backbones import facts_of
     from prune_viz.backbones.sam import build_sam
     from prune_viz.params import make_plan
+    from prune_viz.ui.choices import layer_choices
+    from prune_viz.ui.prompts import add_click, sam_predict
 
     bb = build_sam("sam_vit_b", img_size=256, random_weights=True, points_per_side=2)
     rng = np.random.default_rng(0)
-    session = L.Session(image=(rng.random((200, 300, 3)) * 255).astype(np.uint8))
+    session = Session(image=(rng.random((200, 300, 3)) * 255).astype(np.uint8))
     plan = make_plan(bb, "random", "6", 0, {"rate": 0.5})
-    L.run_analysis(session, bb, ("sam_vit_b", 256), plan)
-    info = L.BackboneInfo("sam_vit_b", 256, bb.num_blocks, bb.global_layers, (), bb.default_layers(), 0, True, "")
-    labels = [label for label, _ in L.layer_choices(info)]
+    session.run(bb, ("sam_vit_b", 256), plan)
+    labels = [label for label, _ in layer_choices(facts_of(bb))]
     assert labels[:3] == ["1", "2", "3 (global)"] and "6 (global)" in labels and len(labels) == 11
-    assert L.add_click(session, (150, 100), "foreground point") == "1 point(s) set."
-    L.add_click(session, (10, 10), "box (two clicks)")
-    L.add_click(session, (120, 90), "box (two clicks)")
+    assert add_click(session, (150, 100), "foreground point") == "1 point(s) set."
+    add_click(session, (10, 10), "box (two clicks)")
+    add_click(session, (120, 90), "box (two clicks)")
     assert session.box == (10.0, 10.0, 120.0, 90.0)
     with pytest.raises(ValueError, match="at 1024 px first"):
-        L.sam_predict(session, bb, ("sam_vit_b", 1024))  # the analysis was made at 256 px
-    before, after, text = L.sam_predict(session, bb, ("sam_vit_b", 256))
+        sam_predict(session, bb, ("sam_vit_b", 1024))  # the analysis was made at 256 px
+    before, after, text = sam_predict(session, bb, ("sam_vit_b", 256))
     assert before.shape == after.shape == (200, 300, 3) and "IoU between the two masks" in text
 
 
@@ -189,11 +192,11 @@ def test_multiband_upload_offers_band_choice(app_module, tmp_path):
     bands[..., 4] = 0  # a dark band: choosing it must change the picture
     path = tmp_path / "five.tif"
     tifffile.imwrite(path, bands, photometric="minisblack", planarconfig="contig")
-    session = app.L.Session()
-    out = dict(zip(app.UPLOAD_OUT, app.on_upload(session, str(path), 1, 2, 3, 2.0, 98.0)))
+    session = Session()
+    out = dict(zip(handlers.UPLOAD_OUT, handlers.on_upload(session, str(path), 1, 2, 3, 2.0, 98.0)))
     assert session.bands == 5 and out["band_row"].visible is True and "5 band(s)" in out["notices"]
     first = session.image.copy()
-    app.on_bands(session, 5, 2, 3, 2.0, 98.0)
+    handlers.on_bands(session, 5, 2, 3, 2.0, 98.0)
     assert session.image.shape == first.shape and (session.image[..., 0] == 0).all() and not (first[..., 0] == 0).all()
 
 

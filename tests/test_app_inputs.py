@@ -21,6 +21,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from prune_viz.ui.session import Session
+from prune_viz.webapp import api
+from prune_viz.webapp import handlers
+
 from tests import zoo
 
 IMAGE_CASES = sorted(name for name in zoo.ZOO if not name.startswith("mask_"))
@@ -42,17 +46,17 @@ def zoo_dir(tmp_path_factory) -> Path:
 
 
 def _upload(app, session, path: Path) -> dict:
-    return dict(zip(app.UPLOAD_OUT, app.on_upload(session, str(path), 1, 2, 3, *STRETCH)))
+    return dict(zip(handlers.UPLOAD_OUT, handlers.on_upload(session, str(path), 1, 2, 3, *STRETCH)))
 
 
 def _default_params(app) -> list:
-    return [app.C[k].value for k in app.PARAM_KEYS]
+    return [c.default for c in handlers.CONTROLS]
 
 
 def _params_with(app, method: str, values: dict) -> list:
     """The UI's parameter controls at their defaults, with ``values`` set on ``method``'s controls."""
     params = _default_params(app)
-    for i, control in enumerate(app.CONTROLS):
+    for i, control in enumerate(handlers.CONTROLS):
         if control.method == method and control.name in values:
             params[i] = values[control.name]
     return params
@@ -67,7 +71,7 @@ def test_image_zoo_through_upload(app_module, zoo_dir, case):
 
     app = app_module
     path = zoo.ZOO[case](zoo_dir)
-    session = app.L.Session()
+    session = Session()
     if zoo.EXPECT[case] == "ok":
         out = _upload(app, session, path)
         image = session.image
@@ -92,10 +96,10 @@ def test_loaded_zoo_image_runs_through_an_analysis(app_module, zoo_dir, case):
     import cv2
 
     app = app_module
-    session = app.L.Session()
+    session = Session()
     _upload(app, session, zoo.ZOO[case](zoo_dir))
     h, w = session.image.shape[:2]
-    out = dict(zip(app.VIEW_OUT, app.on_analyze(session, "demo", 1024, "random", [6], 0, 6, *_default_params(app))))
+    out = dict(zip(handlers.VIEW_OUT, handlers.on_analyze(session, "demo", 1024, "random", [6], 0, 6, *_default_params(app))))
     assert "GMACs" in out["readout"] and out["chart_macs"] is not None
     assert session.analysis is not None and session.analysis.report["layers_pruned"] == [6]
     before, after = out["seg_slider"]
@@ -122,7 +126,7 @@ def _mask_params():
 
 @pytest.fixture()
 def mask_session(app_module, zoo_dir):
-    session = app_module.L.Session()
+    session = Session()
     _upload(app_module, session, zoo.ZOO[zoo.MASK_IMAGE](zoo_dir))
     assert session.image.shape[:2] == zoo.MASK_SHAPE
     return session
@@ -135,12 +139,12 @@ def test_mask_zoo_through_mask_handler(app_module, zoo_dir, mask_session, case):
     app = app_module
     path = zoo.ZOO[case](zoo_dir)
     if zoo.EXPECT[case] == "ok":
-        session, note = app.on_mask(mask_session, str(path), "demo", 1024)
+        session, note = handlers.on_mask(mask_session, str(path), "demo", 1024)
         assert session.gt is not None and session.gt.shape == session.image.shape[:2]
         assert f"Ground truth: **{path.name}**" in note and zoo.KEYWORD[case] in note
     else:
         with pytest.raises(gr.Error) as err:
-            app.on_mask(mask_session, str(path), "demo", 1024)
+            handlers.on_mask(mask_session, str(path), "demo", 1024)
         msg = str(err.value.message)
         assert zoo.KEYWORD[case] in msg and "Traceback" not in msg
         assert mask_session.gt is None
@@ -154,7 +158,7 @@ def test_colour_mask_in_the_backbone_palette(app_module, zoo_dir, mask_session):
     ids[ids == 255] = 0
     path = zoo_dir / "mask_rgb_demo_palette.png"
     path.write_bytes(zoo.png_bytes(PALETTE[ids]))
-    session, _ = app_module.on_mask(mask_session, str(path), "demo", 1024)
+    session, _ = handlers.on_mask(mask_session, str(path), "demo", 1024)
     assert np.array_equal(session.gt, ids)
 
 
@@ -251,7 +255,7 @@ def test_parameter_set_through_api(client, scene, case):
 
 @pytest.fixture(scope="module")
 def loaded_session(app_module, scene):
-    session = app_module.L.Session()
+    session = Session()
     _upload(app_module, session, scene / "scene.png")
     return session
 
@@ -263,7 +267,7 @@ def _ui_args(app, case: str) -> list:
 
 @pytest.mark.parametrize("case", IDS)
 def test_parameter_set_through_live_estimate(app_module, loaded_session, case):
-    text = app_module.on_estimate(loaded_session, *_ui_args(app_module, case))
+    text = handlers.on_estimate(loaded_session, *_ui_args(app_module, case))
     assert text.startswith("**These settings cannot run:**")
     assert _needle(case, UI_NEEDLE) in text and "Traceback" not in text
 
@@ -274,7 +278,7 @@ def test_parameter_set_through_analyze_handler(app_module, loaded_session, case)
 
     runs = loaded_session.runs
     with pytest.raises(gr.Error) as err:
-        app_module.on_analyze(loaded_session, *_ui_args(app_module, case))
+        handlers.on_analyze(loaded_session, *_ui_args(app_module, case))
     msg = str(err.value.message)
     assert _needle(case, UI_NEEDLE) in msg and "Traceback" not in msg
     assert loaded_session.runs == runs  # refused before anything ran
@@ -287,7 +291,7 @@ def test_a_server_path_sent_instead_of_a_file_is_not_opened(client, app_module):
     import gradio as gr
     import httpx
 
-    real_image = Path(app_module.ROOT) / "examples" / "mixed.png"  # a valid image the server can read
+    real_image = Path(handlers.ROOT) / "examples" / "mixed.png"  # a valid image the server can read
     for path in (str(real_image), "/etc/passwd"):
         data = [{"path": path, "meta": {"_type": "gradio.FileData"}}, "demo", "random", "6", "", 0, None]
         event = httpx.post(client.src.rstrip("/") + "/gradio_api/call/analyze", json={"data": data}).json()["event_id"]
@@ -295,4 +299,4 @@ def test_a_server_path_sent_instead_of_a_file_is_not_opened(client, app_module):
             body = "".join(stream.iter_text())
         assert "event: error" in body and "macs" not in body
         with pytest.raises(gr.Error, match="must be uploaded"):  # the handlers' own check
-            app_module.api_analyze(path, "demo", "random", "6", "", 0)
+            api.api_analyze(path, "demo", "random", "6", "", 0)

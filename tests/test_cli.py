@@ -112,7 +112,7 @@ def test_timm_names_never_reach_the_network_or_a_path(name, expected, monkeypatc
 
     import timm
 
-    from prune_viz import ui_logic as L
+    from prune_viz.ui.choices import backbone_info
 
     def no_network(*args, **kwargs):
         raise AssertionError("network touched")
@@ -120,7 +120,7 @@ def test_timm_names_never_reach_the_network_or_a_path(name, expected, monkeypatc
     monkeypatch.setattr(socket.socket, "connect", no_network)
     monkeypatch.setattr(timm, "create_model", no_network)
     with pytest.raises(ValueError, match=expected):
-        L.backbone_info(name)
+        backbone_info(name)
 
 
 class Exploit:

@@ -60,36 +60,38 @@ def test_a_burst_beyond_the_queue_is_refused_as_busy(server):
 def test_session_caches_stay_within_the_budget(tiny_demo, rgb_image):
     """The prefix caches of all sessions together stay under the budget: the oldest is dropped,
     its page still renders, and its next run recomputes the same answer."""
-    from prune_viz import ui_logic as L
     from prune_viz.params import make_plan
+    from prune_viz.ui import session as S
+    from prune_viz.ui.choices import backbone_info
+    from prune_viz.ui.views import full_views
 
-    info, bb = L.backbone_info("demo")
+    info, bb = backbone_info("demo")
     plan = make_plan(bb, "random", "2", 0, {"rate": 0.5})
-    first, second = L.Session(image=rgb_image), L.Session(image=rgb_image[::-1].copy())
-    budget = L.CacheBudget(0)
-    saved = L.CACHE_BUDGET
-    L.CACHE_BUDGET = budget
+    first, second = S.Session(image=rgb_image), S.Session(image=rgb_image[::-1].copy())
+    budget = S.CacheBudget(0)
+    saved = S.CACHE_BUDGET
+    S.CACHE_BUDGET = budget
     try:
-        before = L.run_analysis(first, bb, info.key, plan)
-        one = L.CacheBudget.size(first.baseline)
+        before = first.run(bb, info.key, plan)
+        one = S.CacheBudget.size(first.baseline)
         assert one > 0 and budget.held_bytes() == one
         budget.max_bytes = int(1.5 * one)  # room for one session's cache, not two
-        L.run_analysis(second, bb, info.key, plan)
+        second.run(bb, info.key, plan)
         assert first.baseline is None and first.analysis.baseline.x_after == []
-        assert second.baseline is not None and budget.held_bytes() == L.CacheBudget.size(second.baseline)
-        views = L.full_views(first.analysis, first.image, 2, bb.num_blocks, bb.patch_size)  # still drawable
+        assert second.baseline is not None and budget.held_bytes() == S.CacheBudget.size(second.baseline)
+        views = full_views(first.analysis, first.image, 2, bb.num_blocks, bb.patch_size)  # still drawable
         assert views["token_map"] is not None
-        again = L.run_analysis(first, bb, info.key, plan)  # recomputed, same answer
+        again = first.run(bb, info.key, plan)  # recomputed, same answer
         assert again.report["digest"] == before.report["digest"] and second.baseline is None
         budget.max_bytes = 10 * one
-        third = L.Session(image=rgb_image[:, ::-1].copy())
-        L.run_analysis(third, bb, info.key, plan)
+        third = S.Session(image=rgb_image[:, ::-1].copy())
+        third.run(bb, info.key, plan)
         assert budget.held_bytes() == 2 * one
         del third
         gc.collect()
         assert budget.held_bytes() == one  # a session Gradio let go of is forgotten here too
     finally:
-        L.CACHE_BUDGET = saved
+        S.CACHE_BUDGET = saved
 
 
 def test_a_browser_is_told_the_app_is_busy(server):

@@ -1,0 +1,87 @@
+"""What the controls offer: backbones (described also without weights), methods (unavailable
+ones say why), pruning layers, the example scenes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..backbones import BackboneFacts, build_backbone, describe
+from ..backbones.base import Backbone
+from ..methods import METHODS
+from ..params import method_availability
+
+
+DEFAULT_BACKBONE = "demo"
+
+
+EXAMPLE_GLOB = "*.png"
+
+
+BACKBONE_CHOICES: list[tuple[str, str]] = [
+    ("demo — shipped demo segmenter (fast, offline)", "demo"),
+    ("sam_vit_b — Segment Anything ViT-B (~10 s per forward on 2 cores)", "sam_vit_b"),
+    ("sam_vit_l — Segment Anything ViT-L (~30 s per forward)", "sam_vit_l"),
+    ("sam_vit_h — Segment Anything ViT-H (~60 s per forward)", "sam_vit_h"),
+    ("timm:vit_small_patch16_224 (random weights offline)", "timm:vit_small_patch16_224"),
+    ("timm:vit_base_patch16_224 (random weights offline)", "timm:vit_base_patch16_224"),
+]
+
+
+@dataclass(frozen=True)
+class Example:
+    name: str
+    image: Path
+    mask: Path | None
+
+
+def find_examples(folder: str | Path) -> list[Example]:
+    """``folder/*.png`` scenes (``*_mask.png`` are their masks); [] when there are none."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    out = []
+    for path in sorted(folder.glob(EXAMPLE_GLOB)):
+        if path.stem.endswith("_mask"):
+            continue
+        mask = path.with_name(f"{path.stem}_mask.png")
+        out.append(Example(path.stem.replace("_", " "), path, mask if mask.is_file() else None))
+    return out
+
+
+def backbone_info(name: str, input_size: int | float | None = None) -> tuple[BackboneFacts, Backbone | None]:
+    """Describe the backbone and build (or reuse) it when its weights are here; without them
+    the backbone is None and ``facts.missing`` says why. Unknown names raise ValueError."""
+    facts = describe(name, input_size)
+    backbone = build_backbone(facts.name, input_size=facts.input_size) if facts.loaded else None
+    return facts, backbone
+
+
+def method_choices(facts: BackboneFacts) -> list[tuple[str, str]]:
+    """(label, value) per registered method; unavailable ones say why in their label (Gradio
+    cannot disable a single dropdown choice)."""
+    availability = method_availability(facts)
+    out = []
+    for name in METHODS:
+        reason = availability[name]
+        label = name if reason is None else f"{name} — {short_reason(reason)}"
+        out.append((label, name))
+    return out
+
+
+def short_reason(reason: str) -> str:
+    return "needs auxiliary heads (demo only)" if "auxiliary" in reason else reason
+
+
+def layer_choices(facts: BackboneFacts) -> list[tuple[str, int]]:
+    """Pruning layers 1..num_blocks-1, marking global-attention blocks (among windowed ones)
+    and auxiliary heads."""
+    out = []
+    for layer in range(1, facts.num_blocks):
+        tags = []
+        if layer in facts.global_layers and len(facts.global_layers) < facts.num_blocks:
+            tags.append("global")
+        if layer in facts.aux_layers:
+            tags.append("aux head")
+        out.append((f"{layer} ({', '.join(tags)})" if tags else str(layer), layer))
+    return out

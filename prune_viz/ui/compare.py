@@ -1,0 +1,136 @@
+"""Several methods on one image, side by side: each at its defaults, or with its ``rate``
+bisected to a matched MAC budget; all share the session's cached unpruned forward."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .. import viz
+from ..analysis import Analysis, analyze
+from ..backbones.base import Backbone
+from ..engine import Baseline, Plan, attention_surcharge, estimate_macs
+from ..methods import get_method
+from ..params import make_plan, method_availability, param_names
+from .session import ModelKey, Session
+from .views import depth_view, segmentation_views
+
+
+def rate_field(method: str) -> str | None:
+    return "rate" if "rate" in param_names(get_method(method)) else None
+
+
+def match_budget(
+    backbone: Backbone, baseline: Baseline, method: str, layers: Any, seed: int, target_pct: float, values: dict[str, Any],
+    iters: int = 12, max_rate: float = 0.95,
+) -> tuple[Plan, str]:
+    """Bisect the method's ``rate`` so the estimated MAC reduction hits ``target_pct``.
+    Methods without a rate run at their settings (the note says so)."""
+    field_name = rate_field(method)
+    plan = make_plan(backbone, method, layers, seed, values)
+    if field_name is None:
+        return plan, "no rate parameter: shown at its settings, not at the budget"
+
+    def reduction(rate: float) -> tuple[float, Plan]:
+        p = make_plan(backbone, method, layers, seed, {**values, field_name: rate})
+        est = estimate_macs(backbone, baseline, p)
+        macs = est["macs"]
+        if p.method.needs_attention:  # the run also pays for the attention statistics (not in the estimate)
+            macs += attention_surcharge(backbone, p.layers[0], baseline.prep.grid)
+        return 100.0 * (est["baseline"] - macs) / est["baseline"], p
+
+    lo, hi = 0.0, max_rate
+    r_hi, p_hi = reduction(hi)
+    if r_hi < target_pct:
+        return p_hi, f"reaches at most {r_hi:.1f} % (rate {hi:.2f})"
+    r_lo, p_lo = reduction(lo)
+    if r_lo >= target_pct:
+        return p_lo, f"already saves {r_lo:.1f} % at rate 0"
+    best = p_hi
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        r, p = reduction(mid)
+        if r >= target_pct:
+            hi, best = mid, p
+        else:
+            lo = mid
+    return best, f"rate {getattr(best.params, field_name):.3f} chosen for the budget"
+
+
+@dataclass
+class CompareRow:
+    method: str
+    analysis: Analysis | None
+    note: str
+
+
+def compare_methods(
+    session: Session, backbone: Backbone, model_key: ModelKey, methods: list[str], layers: Any, seed: int,
+    target_pct: float | None, values_by_method: dict[str, dict[str, Any]] | None = None,
+) -> list[CompareRow]:
+    """Each method on the session's image (its own defaults, or a matched MAC budget), all
+    sharing one cached unpruned forward."""
+    if session.image is None:
+        raise ValueError("load an image first (upload one or click an example)")
+    if len(methods) < 2:
+        raise ValueError("choose at least two methods to compare")
+    values_by_method = values_by_method or {}
+    avail = method_availability(backbone)
+    rows: list[CompareRow] = []
+    for method in methods:
+        get_method(method)
+        if avail.get(method):
+            rows.append(CompareRow(method, None, f"not available on {backbone.name}: {avail[method]}"))
+            continue
+        values = dict(values_by_method.get(method, {}))
+        note = ""
+        try:
+            make_plan(backbone, method, layers, seed, values)
+            use_layers = layers
+        except ValueError as exc:
+            use_layers, note = None, f"layers {layers} not usable ({exc}); its default layers used. "
+        baseline = session.baseline_for_compare(backbone, model_key)
+        if target_pct is not None:
+            plan, budget_note = match_budget(backbone, baseline, method, use_layers, seed, float(target_pct), values)
+            note += budget_note
+        else:
+            plan = make_plan(backbone, method, use_layers, seed, values)
+            note += "defaults"
+        result = analyze(backbone, session.image, plan, gt=session.gt, baseline=baseline, measure=False, repeat=0)
+        rows.append(CompareRow(method, result, note))
+    return rows
+
+
+def compare_views(rows: list[CompareRow], image: np.ndarray, num_blocks: int, patch: int) -> tuple[np.ndarray | None, list[list[Any]]]:
+    """One image (row 1: token depth per method; row 2: segmentation after pruning) and a table."""
+    done = [r for r in rows if r.analysis is not None]
+    table = []
+    for r in rows:
+        if r.analysis is None:
+            table.append([r.method, "—", "—", "—", "—", "—", "—", r.note])
+            continue
+        rep = r.analysis.report
+        met = rep["metrics"]
+        table.append([
+            r.method, ",".join(map(str, rep["layers_pruned"])), f"{rep['macs']['pruned'] / 1e9:.2f}",
+            f"{-rep['macs']['delta_pct']:.1f}", f"{met['agreement_miou']:.3f}",
+            "—" if met.get("miou") is None else f"{met['miou']:.3f}",
+            "—" if met.get("gamma") is None else f"{met['gamma']:.2f}", r.note,
+        ])
+    if not done:
+        return None, table
+    width = 300 if len(done) <= 3 else 240
+    depth = [viz.titled_panel(depth_view(r.analysis, num_blocks, patch, width=width), r.method, width=width) for r in done]
+    segs = []
+    for r in done:
+        seg = segmentation_views(r.analysis, image)
+        macs = r.analysis.report["macs"]
+        segs.append(viz.titled_panel(seg["pair"][1], f"{r.method}: {macs['pruned'] / 1e9:.2f} GMACs "
+                                     f"({-macs['delta_pct']:.1f} % saved), {100 * seg['changed_fraction']:.1f} % px changed",
+                                     width=width))
+    return viz.tile(depth + segs, ncols=len(done)), table
+
+
+COMPARE_HEADERS = ["method", "layers", "GMACs", "% MACs saved", "agreement mIoU", "mIoU vs GT", "gamma", "note"]

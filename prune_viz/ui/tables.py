@@ -1,0 +1,140 @@
+"""Numbers as text: the MAC readout line, the metrics and method-value tables, JSON for the API.
+Every number states its unit (1 multiply-add = 1 MAC; FLOPs = 2 x MACs; 1 GMAC = 1e9 MACs)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from ..analysis import Analysis
+from ..engine import Trace
+from ..flops import MACS_NOTE
+from .texts import SCALAR_INFO
+
+
+def estimate_summary(est: dict[str, Any], ms: float | None = None) -> dict[str, Any]:
+    macs, base = int(est["macs"]), int(est["baseline"])
+    n = est["tokens"][0] if est["tokens"] else 0
+    return {
+        "macs": macs,
+        "flops": 2 * macs,
+        "baseline_macs": base,
+        "baseline_flops": 2 * base,
+        "saved_pct": 100.0 * (base - macs) / base if base else 0.0,
+        "exact": bool(est["exact"]),
+        "tokens_per_block": list(est["tokens"]),
+        "tokens_last_block": est["tokens"][-1] if est["tokens"] else 0,
+        "tokens_total": n,
+        "estimate_ms": ms,
+        "convention": MACS_NOTE,
+    }
+
+
+def gmacs(macs: float) -> str:
+    """MACs as GMACs with two decimals (also used for FLOPs as GFLOPs)."""
+    return f"{macs / 1e9:.2f}"
+
+
+def readout_markdown(summary: dict[str, Any] | None, kind: str = "estimate", extra: str = "") -> str:
+    """The MAC / FLOP line above the tabs."""
+    if summary is None:
+        return "**MACs:** load an image to see the cost of a forward pass."
+    how = {
+        "estimate": "live estimate" + (" (block MACs exact for one pruning layer; the run adds the method's own arithmetic)"
+                                       if summary["exact"] else " (later pruning steps extrapolated until the run finishes)"),
+        "exact": "measured on this run (counted MACs of the blocks that ran)",
+    }[kind]
+    saved = summary["saved_pct"]
+    word = "fewer" if saved >= 0 else "more"
+    return (
+        f"**{gmacs(summary['macs'])} GMACs** = {gmacs(summary['flops'])} GFLOPs per image · **{abs(saved):.1f} % {word}** than the "
+        f"unpruned {gmacs(summary['baseline_macs'])} GMACs · last block computes {summary['tokens_last_block']} of "
+        f"{summary['tokens_total']} tokens · *{how}*{extra}\n\n"
+        f"<small>1 multiply-add = 1 MAC; FLOPs = 2 x MACs; 1 GMAC = 10^9 MACs.</small>"
+    )
+
+
+def report_summary(analysis: Analysis) -> dict[str, Any]:
+    m = analysis.report["macs"]
+    tokens = [r.tokens for r in analysis.trace.layers]
+    return {
+        "macs": m["pruned"], "flops": 2 * m["pruned"], "baseline_macs": m["baseline"], "baseline_flops": 2 * m["baseline"],
+        "saved_pct": -m["delta_pct"], "exact": True, "tokens_per_block": tokens,
+        "tokens_last_block": tokens[-1] if tokens else 0, "tokens_total": analysis.trace.grid[0] * analysis.trace.grid[1],
+        "convention": MACS_NOTE,
+    }
+
+
+def json_ready(obj: Any) -> Any:
+    """Report dicts -> plain JSON types (numpy scalars, tuples, NaN -> None)."""
+    if isinstance(obj, dict):
+        return {str(k): json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_ready(v) for v in obj]
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating, float)):
+        v = float(obj)
+        return v if math.isfinite(v) else None
+    if isinstance(obj, np.ndarray):
+        return json_ready(obj.tolist())
+    return obj
+
+
+def metrics_rows(analysis: Analysis, changed_fraction: float | None = None) -> list[list[str]]:
+    """[quantity, value, meaning] rows; every number states its unit."""
+    r = analysis.report
+    m, met = r["macs"], r["metrics"]
+    parts = m["pruned_parts"]
+    trace = analysis.trace
+    n = trace.grid[0] * trace.grid[1]
+    last = trace.layers[-1].tokens if trace.layers else n
+
+    def num(v, fmt="{:.3f}"):
+        return "—" if v is None or (isinstance(v, float) and not math.isfinite(v)) else fmt.format(v)
+
+    rows = [
+        ["MACs, unpruned", f"{gmacs(m['baseline'])} GMACs ({gmacs(2 * m['baseline'])} GFLOPs)", "1 multiply-add = 1 MAC; FLOPs = 2 x MACs"],
+        ["MACs, pruned", f"{gmacs(m['pruned'])} GMACs ({gmacs(2 * m['pruned'])} GFLOPs)",
+         "whole forward: embedding, blocks, aux heads, decision, decoder"],
+        ["MAC change", f"{m['delta_pct']:+.1f} %", "negative = saved"],
+        ["  of which blocks", f"{gmacs(parts['blocks'])} GMACs", "transformer blocks on the tokens still alive"],
+        ["  of which method", f"{parts['decision'] / 1e6:.1f} MMACs",
+         "the pruning decision's own arithmetic (entropy, clustering, attention statistics)"],
+        ["  of which aux heads", f"{parts['aux_heads'] / 1e6:.1f} MMACs", "auxiliary classifiers (DToP / MATP)"],
+        ["Tokens in the last block", f"{last} of {n} ({100 * last / n:.0f} %)", "16 x 16 px patches still computed at the end"],
+        ["Agreement with unpruned (mIoU)", num(met.get("agreement_miou")), "1 = same segmentation as without pruning"],
+        ["Boundary F vs unpruned", num(met.get("boundary_f1_vs_unpruned")), "1 = same borders (2 px tolerance)"],
+    ]
+    if changed_fraction is not None:
+        rows.append(["Pixels changed", f"{100 * changed_fraction:.2f} %", "pixels whose label differs from the unpruned run"])
+    if met.get("miou") is not None:
+        d = 100 * (met["miou"] - met["miou_baseline"])
+        rows += [
+            ["mIoU vs ground truth, pruned", num(met["miou"]), "0..1, higher is better"],
+            ["mIoU vs ground truth, unpruned", num(met["miou_baseline"]), "0..1"],
+            ["mIoU change", f"{d:+.2f} points", "points = percentage points of mIoU"],
+            ["Boundary F vs ground truth", num(met.get("boundary_f1")), "0..1, borders within 2 px"],
+            ["gamma (LVTP Eq. 11)", num(met.get("gamma"), "{:.2f}"),
+             "% MACs saved per mIoU point lost (higher = better trade; — when mIoU did not drop)"],
+        ]
+    else:
+        rows.append(["mIoU vs ground truth", "—", "give a ground-truth mask to get mIoU and gamma"])
+    rows += [
+        ["Unpruned forward", f"{analysis.baseline.time_ms:.0f} ms", "wall time on this server (cached per image)"],
+        ["Pruned forward", f"{trace.time_ms:.0f} ms",
+         "wall time; blocks before the first pruning layer reused from the cache" if trace.from_cache else "wall time"],
+    ]
+    return rows
+
+
+def scalar_rows(trace: Trace) -> list[list[Any]]:
+    rows = []
+    for s in trace.steps:
+        for name, value in s.diagnostics.items():
+            if isinstance(value, (int, float, np.floating, np.integer)) or (isinstance(value, np.ndarray) and value.ndim == 0):
+                rows.append([s.layer, name, round(float(value), 4), SCALAR_INFO.get(name, "")])
+        rows.append([s.layer, "decision time", round(s.decide_ms, 1), "ms spent choosing the tokens"])
+    return rows

@@ -1,0 +1,135 @@
+"""The app's prose: backbone notes, method lessons, what each diagnostic is, the one wording
+for missing weights. Strings only (plus the small functions that pick one)."""
+
+from __future__ import annotations
+
+from ..backbones import BUILDERS, TIMM_PREFIX, BackboneFacts, check_backbone_name
+from ..methods import get_method
+
+
+BACKBONE_NOTES: dict[str, str] = {
+    "demo": "ViT-Tiny-shaped segmenter trained by this project on synthetic aerial scenes "
+    "(7 classes, 512 x 512 input, 32 x 32 = 1024 tokens). About 0.1 s per forward on 2 CPU cores.",
+    "sam_vit_b": "SAM ViT-B image encoder, 64 x 64 = 4096 tokens at 1024 px. **About 10 s per forward "
+    "on 2 CPU cores** (a run needs two: unpruned and pruned); 512 px input is about 4x faster.",
+    "sam_vit_l": "SAM ViT-L image encoder. **Roughly 30 s per forward on 2 CPU cores** at 1024 px (about 3x ViT-B's MACs).",
+    "sam_vit_h": "SAM ViT-H image encoder (LVTP's paper setting). **Roughly 60 s per forward on 2 CPU cores** at 1024 px "
+    "(about 6x ViT-B's MACs).",
+    "timm": "A plain timm ViT. Offline there are no pretrained weights: the weights are **random**, so "
+    "the token statistics are meaningful for the mechanics only; segments are k-means clusters of the features.",
+}
+
+
+WHAT_AM_I_LOOKING_AT = (
+    "**What am I looking at?**\n"
+    "- A Vision Transformer cuts the image into **tokens**, one per 16 x 16 pixel patch (the grid on the token map); "
+    "every block of the network computes every token.\n"
+    "- **Pruning after layer L**: blocks L+1 onwards skip the tokens the method removed (they keep the features they "
+    "had when dropped and are put back for the final segmentation).\n"
+    "- The numbers show what that **saves** (MACs: 1 multiply-add = 1 MAC; FLOPs = 2 x MACs) and what it **costs** "
+    "(pixels whose class changed; with a ground-truth mask, mIoU).\n"
+)
+
+
+METHOD_TEACHING: dict[str, str] = {
+    "none": "Use it as the reference: the token map is all blue and the numbers equal the unpruned model.",
+    "random": "If a method does not clearly beat random pruning at the same MAC budget (see the Compare tab), "
+    "its scores are not telling it much.",
+    "evit": "Attention says which tokens the network looks at, not where the object borders are: watch the "
+    "change map along thin structures.",
+    "lvtp": "Entropy here measures how spread out a token's feature values are: a flat, uniform region gives "
+    "tokens that look alike and carry little information, so whole clusters of them can go. The Sobel step is "
+    "the safety net for borders: a token on a strong edge is the last to be pruned. Try raising *rate* and watch "
+    "which orange (pending) tokens turn grey.",
+    "dtop": "Think of it as a teacher marking easy questions early: a token whose class is already obvious "
+    "(open water, a big roof) stops computing, and its early answer is final. Raise the threshold and fewer "
+    "tokens dare to leave; mistakes made by an early exit can never be corrected later.",
+    "matp": "Every token gets a difficulty score from several clues at once; the cut-off adapts to each image "
+    "(alpha x this image's mean score), so an easy image loses more tokens than a busy one. Compare the facet "
+    "maps: where do confidence and entropy disagree?",
+}
+
+
+# Diagnostics the app knows by name: (panel title, colour-bar label). Unknown names are shown
+# with their raw name, so a new method's diagnostics appear without touching the app.
+DIAG_INFO: dict[str, tuple[str, str]] = {
+    "entropy_q1": ("Tsallis entropy, q1 term (saliency, q1 > 1)", "normalised entropy"),
+    "entropy_q2": ("Tsallis entropy, q2 term (detail, q2 < 1)", "normalised entropy"),
+    "entropy": ("Fused entropy: alpha x q1 term + (1 - alpha) x q2 term", "normalised entropy (1 = flat distribution)"),
+    "alpha": ("alpha: weight of the q1 term (from the token's norm)", "alpha (q2 term weight = 1 - alpha)"),
+    "score": ("Score that ranks tokens", "score"),
+    "weight": ("Entropy weight in the k-means (Eq. 5)", "weight"),
+    "cluster1": ("1st clustering: cluster rank (0 = most informative)", "cluster rank"),
+    "cluster2": ("2nd clustering of pending tokens (0 = pruned first; grey = kept by the 1st pass)", "cluster rank"),
+    "edge_energy": ("Sobel edge energy per token", "mean gradient magnitude"),
+    "sobel": ("Sobel edge magnitude (pixels)", "gradient magnitude"),
+    "confidence": ("Auxiliary head: top-class confidence", "softmax probability"),
+    "predicted_class": ("Auxiliary head: predicted class", ""),
+    "retained": ("Kept as class context despite qualifying to leave", ""),
+    "relation": ("Relation to its class", "relation"),
+    "attention_score": ("Attention received", "attention"),
+}
+
+
+# The same name can mean different things in different methods.
+DIAG_INFO_BY_METHOD: dict[tuple[str, str], tuple[str, str]] = {
+    ("dtop", "entropy"): ("Auxiliary head: prediction entropy", "normalised entropy (1 = uniform over classes)"),
+    ("matp", "entropy"): ("Entropy facet: prediction entropy", "normalised entropy (1 = uniform over classes)"),
+    ("matp", "confidence"): ("Confidence facet: top-class probability", "softmax probability"),
+    ("matp", "relation"): ("Relation facet: similarity to its class's typical token", "cosine, -1..1"),
+    ("matp", "score"): ("Multi-faceted score (low = easy, pruned first)", "score"),
+    ("matp", "retained"): ("Kept by relation as class context", ""),
+    ("lvtp", "score"): ("Score that ranked the 1st-pass clusters", "score"),
+}
+
+
+SCALAR_INFO: dict[str, str] = {
+    "n_pending": "tokens pending after LVTP's first pass",
+    "threshold": "DToP exit confidence threshold",
+    "adaptive_threshold": "MATP adaptive score threshold (alpha x mean score)",
+    "n_retained_by_relation": "tokens MATP kept as class context",
+}
+
+
+def backbone_note(name: str) -> str:
+    """Speed and weights of a backbone family, in markdown."""
+    family = check_backbone_name(name)
+    return BACKBONE_NOTES.get(name) or (BACKBONE_NOTES["timm"] if family is BUILDERS[TIMM_PREFIX] else "")
+
+
+def weights_missing(name: str) -> str:
+    """The one line every action answers with when a backbone's weights are not here."""
+    return f"{name}: weights missing — see the note under Backbone for how to get them."
+
+
+def missing_weights_help(facts: BackboneFacts) -> str:
+    """Markdown under the backbone choice: why the weights cannot be loaded and what to do
+    ("" when they are here). The server never opens a path typed in a browser."""
+    if facts.loaded:
+        return ""
+    download = (f" Or press **Download {facts.name}** below (needs internet; the file is sha256-checked)."
+                if facts.downloadable else "")
+    return (f"**{weights_missing(facts.name)}**\n\n{facts.missing}{download}\n\n"
+            "The app never opens a file path typed into the browser.")
+
+
+def method_explanation(method: str) -> str:
+    spec = get_method(method)
+    needs = []
+    if spec.needs_aux:
+        needs.append("auxiliary heads (trained extra classifiers after some blocks)")
+    if spec.needs_attention:
+        needs.append("the attention maps of the block")
+    tail = f"\n\n*Needs:* {', '.join(needs)}." if needs else ""
+    return f"**{method}** — {spec.description}\n\n{METHOD_TEACHING.get(method, '')}{tail}"
+
+
+def diag_info(method: str, name: str) -> tuple[str, str]:
+    """(title, colour-bar label) of a diagnostic; its raw name for unknown ones."""
+    return DIAG_INFO_BY_METHOD.get((method, name)) or DIAG_INFO.get(name) or (name, name)
+
+
+PROMPTS_HOW = ("Click on the image to add prompts, then **Predict masks**: the same prompt is answered "
+               "from the unpruned and from the pruned image embedding.")
+PROMPTS_NEED = ("*Prompts need a SAM backbone (choose sam_vit_b / l / h above). The SAM backbones also show "
+                "their everything-mode masks in the Segmentation tab.*")

@@ -1,0 +1,246 @@
+"""One analysis turned into pictures and captions: the token map after any block, token depth,
+the method's signals per tab, the segmentation before / after. Numpy images and strings only."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import cv2
+import numpy as np
+
+from .. import viz
+from ..analysis import Analysis
+from ..engine import StepRecord
+from ..methods.base import KEPT, PENDING_KEPT, STATUS_LABELS, STATUSES
+from ..metrics import match_segments
+from .charts import charts, histogram_figure
+from .tables import metrics_rows, readout_markdown, report_summary, scalar_rows
+from .texts import diag_info
+
+
+CATEGORICAL = {"cluster1", "cluster2", "predicted_class", "retained"}
+
+
+ROBUST = {"sobel", "edge_energy"}  # a few strong edges would flatten the colour scale: clip at the 99th percentile
+
+
+# Which diagnostics each method-specific tab shows (in this order); anything a method returns
+# that no tab lists goes to the generic "signals" tab.
+METHOD_TABS: dict[str, dict[str, list[str]]] = {
+    "lvtp": {
+        "entropy": ["entropy_q1", "entropy_q2", "entropy", "alpha"],
+        "edges": ["sobel", "edge_energy"],
+        "clusters": ["cluster1", "cluster2", "score", "weight"],
+    },
+    "dtop": {"exits": ["confidence", "entropy", "predicted_class", "retained"]},
+    "matp": {"facets": ["confidence", "entropy", "relation", "score", "predicted_class", "retained"]},
+}
+
+
+VIEW_TABS = ("entropy", "edges", "clusters", "exits", "facets", "signals")
+
+
+STATUS_ORDER = tuple(s.code for s in STATUSES)
+
+
+def legend_html() -> str:
+    """Token-status legend with the same colours as the maps (Okabe-Ito, colour-blind safe)."""
+    items = []
+    for status in STATUSES:
+        r, g_, b = viz.STATUS_COLOURS[status.code]
+        items.append(
+            f"<span style='display:inline-flex;align-items:center;margin-right:14px;white-space:nowrap'>"
+            f"<span style='width:14px;height:14px;background:rgb({r},{g_},{b});border:1px solid #333;"
+            f"display:inline-block;margin-right:5px'></span><b>{status.label}</b>"
+            f"&nbsp;<span style='opacity:.75'>— {status.meaning}</span></span>"
+        )
+    return "<div style='line-height:1.9'>" + " ".join(items) + "</div>"
+
+
+def class_legend_html(seg) -> str:
+    if seg.kind != "semantic" or seg.palette is None:
+        return ("<small>Colours are anonymous segments (SAM masks or feature clusters): the same colour in "
+                "the two images need not be the same segment.</small>")
+    items = []
+    for name, (r, g_, b) in zip(seg.class_names, seg.palette):
+        items.append(f"<span style='display:inline-flex;align-items:center;margin-right:12px'>"
+                     f"<span style='width:14px;height:14px;background:rgb({r},{g_},{b});border:1px solid #333;"
+                     f"display:inline-block;margin-right:4px'></span>{name}</span>")
+    return "<div>" + " ".join(items) + "</div>"
+
+
+def token_map_view(analysis: Analysis, layer: int, num_blocks: int, patch: int) -> tuple[np.ndarray, str]:
+    """Token map after block ``layer`` and a caption counting each status."""
+    trace = analysis.trace
+    img = analysis.model_image
+    grid = trace.status_at(layer)
+    n = grid.size
+    counts = {s: int((grid == s).sum()) for s in STATUS_ORDER}
+    going_on = counts[KEPT] + counts[PENDING_KEPT]
+    step = next((s for s in trace.steps if s.layer == layer), None)
+    if layer >= num_blocks:
+        head = f"**After the last block ({layer})**: {going_on} of {n} tokens reach the decoder with fresh features"
+    else:
+        head = f"**After block {layer}**: {going_on} of {n} tokens ({100 * going_on / n:.0f} %) go on into block {layer + 1}"
+    if step is not None:
+        parts = [f"{counts[s]} {STATUS_LABELS[s]}" for s in STATUS_ORDER if counts[s]]
+        tail = f" — pruning layer: {', '.join(parts)}."
+    elif layer < trace.plan_layers[0]:
+        tail = f" — no pruning yet (first pruning layer: {trace.plan_layers[0]})."
+    else:
+        tail = " — no decision at this layer; grey tokens were removed earlier."
+    k = max(1, -(-480 // img.shape[1]))  # small model inputs (timm at 224 px) drawn larger, token for token
+    if k > 1:
+        img = np.repeat(np.repeat(img, k, axis=0), k, axis=1)
+    return viz.token_status_map(img, grid, patch * k), head + tail
+
+
+def depth_view(analysis: Analysis, num_blocks: int, patch: int, width: int = 420) -> np.ndarray:
+    """Token depth / exit stages: the last block each token went through."""
+    trace = analysis.trace
+    img, patch = scaled_model_image(analysis, width, patch)
+    layers = sorted({int(v) for v in np.unique(trace.drop_layer)})
+    colours = dict(zip(layers, viz.discrete_colours(len(layers), "viridis")))
+    cats = []
+    for layer in layers:
+        if layer >= num_blocks:
+            name = f"all {num_blocks} blocks"
+        else:
+            exited = bool(trace.exited[trace.drop_layer == layer].any())
+            name = f"{'exited' if exited else 'left'} after {layer}"
+        cats.append((name, colours[layer]))
+    body = viz.category_overlay(img, trace.drop_layer.astype(np.int32), patch, colours)
+    title = ("Exit stages: where each token left (its prediction was fixed there)" if trace.exited.any()
+             else "Token depth: the last block each token went through")
+    return viz.titled_panel(body, title, viz.colorbar(width, categories=cats), width=width)
+
+
+def scaled_model_image(analysis: Analysis, width: int, patch: int) -> tuple[np.ndarray, float]:
+    """The model-input image scaled to ``width`` px and the token size at that scale."""
+    img = analysis.model_image
+    scale = width / img.shape[1]
+    return resize(img, (max(1, round(img.shape[0] * scale)), width)), patch * scale
+
+
+def _diag_panel(name: str, value: np.ndarray, img: np.ndarray, patch: float, grid: tuple[int, int], seg_classes, width: int,
+                method: str = "") -> np.ndarray:
+    title, unit = diag_info(method, name)
+    if value.shape == grid:
+        if name in CATEGORICAL:
+            ids = np.where(np.isfinite(value), value, -1).astype(np.int32)
+            present = sorted(int(v) for v in np.unique(ids) if v >= 0)
+            if name == "predicted_class" and seg_classes is not None:
+                names, palette = seg_classes
+                colours = {c: tuple(int(x) for x in palette[c % len(palette)]) for c in present}
+                cats = [(names[c] if c < len(names) else str(c), colours[c]) for c in present]
+            elif name == "retained":
+                colours = {0: (90, 90, 90), 1: (230, 159, 0)}
+                cats = [("no", colours[0]), ("yes: kept for context", colours[1])]
+            else:
+                cols = viz.discrete_colours(len(present), "viridis")
+                colours = dict(zip(present, cols))
+                cats = [(str(c), colours[c]) for c in present]
+            body = viz.category_overlay(img, ids, patch, colours)
+            return viz.titled_panel(body, title, viz.colorbar(width, categories=cats, label=unit), width=width)
+        hi = float(np.nanpercentile(value, 99)) if name in ROBUST else None
+        body, lo, hi = viz.value_overlay(img, value, patch, "viridis", vmax=hi)
+        if name in ROBUST:
+            unit += " (top 1 % clipped)"
+    else:  # pixel-level map (e.g. Sobel) over the model input (padding cropped), scaled like the image
+        full_h, full_w = round(grid[0] * patch), round(grid[1] * patch)
+        v = resize(value.astype(np.float32), (full_h, full_w))[: img.shape[0], : img.shape[1]]
+        body, lo, hi = viz.value_overlay(img, v, None, "cividis", vmax=float(np.percentile(v, 99)), alpha=0.9)
+        unit += " (top 1 % clipped)"
+    bar = viz.colorbar(width, "cividis" if value.shape != grid else "viridis", lo, hi, unit)
+    return viz.titled_panel(body, title, bar, width=width)
+
+
+def diagnostics_panels(
+    analysis: Analysis, step: StepRecord, names: list[str], patch: int, ncols: int = 2, width: int = 340
+) -> np.ndarray | None:
+    """One tiled image of the named per-token / per-pixel diagnostics of one pruning step."""
+    img, patch = scaled_model_image(analysis, width, patch)
+    seg = analysis.baseline.seg
+    classes = (seg.class_names, seg.palette) if seg.kind == "semantic" and seg.palette is not None else None
+    panels = []
+    for name in names:
+        value = step.diagnostics.get(name)
+        if not isinstance(value, np.ndarray) or value.ndim != 2 or not np.isfinite(value).any():
+            continue
+        panels.append(_diag_panel(name, value, img, patch, analysis.trace.grid, classes, width, analysis.trace.method))
+    if not panels:
+        return None
+    return viz.tile(panels, ncols)
+
+
+def tabs_for(method: str, diagnostics: dict[str, Any] | None = None) -> dict[str, list[str]]:
+    """Tab id -> diagnostics to draw; a method without its own tabs gets "signals" (all maps)."""
+    tabs = {k: list(v) for k, v in METHOD_TABS.get(method, {}).items()}
+    if diagnostics is not None:
+        listed = {n for names in tabs.values() for n in names}
+        rest = [n for n, v in diagnostics.items() if isinstance(v, np.ndarray) and v.ndim == 2 and n not in listed]
+        if rest:
+            tabs["signals"] = rest
+    elif method not in METHOD_TABS:
+        tabs["signals"] = []
+    return tabs
+
+
+def layer_views(analysis: Analysis, layer: int, num_blocks: int, patch: int) -> dict[str, Any]:
+    """Everything that follows the layer slider: token map, caption, method tabs, histogram."""
+    trace = analysis.trace
+    token_img, caption = token_map_view(analysis, int(layer), num_blocks, patch)
+    out: dict[str, Any] = {"token_map": token_img, "token_caption": caption}
+    step = trace.step_at(int(layer))
+    tabs = tabs_for(trace.method, step.diagnostics if step is not None else {})
+    for tab in VIEW_TABS:
+        names = tabs.get(tab)
+        out[tab] = diagnostics_panels(analysis, step, names, patch) if names and step is not None else None
+    out["tabs"] = {tab: tab in tabs for tab in VIEW_TABS}
+    out["histogram"] = histogram_figure(step, trace.method) if step is not None else None
+    if step is not None and step.layer != int(layer):
+        out["panel_note"] = f"Method signals shown for pruning layer {step.layer} (the last one at or before layer {layer})."
+    else:
+        out["panel_note"] = f"Method signals at pruning layer {layer}." if step is not None else "This method has no per-token signals."
+    return out
+
+
+def segmentation_views(analysis: Analysis, image: np.ndarray) -> dict[str, Any]:
+    """Before / after colour maps, change map over the image, caption."""
+    before, after = analysis.baseline.seg, analysis.trace.seg
+    a_labels = after.labels
+    if after.kind == "segments":
+        a_labels = match_segments(after.labels, before.labels)
+    img = image if image.shape[:2] == before.labels.shape else resize(image, before.labels.shape)
+    cb = viz.colorize_labels(before.labels, before.palette)
+    ca = viz.colorize_labels(a_labels, after.palette if after.kind == "semantic" else before.palette)
+    changed = before.labels != a_labels
+    frac = float(changed.mean())
+    cap = (f"**{100 * frac:.2f} %** of the pixels changed class after pruning (vermillion on the right-hand map)."
+           if after.kind == "semantic" else
+           f"**{100 * frac:.2f} %** of the pixels changed segment after pruning (segments matched first).")
+    return {
+        "pair": (viz.blend(img, cb, 0.6), viz.blend(img, ca, 0.6)),
+        "change": viz.change_map(img, before.labels, a_labels),
+        "legend": class_legend_html(before),
+        "caption": cap,
+        "changed_fraction": frac,
+    }
+
+
+def resize(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """H x W (x C) -> hw[0] x hw[1] (x C), area interpolation (for shrinking)."""
+    return cv2.resize(image, (hw[1], hw[0]), interpolation=cv2.INTER_AREA)
+
+
+def full_views(analysis: Analysis, image: np.ndarray, layer: int, num_blocks: int, patch: int) -> dict[str, Any]:
+    """Every view of one analysis (what the first run and each re-run draw)."""
+    out = layer_views(analysis, layer, num_blocks, patch)
+    seg = segmentation_views(analysis, image)
+    out["seg"] = seg
+    out["depth"] = depth_view(analysis, num_blocks, patch)
+    out["metrics"] = metrics_rows(analysis, seg["changed_fraction"])
+    out["scalars"] = scalar_rows(analysis.trace)
+    out["charts"] = charts(analysis)
+    out["readout"] = readout_markdown(report_summary(analysis), "exact")
+    return out

@@ -1,0 +1,465 @@
+"""One handler per event of the page: read the controls, call ``prune_viz.ui``, return updates.
+
+Handlers never do tensor maths and never write ``Session`` fields: the session changes only
+through its own methods (``set_image``, ``set_mask``, ``run``, ...). Handlers that update many
+components return ``{name: value}``; :func:`packed` turns that into Gradio's tuple.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import gradio as gr
+import numpy as np
+from gradio.components.plot import PlotData
+
+from ..backbones import BackboneFacts, download_weights
+from ..backbones.base import Backbone
+from ..checkpoints import CheckpointError
+from ..engine import Plan
+from ..io import InputError
+from ..methods import METHODS, get_method
+from ..params import DEFAULT_METHOD, default_layers, make_plan, method_availability
+from ..ui import compare, prompts, texts
+from ..ui.choices import Example, backbone_info, find_examples, layer_choices, method_choices
+from ..ui.controls import param_controls, values_for
+from ..ui.export import export_zip
+from ..ui.files import write_png, write_pngs
+from ..ui.session import Session
+from ..ui.tables import readout_markdown
+from ..ui.views import VIEW_TABS, full_views, layer_views
+
+ROOT = Path(__file__).resolve().parents[2]
+CONTROLS = param_controls()
+PARAM_KEYS = [f"p:{c.method}:{c.name}" for c in CONTROLS]
+
+# Component names each handler reads or updates (the layout registers components by name).
+MAIN_IN = ["state", "backbone", "sam_size", "method", "layers", "seed", "view_layer", *PARAM_KEYS]
+LAYER_OUT = [
+    "token_map", "token_caption", "panel_note",
+    "img_entropy", "img_edges", "img_clusters", "img_exits", "img_facets", "img_signals", "hist_exits", "hist_facets",
+]
+TAB_KEYS = [f"tab_{t}" for t in VIEW_TABS]
+VIEW_OUT = [
+    "state", "readout", "view_layer", "depth", *LAYER_OUT, *TAB_KEYS,
+    "seg_slider", "seg_change", "seg_legend", "seg_caption", "metrics", "scalars",
+    "chart_tokens", "chart_macs", "chart_cum", "sam_image",
+]
+SETUP_OUT = [
+    "method", "layers", "backbone_note", "missing_help", "download_btn", "sam_size", "view_layer", "method_info",
+    "sam_note", "compare_methods", *[f"grp:{m}" for m in METHODS],
+]
+INPUT_OUT = ["state", "notices", "band_row", "band_r", "band_g", "band_b", "readout"]
+UPLOAD_OUT = [*INPUT_OUT, "mask_file", "mask_notices"]
+EXAMPLE_OUT = [*INPUT_OUT, "mask_notices", "image_file", "mask_file"]
+
+# Files are opened only from here: where Gradio puts what a browser or gradio_client uploaded.
+UPLOAD_ROOTS: tuple[str, ...] = (gr.utils.get_upload_folder(),)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def examples() -> list[Example]:
+    """The example scenes (``$PRUNE_VIZ_EXAMPLES``, default ``examples/``)."""
+    return find_examples(os.environ.get("PRUNE_VIZ_EXAMPLES", ROOT / "examples"))
+
+
+def user_errors(fn: Callable) -> Callable:
+    """Anything the user can fix becomes a gr.Error with our message, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except (InputError, CheckpointError, ValueError) as exc:
+            raise gr.Error(str(exc), print_exception=False) from None
+
+    return wrapper
+
+
+def packed(names: list[str]) -> Callable:
+    """Handlers return {name: value}; Gradio gets a tuple in ``names`` order (gr.skip() for the rest)."""
+
+    def deco(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            result = fn(*args, **kwargs)
+            return tuple(result.get(n, gr.skip()) for n in names)
+
+        return wrapper
+
+    return deco
+
+
+def plot(fig: dict | None):
+    """A plotly figure built as a dict (see ui.charts) -> what gr.Plot sends."""
+    return None if fig is None else PlotData(type="plotly", plot=json.dumps(fig))
+
+
+def as_files(out: dict[str, Any]) -> dict[str, Any]:
+    """Every image (or pair of images) in a handler's result -> PNG files, encoded in parallel."""
+    slots = [(k, i) for k, v in out.items() for i, im in enumerate(v if isinstance(v, tuple) else (v,))
+             if isinstance(im, np.ndarray)]
+    paths = write_pngs([out[k][i] if isinstance(out[k], tuple) else out[k] for k, i in slots])
+    done = dict(out)
+    for (k, i), path in zip(slots, paths):
+        if isinstance(out[k], tuple):
+            pair = list(done[k])
+            pair[i] = path
+            done[k] = tuple(pair)
+        else:
+            done[k] = path
+    return done
+
+
+def sentences(head: str, notices: list[str]) -> str:
+    """'Loaded x.' + ['stretched (2-98th percentile)', ...] -> one readable line."""
+    return " ".join(p for p in (head, "; ".join(notices) + "." if notices else "") if p)
+
+
+def uploaded(path: Any) -> str:
+    """``path`` if it is a file Gradio received as an upload; anything else (a server path sent
+    in a crafted request, e.g. ``{"path": "/etc/..."}``, which Gradio passes through) is refused
+    before it is opened."""
+    real = os.path.realpath(str(path))
+    for root in map(os.path.realpath, UPLOAD_ROOTS):
+        if real.startswith(root.rstrip(os.sep) + os.sep):
+            return str(path)
+    raise gr.Error("files must be uploaded (from Python: gradio_client.handle_file(path)); "
+                   "the server does not open paths it is sent", print_exception=False)
+
+
+def session_of(session: Session | None) -> Session:
+    return session if isinstance(session, Session) else Session()
+
+
+def _plan(backbone: Backbone, method: str, layers: Any, seed: Any, params: tuple) -> Plan:
+    return make_plan(backbone, method, layers, seed, values_for(method, CONTROLS, list(params)))
+
+
+def _layer_updates(views: dict[str, Any]) -> dict[str, Any]:
+    out = {
+        "token_map": views["token_map"], "token_caption": views["token_caption"], "panel_note": views["panel_note"],
+        "hist_exits": plot(views["histogram"]) if views["tabs"].get("exits") else None,
+        "hist_facets": plot(views["histogram"]) if views["tabs"].get("facets") else None,
+    }
+    for tab in VIEW_TABS:
+        out[f"img_{tab}"] = views[tab]
+    return out
+
+
+def _bands(n: int, red: Any, green: Any, blue: Any) -> tuple[int, int, int] | None:
+    if n <= 3:
+        return None
+    chosen = tuple(int(v) for v in (red, green, blue) if v is not None)
+    return chosen if len(chosen) == 3 else None
+
+
+def _load(session: Session, path: str, name: str, bands=None, stretch=(2.0, 98.0), keep_gt: bool = False) -> dict[str, Any]:
+    """Read an image into the session and say what was read."""
+    loaded = session.set_image(path, name, bands, stretch, keep_gt)
+    many = loaded.bands > 3
+    h, w = loaded.rgb.shape[:2]
+    head = f"Loaded **{name}**: {w} x {h} px, {loaded.bands} band(s), {loaded.source_dtype}."
+    return {
+        "state": session,
+        "notices": sentences(head, session.notices),
+        "band_row": gr.Row(visible=many),
+        "band_r": gr.Number(maximum=loaded.bands) if many else gr.skip(),
+        "band_g": gr.Number(maximum=loaded.bands) if many else gr.skip(),
+        "band_b": gr.Number(maximum=loaded.bands) if many else gr.skip(),
+        # The previous image's numbers must not stand next to this one (e.g. if its run is
+        # refused because the server is busy).
+        "readout": f"**{name}** loaded: running the analysis…",
+    }
+
+
+def _method_groups(method: str) -> dict[str, Any]:
+    return {f"grp:{m}": gr.Group(visible=m == method) for m in METHODS}
+
+
+def _layers_for(method: str, facts: BackboneFacts) -> list[int]:
+    return list(default_layers(get_method(method), facts))
+
+
+# ----------------------------------------------------------------------------- handlers
+
+
+@user_errors
+@packed(VIEW_OUT)
+def on_analyze(session, backbone, sam_size, method, layers, seed, view_layer, *params):
+    """Full run (reusing the session's cached unpruned forward) and every view."""
+    session = session_of(session)
+    if session.image is None:
+        return {"readout": readout_markdown(None)}
+    facts, model = backbone_info(backbone, sam_size)
+    if model is None:
+        return {"readout": texts.weights_missing(facts.name)}
+    previous = session.analysis.trace.plan_layers if session.analysis is not None else None
+    plan = _plan(model, method, layers, seed, params)
+    analysis = session.run(model, facts.key, plan)
+    if analysis is None:
+        return {}  # settings changed while this ran: the newer run draws the page
+    keep_view = previous == plan.layers and view_layer and 1 <= int(view_layer) <= model.num_blocks
+    layer = int(view_layer) if keep_view else plan.layers[0]
+    views = full_views(analysis, session.image, layer, model.num_blocks, model.patch_size)
+    seg = views["seg"]
+    out = {
+        "state": session,
+        "readout": views["readout"],
+        "view_layer": gr.Slider(minimum=1, maximum=model.num_blocks, value=layer),
+        "depth": views["depth"],
+        "seg_slider": seg["pair"],
+        "seg_change": seg["change"],
+        "seg_legend": seg["legend"],
+        "seg_caption": seg["caption"],
+        "metrics": views["metrics"],
+        "scalars": views["scalars"],
+        "chart_tokens": plot(views["charts"][0]),
+        "chart_macs": plot(views["charts"][1]),
+        "chart_cum": plot(views["charts"][2]),
+    }
+    if model.supports_prompts:  # the prompt tab shows this image (such runs take seconds anyway)
+        out["sam_image"] = prompts.prompt_image(session)
+    out.update(_layer_updates(views))
+    out.update({f"tab_{t}": gr.Column(visible=views["tabs"][t]) for t in VIEW_TABS})
+    return as_files(out)
+
+
+def on_estimate(session, backbone, sam_size, method, layers, seed, view_layer, *params) -> str:
+    """Live MAC readout from the cached unpruned forward (no block runs); inline message on bad input."""
+    session = session_of(session)
+    if session.image is None:
+        return readout_markdown(None)
+    try:
+        facts, model = backbone_info(backbone, sam_size)
+        if model is None:
+            return texts.weights_missing(facts.name)
+        summary = session.estimate(model, facts.key, _plan(model, method, layers, seed, params))
+    except (ValueError, InputError, CheckpointError) as exc:
+        return f"**These settings cannot run:** {exc}"
+    if summary is None:
+        return "*Running the unpruned model once; the live estimate works from then on.*"
+    return readout_markdown(summary, "estimate", f" · {summary['estimate_ms']:.0f} ms")
+
+
+@user_errors
+@packed(LAYER_OUT)
+def on_view_layer(session, backbone, sam_size, view_layer):
+    """Redraw the layer-dependent views from the stored run (no model)."""
+    session = session_of(session)
+    if session.analysis is None:
+        return {}
+    facts, model = backbone_info(backbone, sam_size)
+    if model is None or session.backbone_key != facts.key:
+        return {}
+    return as_files(_layer_updates(layer_views(session.analysis, int(view_layer), model.num_blocks, model.patch_size)))
+
+
+@user_errors
+@packed(SETUP_OUT)
+def on_backbone(session, backbone, sam_size, method):
+    """New backbone: its methods (unavailable ones labelled), layers, notes; weights help when missing."""
+    facts, _ = backbone_info(backbone, sam_size)
+    availability = method_availability(facts)
+    usable = [m for m in METHODS if not availability[m]]
+    if method not in usable:
+        method = DEFAULT_METHOD if DEFAULT_METHOD in usable else usable[0]
+    session_of(session).choose_method(method)
+    layers = _layers_for(method, facts)
+    help_text = texts.missing_weights_help(facts)
+    out = {
+        "method": gr.Dropdown(choices=method_choices(facts), value=method),
+        "layers": gr.CheckboxGroup(choices=layer_choices(facts), value=layers),
+        "backbone_note": texts.backbone_note(facts.name),
+        "missing_help": gr.Markdown(help_text, visible=bool(help_text)),
+        "download_btn": gr.Button(f"Download {facts.name}", visible=facts.downloadable and not facts.loaded),
+        "sam_size": gr.Dropdown(visible=bool(facts.input_sizes)),
+        "view_layer": gr.Slider(minimum=1, maximum=facts.num_blocks, value=layers[0]),
+        "method_info": texts.method_explanation(method),
+        "sam_note": texts.PROMPTS_HOW if facts.supports_prompts else texts.PROMPTS_NEED,
+        "compare_methods": gr.CheckboxGroup(choices=method_choices(facts),
+                                            value=[m for m in ("random", "lvtp", "dtop", "matp") if m in usable]),
+    }
+    out.update(_method_groups(method))
+    return out
+
+
+def on_check_method(backbone, sam_size, method) -> None:
+    """Gradio cannot disable one dropdown choice: an unavailable one is answered with the reason."""
+    facts, _ = backbone_info(backbone, sam_size)
+    reason = method_availability(facts).get(method)
+    if reason:
+        raise gr.Error(f"{method} is not available on {facts.name}: it {reason}.", print_exception=False)
+
+
+def on_revert_method(session):
+    """After a refused choice, show the method that is really in use again."""
+    return gr.Dropdown(value=session_of(session).method or DEFAULT_METHOD)
+
+
+@user_errors
+@packed(SETUP_OUT)
+def on_method(session, backbone, sam_size, method):
+    """Its controls, default layers and explanation."""
+    facts, _ = backbone_info(backbone, sam_size)
+    session_of(session).choose_method(method)
+    layers = _layers_for(method, facts)
+    out = {
+        "layers": gr.CheckboxGroup(value=layers),
+        "method_info": texts.method_explanation(method),
+        "view_layer": gr.Slider(value=layers[0]),
+    }
+    out.update(_method_groups(method))
+    return out
+
+
+@user_errors
+@packed(UPLOAD_OUT)
+def on_upload(session, file, red, green, blue, lo, hi):
+    session = session_of(session)
+    if not file:
+        return {}
+    path = uploaded(file)
+    out = _load(session, path, Path(path).name, None, (lo, hi))
+    out.update(mask_file=None, mask_notices="")
+    if session.bands > 3:
+        out.update(band_r=gr.Number(value=1, maximum=session.bands), band_g=gr.Number(value=2, maximum=session.bands),
+                   band_b=gr.Number(value=3, maximum=session.bands))
+    return out
+
+
+@user_errors
+@packed(INPUT_OUT)
+def on_bands(session, red, green, blue, lo, hi):
+    """Other bands or stretch: re-read the same upload (the unpruned forward is redone)."""
+    session = session_of(session)
+    if not session.image_path:
+        return {}
+    choice = (_bands(session.bands, red, green, blue), (lo, hi))
+    if choice == session.read_as:
+        return {}  # e.g. a field lost focus without a change: nothing to re-read
+    out = _load(session, session.image_path, session.image_name, *choice, keep_gt=True)
+    out.pop("band_r"), out.pop("band_g"), out.pop("band_b")
+    return out
+
+
+def _example(session, backbone, sam_size, index: int) -> dict[str, Any]:
+    session = session_of(session)
+    example = examples()[index]
+    out = _load(session, str(example.image), example.image.name)
+    note = "No ground-truth mask for this example."
+    if example.mask is not None:
+        _, model = backbone_info(backbone, sam_size)
+        notices = session.set_mask(str(example.mask), model)
+        note = sentences(f"Ground truth: **{example.mask.name}**." if session.gt is not None else "", notices)
+    out.update(mask_notices=note, image_file=None, mask_file=None)
+    return out
+
+
+@user_errors
+@packed(EXAMPLE_OUT)
+def on_example(session, backbone, sam_size, evt: gr.SelectData):
+    return _example(session, backbone, sam_size, evt.index)
+
+
+@user_errors
+@packed(EXAMPLE_OUT)
+def on_first_visit(session, backbone, sam_size):
+    """A first-time visitor sees the first example analysed, not an empty page (unless they
+    were quicker and uploaded an image of their own already)."""
+    session = session_of(session)
+    if not examples() or session.image is not None:
+        return {}
+    out = _example(session, backbone, sam_size, 0)
+    out.pop("image_file"), out.pop("mask_file")  # nothing to clear: never empty a file the visitor is uploading
+    return out
+
+
+@user_errors
+def on_mask(session, file, backbone, sam_size):
+    session = session_of(session)
+    if not file:
+        session.set_mask(None, None)
+        return session, "No ground-truth mask: mIoU and gamma are not shown."
+    _, model = backbone_info(backbone, sam_size)
+    notices = session.set_mask(uploaded(file), model)
+    head = f"Ground truth: **{Path(str(file)).name}**." if session.gt is not None else ""
+    return session, sentences(head, notices)
+
+
+@user_errors
+def on_download(backbone, sam_size, progress=gr.Progress()):
+    """Fetch the official weights into the checkpoint folder (only works online)."""
+    progress(0, desc=f"Downloading the {backbone} weights")
+    return download_weights(backbone, lambda done, total: progress(done / total if total else 0, desc=f"{done / 1e6:.0f} MB"))
+
+
+@user_errors
+def on_compare(session, backbone, sam_size, seed, methods, mode, target):
+    session = session_of(session)
+    facts, model = backbone_info(backbone, sam_size)
+    if model is None:
+        raise gr.Error(texts.weights_missing(facts.name), print_exception=False)
+    budget = float(target) if mode.startswith("matched") else None
+    rows = compare.compare_methods(session, model, facts.key, list(methods or []), None, seed, budget)
+    image, table = compare.compare_views(rows, session.image, model.num_blocks, model.patch_size)
+    note = ("Each method at its default settings and layers." if budget is None else
+            f"Rate-based methods tuned to save about {budget:.0f} % of the MACs (estimated, then run); the others at their defaults.")
+    return session, write_png(image), table, note
+
+
+def on_sam_tab(session):
+    """The prompt image is drawn when the SAM tab is opened (most visitors never do)."""
+    return write_png(prompts.prompt_image(session_of(session)))
+
+
+@user_errors
+def on_prompt_click(session, mode, evt: gr.SelectData):
+    session = session_of(session)
+    text = prompts.add_click(session, tuple(evt.index), mode)
+    return session, write_png(prompts.prompt_image(session)), text
+
+
+@user_errors
+def on_box(session, x0, y0, x1, y1):
+    session = session_of(session)
+    prompts.set_box(session, x0, y0, x1, y1)
+    return session, write_png(prompts.prompt_image(session)), "Box set from the numbers."
+
+
+def on_clear_prompts(session):
+    session = session_of(session)
+    session.clear_prompts()
+    return session, write_png(prompts.prompt_image(session)), "Prompts cleared.", None, None
+
+
+@user_errors
+def on_predict(session, backbone, sam_size):
+    session = session_of(session)
+    facts, model = backbone_info(backbone, sam_size)
+    if model is None:
+        raise gr.Error(texts.weights_missing(facts.name), print_exception=False)
+    before, after, text = prompts.sam_predict(session, model, facts.key)
+    return write_png(before), write_png(after), text
+
+
+@user_errors
+def on_export(session, backbone, sam_size):
+    import zipfile
+
+    session = session_of(session)
+    facts, model = backbone_info(backbone, sam_size)
+    if model is None or session.analysis is None:
+        raise gr.Error("run an analysis first", print_exception=False)
+    path = export_zip(session, model, facts)
+    with zipfile.ZipFile(path) as z:
+        command = z.read("prune_viz_run/command.txt").decode()
+    return str(path), command
