@@ -95,11 +95,11 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     import app  # noqa: F401 - builds the page and the default model, as a server start does
     from prune_viz.ui.session import Session
-    from prune_viz.webapp import handlers
+    from prune_viz.webapp import glue, handlers
 
     import_s = time.perf_counter() - t0
     work = Path(tempfile.mkdtemp(prefix="bench_app_"))
-    handlers.UPLOAD_ROOTS = (*handlers.UPLOAD_ROOTS, str(work))  # the bench's scene stands in for an upload
+    glue.UPLOAD_ROOTS = (*glue.UPLOAD_ROOTS, str(work))  # the bench's scene stands in for an upload
     if args.image is None:
         import cv2
 

@@ -99,13 +99,13 @@ def app_module(scene, tmp_path_factory):
     os.environ["PRUNE_VIZ_EXAMPLES"] = str(scene)
     sys.modules.pop("app", None)
     module = importlib.import_module("app")
-    from prune_viz.webapp import handlers
+    from prune_viz.webapp import glue
 
     # In-process handler tests hand over files from pytest's temporary folders as if uploaded.
-    roots = handlers.UPLOAD_ROOTS
-    handlers.UPLOAD_ROOTS = (*roots, str(tmp_path_factory.getbasetemp()))
+    roots = glue.UPLOAD_ROOTS
+    glue.UPLOAD_ROOTS = (*roots, str(tmp_path_factory.getbasetemp()))
     yield module
-    handlers.UPLOAD_ROOTS = roots
+    glue.UPLOAD_ROOTS = roots
     for key, value in saved.items():
         if value is None:
             os.environ.pop(key, None)

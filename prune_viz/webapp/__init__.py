@@ -2,7 +2,8 @@
 
 ``layout`` creates the components, ``events`` says which event calls which handler,
 ``handlers`` (one per page event) and ``api`` (the gradio_client endpoints) turn component
-values into calls to :mod:`prune_viz.ui`. ``app.py`` at the repository root is the entry point.
+values into calls to :mod:`prune_viz.ui`; ``glue`` holds what both share (errors, the upload
+guard, images and figures as Gradio sends them). ``app.py`` at the repository root is the entry point.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from ..ui.controls import parse_params_json
 from ..ui.export import export_zip
 from ..ui.session import Session
 from ..ui.tables import json_ready
-from .handlers import uploaded, user_errors
+from .glue import uploaded, user_errors
 
 
 def _prepare(image: str | None, backbone: str, method: str, layers: str, params: str, seed: Any, mask: str | None):

@@ -2,20 +2,16 @@
 
 Handlers never do tensor maths and never write ``Session`` fields: the session changes only
 through its own methods (``set_image``, ``set_mask``, ``run``, ...). Handlers that update many
-components return ``{name: value}``; :func:`packed` turns that into Gradio's tuple.
+components return ``{name: value}``; :func:`.glue.packed` turns that into Gradio's tuple.
 """
 
 from __future__ import annotations
 
-import functools
-import json
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import gradio as gr
-import numpy as np
-from gradio.components.plot import PlotData
 
 from ..backbones import BackboneFacts, download_weights
 from ..backbones.base import Backbone
@@ -28,10 +24,11 @@ from ..ui import compare, prompts, texts
 from ..ui.choices import Example, backbone_info, find_examples, layer_choices, method_choices
 from ..ui.controls import param_controls, values_for
 from ..ui.export import export_zip
-from ..ui.files import write_png, write_pngs
+from ..ui.files import write_png
 from ..ui.session import Session
 from ..ui.tables import readout_markdown
 from ..ui.views import VIEW_TABS, full_views, layer_views
+from .glue import as_files, packed, plot, uploaded, user_errors
 
 ROOT = Path(__file__).resolve().parents[2]
 CONTROLS = param_controls()
@@ -57,8 +54,6 @@ INPUT_OUT = ["state", "notices", "band_row", "band_r", "band_g", "band_b", "read
 UPLOAD_OUT = [*INPUT_OUT, "mask_file", "mask_notices"]
 EXAMPLE_OUT = [*INPUT_OUT, "mask_notices", "image_file", "mask_file"]
 
-# Files are opened only from here: where Gradio puts what a browser or gradio_client uploaded.
-UPLOAD_ROOTS: tuple[str, ...] = (gr.utils.get_upload_folder(),)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -69,54 +64,12 @@ def examples() -> list[Example]:
     return find_examples(os.environ.get("PRUNE_VIZ_EXAMPLES", ROOT / "examples"))
 
 
-def user_errors(fn: Callable) -> Callable:
-    """Anything the user can fix becomes a gr.Error with our message, never a traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except gr.Error:
-            raise
-        except (InputError, CheckpointError, ValueError) as exc:
-            raise gr.Error(str(exc), print_exception=False) from None
-
-    return wrapper
 
 
-def packed(names: list[str]) -> Callable:
-    """Handlers return {name: value}; Gradio gets a tuple in ``names`` order (gr.skip() for the rest)."""
-
-    def deco(fn: Callable) -> Callable:
-        @functools.wraps(fn)
-        def wrapper(*args, **kwargs):
-            result = fn(*args, **kwargs)
-            return tuple(result.get(n, gr.skip()) for n in names)
-
-        return wrapper
-
-    return deco
 
 
-def plot(fig: dict | None):
-    """A plotly figure built as a dict (see ui.charts) -> what gr.Plot sends."""
-    return None if fig is None else PlotData(type="plotly", plot=json.dumps(fig))
 
 
-def as_files(out: dict[str, Any]) -> dict[str, Any]:
-    """Every image (or pair of images) in a handler's result -> PNG files, encoded in parallel."""
-    slots = [(k, i) for k, v in out.items() for i, im in enumerate(v if isinstance(v, tuple) else (v,))
-             if isinstance(im, np.ndarray)]
-    paths = write_pngs([out[k][i] if isinstance(out[k], tuple) else out[k] for k, i in slots])
-    done = dict(out)
-    for (k, i), path in zip(slots, paths):
-        if isinstance(out[k], tuple):
-            pair = list(done[k])
-            pair[i] = path
-            done[k] = tuple(pair)
-        else:
-            done[k] = path
-    return done
 
 
 def sentences(head: str, notices: list[str]) -> str:
@@ -124,16 +77,6 @@ def sentences(head: str, notices: list[str]) -> str:
     return " ".join(p for p in (head, "; ".join(notices) + "." if notices else "") if p)
 
 
-def uploaded(path: Any) -> str:
-    """``path`` if it is a file Gradio received as an upload; anything else (a server path sent
-    in a crafted request, e.g. ``{"path": "/etc/..."}``, which Gradio passes through) is refused
-    before it is opened."""
-    real = os.path.realpath(str(path))
-    for root in map(os.path.realpath, UPLOAD_ROOTS):
-        if real.startswith(root.rstrip(os.sep) + os.sep):
-            return str(path)
-    raise gr.Error("files must be uploaded (from Python: gradio_client.handle_file(path)); "
-                   "the server does not open paths it is sent", print_exception=False)
 
 
 def session_of(session: Session | None) -> Session:
