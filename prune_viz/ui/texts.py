@@ -109,7 +109,7 @@ def missing_weights_help(facts: BackboneFacts) -> str:
         return ""
     download = (f" Or press **Download {facts.name}** below (needs internet; the file is sha256-checked)."
                 if facts.downloadable else "")
-    return (f"**{weights_missing(facts.name)}**\n\n{facts.missing}{download}\n\n"
+    return (f"**{facts.name}: weights missing.** {facts.missing}{download}\n\n"
             "The app never opens a file path typed into the browser.")
 
 
