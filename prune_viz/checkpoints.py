@@ -10,15 +10,38 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import re
+import struct
 import urllib.request
+import warnings
 from pathlib import Path
 from typing import Callable
 
 import torch
 
+from .errors import UserError
 
-class CheckpointError(ValueError):
+
+class CheckpointError(UserError):
     """A checkpoint could not be used; the message says why and what to do."""
+
+
+def sniff_checkpoint(head: bytes, size: int) -> str | None:
+    """The checkpoint format named by a file's first bytes ("safetensors", "torch-zip",
+    "torch-legacy") or None. The file name's extension is never trusted: a safetensors file
+    saved as ``.pth`` must not be handed to the unpickler, nor a pickle to safetensors.
+
+    head: at least the first 9 bytes; size: the file's length in bytes."""
+    if head[:4] == b"PK\x03\x04":  # torch.save's default since 1.6: a zip archive
+        return "torch-zip"
+    if len(head) >= 3 and head[0] == 0x80 and 2 <= head[1] <= 5:  # pickle PROTO opcode: legacy torch.save
+        return "torch-legacy"
+    if len(head) >= 9:
+        # safetensors: little-endian u64 length of a JSON header that starts with '{'
+        (header_len,) = struct.unpack("<Q", head[:8])
+        if 2 <= header_len <= size - 8 and head[8:9] == b"{":
+            return "safetensors"
+    return None
 
 
 def cache_dir() -> Path:
@@ -33,32 +56,60 @@ def cache_dir() -> Path:
 def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a state dict from ``path`` on the CPU without running any code from the file."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder; give the checkpoint file itself")
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
-    if path.stat().st_size == 0:
+    size = path.stat().st_size
+    if size == 0:
         raise CheckpointError(f"checkpoint is empty (0 bytes): {path}")
-    if path.suffix == ".safetensors":
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(16)
+    except OSError as exc:
+        raise CheckpointError(f"could not read {path.name}: {exc.strerror or exc}") from None
+    kind = sniff_checkpoint(head, size)
+    if kind is None:
+        raise CheckpointError(
+            f"{path.name} is neither a safetensors file nor a PyTorch checkpoint (judged by its first bytes, "
+            "not its name)"
+        )
+    if kind == "safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         try:
             return load_file(str(path), device="cpu")
-        except Exception as exc:  # safetensors raises its own error types for corrupt headers
-            raise CheckpointError(f"corrupt safetensors file {path.name}: {exc}") from None
+        except SafetensorError as exc:
+            raise CheckpointError(f"corrupt safetensors file {path.name}: {_first_line(exc)}") from None
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        # A file object, not the path: recent torch picks a loader by the path's extension.
+        with warnings.catch_warnings(), path.open("rb") as fh:
+            warnings.simplefilter("ignore")  # torch's own warnings repeat what our message says
+            obj = torch.load(fh, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        # torch's message ends with advice to retry with weights_only=False, which would run the
+        # file's code: name what was refused, never relay that advice.
+        found = re.search(r"GLOBAL ([\w.]+) was not an allowed global", str(exc))
+        what = f" (it names {found.group(1)})" if found else ""
         raise CheckpointError(
-            f"refused {path.name}: it is not a plain state dict (it carries pickled code or objects, "
-            f"which are never run). Convert it to safetensors or a tensors-only state dict. ({str(exc).splitlines()[0]})"
+            f"refused {path.name}: it is not a plain state dict{what}; it carries pickled code or objects, "
+            "which are never run. Convert it to safetensors or a tensors-only state dict."
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise CheckpointError(f"corrupt or unreadable checkpoint {path.name}: {str(exc).splitlines()[0]}") from None
+        raise CheckpointError(f"corrupt or unreadable checkpoint {path.name}: {_first_line(exc)}") from None
     for key in ("state_dict", "model", "module"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path.name} does not hold a state dict of tensors")
     return obj
+
+
+def _first_line(exc: BaseException, limit: int = 200) -> str:
+    lines = str(exc).strip().splitlines()
+    text = lines[0] if lines else type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def sha256_of(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

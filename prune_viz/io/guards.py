@@ -15,8 +15,10 @@ from typing import Iterator
 
 import numpy as np
 
+from ..errors import UserError
 
-class InputError(ValueError):
+
+class InputError(UserError):
     """Bad user input; the message is shown to the user as is.
 
     (``gr.Error`` in the app, ``error: ...`` and exit status 2 in the CLI.)
