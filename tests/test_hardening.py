@@ -84,3 +84,85 @@ def test_user_errors_are_value_errors():
     from prune_viz.io import InputError
 
     assert issubclass(InputError, UserError) and issubclass(CheckpointError, UserError)
+
+
+# --------------------------------------------------------------------------- decode budget
+
+
+import threading  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from bench import hostile_files  # noqa: E402
+from prune_viz.io import InputError, guards, load_image  # noqa: E402
+from prune_viz.io.tiff import _read_tiff_reduced  # noqa: E402
+
+
+def test_a_png_over_the_decode_budget_is_refused_from_its_header(tmp_path, monkeypatch):
+    path = hostile_files.rgba_png(tmp_path / "rgba.png", side=400)  # 640 KB decoded, ~2 KB stored
+    monkeypatch.setattr(guards, "DECODE_BUDGET_BYTES", 512 * 1024)
+    with pytest.raises(InputError, match=r"would take 1 MB of memory once decoded; the limit is 0 MB"):
+        load_image(path)
+    monkeypatch.setattr(guards, "DECODE_BUDGET_BYTES", 1024 * 1024)
+    assert load_image(path).rgb.shape == (400, 400, 3)
+
+
+def test_a_tiled_tiff_over_the_budget_is_read_at_reduced_size(tmp_path, monkeypatch):
+    import tifffile
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 255, (700, 900, 3), dtype=np.uint8)
+    path = tmp_path / "tiled.tif"
+    tifffile.imwrite(path, pixels, tile=(128, 128), compression="zstd")
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages[0]
+        from prune_viz.io.tiff import _plan_tiff
+
+        plan = _plan_tiff(tif.series[0], page)
+        reduced = _read_tiff_reduced(page, plan, 3)
+    assert np.array_equal(reduced, pixels[::3, ::3])  # every 3rd pixel, tile borders included
+    monkeypatch.setattr(guards, "DECODE_BUDGET_BYTES", 1_000_000)  # the full image is 1.9 MB
+    monkeypatch.setattr(guards, "MAX_PIXELS", 200 * 200)
+    loaded = load_image(path)
+    assert any("read at 1/" in n for n in loaded.notices)
+    assert loaded.rgb.shape[0] * loaded.rgb.shape[1] <= 200 * 200
+
+
+def test_an_untiled_tiff_over_the_budget_is_refused(tmp_path, monkeypatch):
+    import tifffile
+
+    path = tmp_path / "one_strip.tif"
+    tifffile.imwrite(path, np.zeros((600, 600, 3), np.uint8), rowsperstrip=600, compression="zstd")
+    monkeypatch.setattr(guards, "DECODE_BUDGET_BYTES", 500_000)
+    with pytest.raises(InputError, match="once decoded"):
+        load_image(path)
+
+
+def test_a_large_gif_is_shrunk_as_palette_indices(tmp_path, monkeypatch):
+    path = hostile_files.big_gif(tmp_path / "big.gif", side=600)
+    monkeypatch.setattr(guards, "MAX_PIXELS", 100 * 100)
+    loaded = load_image(path)
+    assert loaded.rgb.shape[0] * loaded.rgb.shape[1] <= 100 * 100
+    assert tuple(loaded.rgb[0, 0]) == (40, 90, 160)  # the palette colour, not an average
+
+
+def test_large_decodes_take_turns():
+    inside: list[int] = []
+    overlap = []
+
+    def decode() -> None:
+        with guards.decode_slot(guards.LARGE_DECODE_BYTES + 1):
+            inside.append(1)
+            overlap.append(len(inside))
+            time.sleep(0.05)
+            inside.pop()
+
+    threads = [threading.Thread(target=decode) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert overlap == [1, 1, 1]
+    with guards.decode_slot(10), guards.decode_slot(10):  # small decodes never wait
+        pass

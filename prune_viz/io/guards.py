@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,9 +31,15 @@ MAX_DECODE_PIXELS: int = 20000 * 20000  # header claims above this are refused b
 MAX_FILE_BYTES: int = 50 * 1024 * 1024
 SMALL_SIDE: int = 16  # below this a ViT sees less than one patch: we still run, but say so
 
-# A 50 MB deflate-compressed TIFF can expand a thousandfold; bound what the decoder may allocate
-# (bands and bytes per sample included), not just the pixel count. 1.6 GB = 4 bytes at the limit.
-_MAX_DECODE_BYTES: int = 4 * MAX_DECODE_PIXELS
+# A 60 KB ZSTD TIFF or a 300 KB GIF can declare gigabytes of pixels, and the ratio checks below
+# cover only some codecs: so every decoder's allocation is bounded from the header, bands and
+# bytes per sample included. Above the budget only decoders that can read at reduced size
+# (JPEG draft, tiled or striped TIFF) go on; everything else is refused before decoding.
+DECODE_BUDGET_BYTES: int = 512 * 2**20
+# Decodes above this size take a process-wide slot, one at a time, so two large uploads at once
+# cannot add their peaks (the app serves many browsers from one process).
+LARGE_DECODE_BYTES: int = 64 * 2**20
+_LARGE_DECODE_SLOT = threading.Lock()
 # Most bytes one stored byte can decode to. Deflate's format caps it near 1032:1; LZW and
 # PackBits stay well below 5000:1. A header promising more pixels than the stored bytes can
 # hold is a truncated file or a bomb, and is refused before the decoder allocates the image
@@ -171,6 +178,27 @@ def _check_size(width: int, height: int) -> None:
             f"the limit is {MAX_DECODE_PIXELS / 1e6:,.0f} megapixels "
             f"({math.isqrt(MAX_DECODE_PIXELS)}x{math.isqrt(MAX_DECODE_PIXELS)}). Crop or downscale it first."
         )
+
+
+def check_decode_budget(nbytes: int, what: str) -> None:
+    """Refuse a decode that would allocate more than DECODE_BUDGET_BYTES (``what`` names the
+    image, e.g. "20000x20000 RGBA PNG")."""
+    if nbytes > DECODE_BUDGET_BYTES:
+        raise InputError(
+            f"the {what} would take {nbytes / 2**20:,.0f} MB of memory once decoded; the limit is "
+            f"{DECODE_BUDGET_BYTES / 2**20:,.0f} MB. Downscale it first, or save it as JPEG or as a tiled "
+            "TIFF, which are read at reduced size"
+        )
+
+
+@contextmanager
+def decode_slot(nbytes: int) -> Iterator[None]:
+    """Hold the process-wide large-decode slot while decoding more than LARGE_DECODE_BYTES."""
+    if nbytes <= LARGE_DECODE_BYTES:
+        yield
+        return
+    with _LARGE_DECODE_SLOT:
+        yield
 
 
 def _human_bytes(n: int) -> str:

@@ -100,21 +100,23 @@ def _decode_pillow(src: _Source, for_mask: bool) -> _Raw:
         # libjpeg can decode at 1/2, 1/4, 1/8 scale: never materialise the full-size pixels.
         target = _downscaled_size(width, height)
         im.draft(None, target)
-    try:
-        im.load()
-    except Exception as exc:
-        raise _corrupt(src.fmt, exc) from exc
-    im, orientation = _apply_exif_orientation(im)
-    if orientation != 1:
-        notices.append("rotated according to the file's EXIF orientation tag")
-        if orientation in _EXIF_SWAPS_AXES:
-            width, height = height, width
-    source_shape = _pillow_source_shape(im, (height, width))
-    if not for_mask and width * height > guards.MAX_PIXELS and im.mode in _RESIZE_BEFORE_ARRAY:
-        # Shrink while still a Pillow image: converting first would add two or three
-        # full-size copies (a 400-megapixel RGB is 1.2 GB each) only to throw them away.
-        im = im.resize(_downscaled_size(width, height), Image.Resampling.LANCZOS, reducing_gap=3.0)
-    array, dtype, more = _pillow_pixels(im, for_mask)
+    nbytes = im.size[0] * im.size[1] * _PILLOW_BYTES_PER_PIXEL.get(im.mode, 4)
+    guards.check_decode_budget(nbytes, f"{width}x{height} {im.mode} {_format_label(src.fmt)}")
+    with guards.decode_slot(nbytes):
+        try:
+            im.load()
+        except Exception as exc:
+            raise _corrupt(src.fmt, exc) from exc
+        im, orientation = _apply_exif_orientation(im)
+        if orientation != 1:
+            notices.append("rotated according to the file's EXIF orientation tag")
+            if orientation in _EXIF_SWAPS_AXES:
+                width, height = height, width
+        source_shape = _pillow_source_shape(im, (height, width))
+        if not for_mask and width * height > guards.MAX_PIXELS:
+            im, more = _shrink_before_array(im, _downscaled_size(width, height))
+            notices += more
+        array, dtype, more = _pillow_pixels(im, for_mask)
     return _Raw(array, (height, width), source_shape, dtype, src.fmt, notices + more)
 
 
@@ -143,9 +145,28 @@ def _apply_exif_orientation(im: Image.Image) -> tuple[Image.Image, int]:
 
 # 8-bit modes whose meaning survives resampling (palette indices and 16-bit data do not, or
 # are stretched first); _limit_pixels notices the smaller array and only adds the notice.
-# Not RGBA/LA: Pillow resamples those premultiplied, which would blacken transparent areas
-# that the full-size path shows with their stored colours.
 _RESIZE_BEFORE_ARRAY = frozenset({"L", "RGB", "RGBX", "CMYK", "YCbCr"})
+# Bytes Pillow allocates per pixel for a mode's decoded image (RGB is stored padded to 4).
+_PILLOW_BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "LA": 4, "La": 4, "PA": 4, "I;16": 2, "I;16B": 2,
+                           "I;16L": 2, "I;16N": 2, "I": 4, "F": 4, "RGB": 4, "RGBA": 4, "RGBa": 4,
+                           "RGBX": 4, "CMYK": 4, "YCbCr": 4, "LAB": 4, "HSV": 4}
+
+
+def _shrink_before_array(im: Image.Image, size: tuple[int, int]) -> tuple[Image.Image, list[str]]:
+    """Downscale a large decoded image while it is still a Pillow image, making at most one
+    more full-size copy: converting to an array first would add two or three (a 400-megapixel
+    RGB is 1.2 GB each) only to throw them away. Returns (image, notices)."""
+    notices: list[str] = []
+    if im.mode in ("RGBA", "LA"):
+        # Alpha goes first, keeping the stored colours as the full-size path does: resampling
+        # with alpha premultiplies, which would blacken transparent areas.
+        notices.append(f"{'RGBA' if im.mode == 'RGBA' else 'gray+alpha'}: alpha dropped")
+        im = im.convert("RGB" if im.mode == "RGBA" else "L")
+    if im.mode in ("P", "PA"):
+        return im.resize(size, Image.Resampling.NEAREST), notices  # indices cannot be averaged
+    if im.mode in _RESIZE_BEFORE_ARRAY:
+        return im.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0), notices
+    return im, notices
 
 _PILLOW_CHANNELS = {"1": 1, "L": 1, "P": 1, "I": 1, "F": 1, "LA": 2, "La": 2, "PA": 2, "RGB": 3,
                     "YCbCr": 3, "LAB": 3, "HSV": 3, "RGBA": 4, "RGBa": 4, "RGBX": 4, "CMYK": 4}
@@ -214,8 +235,11 @@ def _decode_png16_colour(src: _Source, hw: tuple[int, int]) -> _Raw:
     import cv2
 
     _check_png_chunks(src.data)
+    nbytes = hw[0] * hw[1] * (4 if src.data[25] == 6 else 3) * 2
+    guards.check_decode_budget(nbytes, f"{hw[1]}x{hw[0]} 16-bit PNG")
     buf = np.frombuffer(src.data, np.uint8)
-    bgr = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    with guards.decode_slot(nbytes):
+        bgr = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     if bgr is None or bgr.ndim != 3 or bgr.shape[:2] != hw:
         raise _corrupt("PNG")
     notices: list[str] = []

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .guards import _MAX_DECODE_BYTES, _TIFF_MAX_RATIO, InputError, _check_size, _corrupt, _human_bytes, _Raw, _short, _Source
+from . import guards
+from .guards import _TIFF_MAX_RATIO, InputError, _check_size, _corrupt, _human_bytes, _Raw, _short, _Source
 from .pillow import _cmyk_to_rgb, _decode_pillow
 
 if TYPE_CHECKING:
@@ -97,18 +98,13 @@ def _decode_tifffile(src: _Source, for_mask: bool) -> _Raw:
         plan = _plan_tiff(series, page)
         _check_size(plan.width, plan.height)
         dtype = np.dtype(series.dtype)
-        if math.prod(series.shape) * dtype.itemsize > _MAX_DECODE_BYTES:
-            raise InputError(
-                f"the TIFF would decode to {math.prod(series.shape) * dtype.itemsize / 2**30:.1f} GB "
-                f"(shape {tuple(series.shape)}, {dtype.name}); the limit is {_MAX_DECODE_BYTES / 2**30:.1f} GB"
-            )
         _check_tiff_complete(series, len(src.data))
         _check_tiff_expansion(series, page, plan)
         notices = list(plan.notices)
         if len(tif.series) > 1:
             notices.append(f"the TIFF holds {len(tif.series)} images: using the first")
-        arr = series.asarray()
-        arr = arr[plan.index].transpose(plan.order)
+        arr, more = _read_tiff_pixels(series, page, plan, for_mask)
+        notices += more
         if arr.ndim == 2:
             arr = arr[..., None]
         source_shape = (plan.height, plan.width) if plan.channels == 1 else (plan.height, plan.width, plan.channels)
@@ -119,6 +115,62 @@ def _decode_tifffile(src: _Source, for_mask: bool) -> _Raw:
         arr, more = _tiff_photometric(arr, page, plan, for_mask)
         notices += more
         return _Raw(arr, (plan.height, plan.width), source_shape, dtype.name, "TIFF", notices, _gdal_nodata(page))
+
+
+def _read_tiff_pixels(
+    series: tifffile.TiffPageSeries, page: tifffile.TiffPage, plan: _TiffPlan, for_mask: bool
+) -> tuple[np.ndarray, list[str]]:
+    """The series' pixels as planned (H x W [x C]), within the decode budget: in full when
+    they fit, else tile by tile (or strip by strip) at 1/f resolution. Returns (array, notices)."""
+    dtype = np.dtype(series.dtype)
+    nbytes = math.prod(series.shape) * dtype.itemsize  # what series.asarray() allocates
+    what = f"{plan.width}x{plan.height} {plan.channels}-band {dtype.name} TIFF"
+    if nbytes <= guards.DECODE_BUDGET_BYTES:
+        with guards.decode_slot(nbytes):
+            return series.asarray()[plan.index].transpose(plan.order), []
+    if for_mask or not _can_read_reduced(series, page):
+        guards.check_decode_budget(nbytes, what)  # raises: over budget, and no reduced read
+    factor = max(2, math.ceil(math.sqrt(plan.height * plan.width / guards.MAX_PIXELS)))
+    while math.ceil(plan.height / factor) * math.ceil(plan.width / factor) * plan.channels * dtype.itemsize > guards.DECODE_BUDGET_BYTES // 2:
+        factor += 1
+    with guards.decode_slot(guards.LARGE_DECODE_BYTES + 1):
+        arr = _read_tiff_reduced(page, plan, factor)
+    return arr, [f"large TIFF read at 1/{factor} resolution (every {factor}th pixel, tile by tile) to stay within memory"]
+
+
+def _can_read_reduced(series: tifffile.TiffPageSeries, page: tifffile.TiffPage) -> bool:
+    """One plain page (Y, X and interleaved samples) whose every tile or strip fits the budget."""
+    if len(series.pages) != 1 or str(series.axes) not in ("YX", "YXS") or int(page.imagedepth) != 1:
+        return False
+    separate, _, length, width, contig = page.shaped
+    if separate != 1:
+        return False
+    seg_rows = int(page.tilelength) if page.is_tiled else int(page.rowsperstrip or length)
+    seg_cols = int(page.tilewidth) if page.is_tiled else width
+    return seg_rows * seg_cols * contig * np.dtype(series.dtype).itemsize <= guards.DECODE_BUDGET_BYTES // 8
+
+
+def _read_tiff_reduced(page: tifffile.TiffPage, plan: _TiffPlan, factor: int) -> np.ndarray:
+    """Every ``factor``-th row and column of a one-page TIFF, decoding one segment at a time:
+    ceil(H/f) x ceil(W/f) x C. Nearest-neighbour (no averaging): the caller downscales the
+    result properly once it is small."""
+    height, width = plan.height, plan.width
+    contig = page.shaped[4]
+    out = np.zeros((math.ceil(height / factor), math.ceil(width / factor), contig), dtype=page.dtype)
+    for data, index, _shape in page.segments(maxworkers=1):
+        if data is None:  # an empty segment: tifffile leaves it to the fill value
+            continue
+        y0, x0 = int(index[2]), int(index[3])
+        seg = data[0]  # length x width x contig samples
+        r0, c0 = (-y0) % factor, (-x0) % factor
+        rows = min(seg.shape[0], height - y0)
+        cols = min(seg.shape[1], width - x0)
+        if r0 >= rows or c0 >= cols:
+            continue
+        part = seg[r0:rows:factor, c0:cols:factor]
+        oy, ox = (y0 + r0) // factor, (x0 + c0) // factor
+        out[oy : oy + part.shape[0], ox : ox + part.shape[1]] = part
+    return out if str(page.axes).endswith("S") or contig > 1 else out[..., 0]
 
 
 def _plan_tiff(series: tifffile.TiffPageSeries, page: tifffile.TiffPage) -> _TiffPlan:
