@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .budget import check_time
+
 
 def cosine_kmeans(
     x: Tensor, k: int, iters: int = 10, seed: int = 0, weights: Tensor | None = None
@@ -39,6 +41,7 @@ def cosine_kmeans(
     xw = None if w is None else x * w[:, None]  # weighted features (Eq. 6), fixed across iterations
     labels = torch.zeros(n, dtype=torch.long)
     for _ in range(iters):
+        check_time("while clustering")
         sim = xn @ F.normalize(centres, dim=-1).T  # N x k
         labels = sim.argmax(dim=1)
         one_hot = F.one_hot(labels, k).to(x.dtype)  # N x k

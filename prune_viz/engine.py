@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from .backbones.base import Backbone, BlockOutput, Prepared, Segmentation
+from .budget import check_time
 from .flops import measure_macs
 from .methods.base import EXITED, GONE, KEPT, PRUNED, MethodSpec, PruneContext
 
@@ -152,6 +153,7 @@ def run_baseline(
     records = []
     n = grid[0] * grid[1]
     for layer in range(1, backbone.num_blocks + 1):
+        check_time(f"at block {layer}")
         tb = _now()
         out = backbone.run_block(layer, x, None, grid, want_attn=layer in attn_layers)
         x = out.x
@@ -307,6 +309,7 @@ def run_pruned(
     kept_idx = torch.arange(n)
     full = torch.zeros(1, n, backbone.embed_dim, dtype=x.dtype)
     for layer in range(first, backbone.num_blocks + 1):
+        check_time(f"at block {layer}")
         if layer > first:
             tb = _now()
             step_attn = want_attn and layer in plan.layers

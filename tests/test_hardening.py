@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import pytest
@@ -166,3 +167,41 @@ def test_large_decodes_take_turns():
     assert overlap == [1, 1, 1]
     with guards.decode_slot(10), guards.decode_slot(10):  # small decodes never wait
         pass
+
+
+# --------------------------------------------------------------------------- parameters and time
+
+
+from prune_viz.budget import RunTooLong, check_time, time_budget  # noqa: E402
+from prune_viz.methods.dtop import DToPParams  # noqa: E402
+from prune_viz.methods.lvtp import LVTPParams  # noqa: E402
+from prune_viz.methods.matp import MATPParams  # noqa: E402
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: LVTPParams(iters=20000), "iters must be <= 50"),
+        (lambda: LVTPParams(k=10**26), "k must be <= 64"),
+        (lambda: LVTPParams(k2=65), "k2 must be <= 64"),
+        (lambda: LVTPParams(q1=1e300), "q1 must be <= 10"),
+        (lambda: DToPParams(k=10**26), "k must be in [0, 4096]"),
+        (lambda: MATPParams(k=5000), "k must be in [0, 4096]"),
+        (lambda: MATPParams(alpha=1e9), "alpha must be <= 100"),
+    ],
+)
+def test_work_parameters_have_upper_bounds(make, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        make()
+
+
+def test_the_time_budget_stops_a_run_inside_the_engine():
+    from prune_viz.backbones import build_backbone
+    from prune_viz.engine import run_baseline
+
+    backbone = build_backbone("demo")
+    image = np.zeros((64, 64, 3), np.uint8)
+    with time_budget(0.0), pytest.raises(RunTooLong, match="took longer than the server's limit of 0 s"):
+        run_baseline(backbone, image)
+    with time_budget(None):
+        check_time("anywhere")  # no budget: never raises

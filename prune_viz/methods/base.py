@@ -119,6 +119,11 @@ class MethodSpec:
         return None
 
 
+# Tokens kept per class for context (DToP, MATP): a SAM grid at 1024 px has 64 x 64 tokens, so
+# a larger k keeps them all, and an unbounded one once ran to the end and failed in the reply.
+MAX_KEEP_PER_CLASS = 4096
+
+
 def keep_all(ctx: PruneContext) -> Decision:
     n = ctx.tokens.shape[0]
     return Decision(keep=torch.arange(n), status=torch.full((n,), KEPT, dtype=torch.long))

@@ -26,7 +26,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .base import EXITED, KEPT, Decision, MethodSpec, PruneContext, validate_params
+from ..errors import echo
+from .base import EXITED, KEPT, MAX_KEEP_PER_CLASS, Decision, MethodSpec, PruneContext, validate_params
 
 # The demo segmenter's stage boundaries: its auxiliary heads after blocks 3, 6, 9 of 12 (it also
 # has one after 8, which MATP uses). DToP prunes at every stage boundary.
@@ -51,9 +52,9 @@ class DToPParams:
         if not self.threshold > 0.0:
             raise ValueError(f"threshold must be in (0, 1], got {self.threshold}: it is a softmax confidence")
         if not isinstance(self.k, (int, np.integer)) or isinstance(self.k, bool):
-            raise ValueError(f"k must be an integer (tokens kept per class), got {self.k!r}")
-        if self.k < 0:
-            raise ValueError(f"k must be >= 0 (tokens kept per class), got {self.k}")
+            raise ValueError(f"k must be an integer (tokens kept per class), got {echo(self.k)}")
+        if not 0 <= self.k <= MAX_KEEP_PER_CLASS:
+            raise ValueError(f"k must be in [0, {MAX_KEEP_PER_CLASS}] (tokens kept per class), got {echo(self.k)}")
 
 
 def confidence_and_entropy(logits: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..cluster import cosine_kmeans
+from ..errors import echo
 from .base import KEPT, PENDING_KEPT, PRUNED, Decision, MethodSpec, PruneContext, validate_params
 
 EntropyMode = Literal["mtsallis", "shannon", "none"]
@@ -48,6 +49,11 @@ EDGE_FEATURE_WEIGHT = 1.0
 
 # ITU-R BT.601 luma, the same weights as cv2.COLOR_RGB2GRAY.
 _GRAY_WEIGHTS = (0.299, 0.587, 0.114)
+
+
+MAX_CLUSTERS = 64  # k and k2: more clusters than this say nothing a map can show
+MAX_ITERS = 50  # k-means iterations; the defaults converge well before 10
+MAX_Q1 = 10.0  # p ** q1 underflows to 0 for every p < 1 far below this
 
 
 @dataclass(frozen=True)
@@ -84,7 +90,7 @@ class LVTPParams:
     second: SecondMode = "sobel"
 
     def __post_init__(self) -> None:
-        validate_params(self, {"q1": (None, None), "q2": (None, None), "rate": (0.0, None), "drop": (0.0, 0.5)})
+        validate_params(self, {"q1": (None, MAX_Q1), "q2": (None, None), "rate": (0.0, None), "drop": (0.0, 0.5)})
         if not self.q1 > 1.0:
             raise ValueError(
                 f"q1 must be > 1 (feature-saliency scale), got {self.q1}; "
@@ -100,12 +106,16 @@ class LVTPParams:
                 f"rate must be in [0, 1), got {self.rate}: it is the fraction of pending tokens "
                 'removed; to remove all of them use second="none"'
             )
-        for name, lo in (("k", 2), ("k2", 2), ("iters", 1)):
+        # Upper bounds too: the clustering's work is linear in k, k2 and iters, and the app is
+        # shared (an iters of 20000 once held both workers for minutes).
+        for name, lo, hi in (("k", 2, MAX_CLUSTERS), ("k2", 2, MAX_CLUSTERS), ("iters", 1, MAX_ITERS)):
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
-                raise ValueError(f"{name} must be an integer, got {value!r}")
+                raise ValueError(f"{name} must be an integer, got {echo(value)}")
             if value < lo:
                 raise ValueError(f"{name} must be >= {lo}, got {value}")
+            if value > hi:
+                raise ValueError(f"{name} must be <= {hi}, got {echo(value)}")
         if self.entropy not in ENTROPY_MODES:
             raise ValueError(f"entropy must be one of {ENTROPY_MODES}, got {self.entropy!r}")
         if self.second not in SECOND_MODES:

@@ -35,8 +35,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import KEPT, PRUNED, Decision, MethodSpec, PruneContext, num_to_keep, validate_params
-from .dtop import confidence_and_entropy, rank_within_class
+from ..errors import echo
+from .base import KEPT, MAX_KEEP_PER_CLASS, PRUNED, Decision, MethodSpec, PruneContext, num_to_keep, validate_params
+from .dtop import MAX_KEEP_PER_CLASS, confidence_and_entropy, rank_within_class
 
 Criterion = Literal["adaptive", "fixed", "topk"]
 CRITERIA: tuple[str, ...] = ("adaptive", "fixed", "topk")
@@ -75,7 +76,7 @@ class MATPParams:
     def __post_init__(self) -> None:
         validate_params(
             self,
-            {"alpha": (None, None), "beta": (None, None), "fixed_threshold": (0.0, 1.0), "topk_rate": (0.0, None)},
+            {"alpha": (None, 100.0), "beta": (None, 100.0), "fixed_threshold": (0.0, 1.0), "topk_rate": (0.0, None)},
         )
         for name in ("alpha", "beta"):
             if not getattr(self, name) > 0.0:
@@ -83,9 +84,9 @@ class MATPParams:
         if not self.topk_rate < 1.0:
             raise ValueError(f"topk_rate must be in [0, 1): the fraction of alive tokens pruned, got {self.topk_rate}")
         if not isinstance(self.k, (int, np.integer)) or isinstance(self.k, bool):
-            raise ValueError(f"k must be an integer (retained tokens per class), got {self.k!r}")
-        if self.k < 0:
-            raise ValueError(f"k must be >= 0 (retained tokens per class), got {self.k}")
+            raise ValueError(f"k must be an integer (retained tokens per class), got {echo(self.k)}")
+        if not 0 <= self.k <= MAX_KEEP_PER_CLASS:
+            raise ValueError(f"k must be in [0, {MAX_KEEP_PER_CLASS}] (retained tokens per class), got {echo(self.k)}")
         if self.criterion not in CRITERIA:
             raise ValueError(f"criterion must be one of {CRITERIA}, got {self.criterion!r}")
         try:
