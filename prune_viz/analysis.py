@@ -110,6 +110,7 @@ def build_report(backbone: Backbone, plan: Plan, baseline: Baseline, trace: Trac
         metrics["gamma"] = gamma(delta_macs_pct, 100.0 * (m_p - m_b))
     return {
         "backbone": backbone.name,
+        "weights": backbone.weights,  # "random weights" in words when so: a random model's output means nothing
         "method": plan.method.name,
         "params": trace.params,
         "layers_pruned": list(plan.layers),

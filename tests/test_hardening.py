@@ -205,3 +205,27 @@ def test_the_time_budget_stops_a_run_inside_the_engine():
         run_baseline(backbone, image)
     with time_budget(None):
         check_time("anywhere")  # no budget: never raises
+
+
+# --------------------------------------------------------------------------- models
+
+
+def test_giant_timm_models_are_refused_before_any_memory_is_spent(monkeypatch):
+    from prune_viz.backbones import build_backbone, check_timm_allowed
+
+    with pytest.raises(ParamError, match=r"vit_huge_patch14_224 has 631M parameters; .* up to 100M"):
+        build_backbone("timm:vit_huge_patch14_224")
+    check_timm_allowed("vit_tiny_patch16_224")  # 5.7M: fine
+    monkeypatch.setenv("PRUNE_VIZ_TIMM_ALLOW", "vit_small_patch16_224")
+    with pytest.raises(ParamError, match="only these timm models: vit_small_patch16_224"):
+        check_timm_allowed("vit_tiny_patch16_224")
+
+
+def test_reports_say_which_weights_ran():
+    from prune_viz.analysis import analyze
+    from prune_viz.backbones import build_backbone
+    from prune_viz.params import make_plan
+
+    backbone = build_backbone("timm:vit_tiny_patch16_224", input_size=64)
+    result = analyze(backbone, np.zeros((64, 64, 3), np.uint8), make_plan(backbone, "random", "2"), repeat=0, measure=False)
+    assert result.report["weights"] == "random weights"

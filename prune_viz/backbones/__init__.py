@@ -8,6 +8,7 @@ weights); nothing per request is stored here.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections import OrderedDict
@@ -15,6 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Callable
 
 from ..checkpoints import CheckpointError
+from ..errors import ParamError, echo
 from .base import Backbone
 
 # (name, checkpoint, input_size, download, random_weights) -> Backbone
@@ -95,8 +97,46 @@ def _download_sam(name: str, progress: Callable[[int, int], None] | None) -> str
     return f"Downloaded {v.filename} to {cache_dir()}."
 
 
+def timm_params_limit_m() -> float:
+    """``PRUNE_VIZ_TIMM_MAX_PARAMS_M``: the largest timm model (millions of parameters) this
+    server builds, default 100 (ViT-B is 86M; ViT-L 304M and ViT-H 632M are refused)."""
+    return float(os.environ.get("PRUNE_VIZ_TIMM_MAX_PARAMS_M", "100"))
+
+
+@functools.lru_cache(maxsize=256)
+def timm_num_params(model_name: str) -> int:
+    """Parameters of a timm model, counted on the meta device (no memory, no weights, ~0.3 s)."""
+    import timm
+    import torch
+
+    with torch.device("meta"):
+        model = timm.create_model(model_name, pretrained=False)
+    return sum(p.numel() for p in model.parameters())
+
+
+def check_timm_allowed(model_name: str) -> None:
+    """ParamError unless the server owner lets this timm model be built: named in
+    ``PRUNE_VIZ_TIMM_ALLOW`` (comma-separated) when that is set, else at most
+    :func:`timm_params_limit_m` million parameters. A browser could otherwise fill the server's
+    memory with a few giant models (vit_huge: 19.7 s and 2.4 GB each)."""
+    allow = [n.strip() for n in os.environ.get("PRUNE_VIZ_TIMM_ALLOW", "").split(",") if n.strip()]
+    if allow:
+        if model_name not in allow:
+            raise ParamError(f"this server builds only these timm models: {', '.join(allow)} (PRUNE_VIZ_TIMM_ALLOW)")
+        return
+    millions = timm_num_params(model_name) / 1e6
+    limit = timm_params_limit_m()
+    if millions > limit:
+        raise ParamError(
+            f"timm:{model_name} has {millions:,.0f}M parameters; this server builds timm models of up to "
+            f"{limit:g}M (its owner can raise PRUNE_VIZ_TIMM_MAX_PARAMS_M)"
+        )
+
+
 def _build_timm(name: str, checkpoint: str | None, input_size: int | None, download: bool, random_weights: bool) -> Backbone:
     from .vit import build_timm
+
+    check_timm_allowed(name[len(TIMM_PREFIX):])
 
     return build_timm(name[len(TIMM_PREFIX):], input_size=input_size, checkpoint=checkpoint,
                       pretrained=download and not random_weights)
@@ -121,7 +161,7 @@ _MAX_MODELS = 3
 
 
 def check_backbone_name(name: str) -> BackboneEntry:
-    """The registry entry for ``name``; ValueError unless it is one of ours or
+    """The registry entry for ``name``; ParamError unless it is one of ours or
     ``timm:<a model in timm's registry>``.
 
     timm also accepts ``hf-hub:<repo>`` and ``local-dir:<path>`` names, which would fetch from
@@ -132,14 +172,14 @@ def check_backbone_name(name: str) -> BackboneEntry:
     if name.startswith(TIMM_PREFIX) and len(name) > len(TIMM_PREFIX):
         model_name = name[len(TIMM_PREFIX):]
         if any(c in model_name for c in ":/\\") or model_name.startswith("."):
-            raise ValueError(f"'{name}': give a model name from timm's registry (no hf-hub:, local-dir: or paths)")
+            raise ParamError(f"{echo(name)}: give a model name from timm's registry (no hf-hub:, local-dir: or paths)")
         from timm.models import is_model
 
         if not is_model(model_name):
-            raise ValueError(f"'{name}': timm has no model called '{model_name}' (timm.list_models('vit_*') lists them)")
+            raise ParamError(f"{echo(name)}: timm has no model called {echo(model_name)} (timm.list_models('vit_*') lists them)")
         return BUILDERS[TIMM_PREFIX]
     names = ", ".join(n if n != TIMM_PREFIX else "timm:<model_name>" for n in BUILDERS)
-    raise ValueError(f"unknown backbone '{name}'; choose {names}")
+    raise ParamError(f"unknown backbone {echo(name)}; choose {names}")
 
 
 def input_size_for(name: str, size: int | float | None) -> int | None:
@@ -155,7 +195,7 @@ def build_backbone(
     download: bool = False,
     random_weights: bool = False,
 ) -> Backbone:
-    """Build (or reuse) a backbone adapter. Raises ValueError / CheckpointError with a reason."""
+    """Build (or reuse) a backbone adapter. Raises ParamError / CheckpointError with a reason."""
     entry = check_backbone_name(name)
     # The demo's server-side weights override is part of what identifies the model.
     key = (name, checkpoint, input_size, random_weights, os.environ.get("PRUNE_VIZ_DEMO_WEIGHTS"))
@@ -185,7 +225,7 @@ def facts_of(backbone: Backbone) -> BackboneFacts:
 def describe(name: str, input_size: int | float | None = None) -> BackboneFacts:
     """What backbone ``name`` at ``input_size`` offers. Built (from the shared cache) when its
     weights are here; otherwise, for families with a known configuration (SAM), described from
-    it with ``missing`` saying how to get the weights. ValueError for unknown names."""
+    it with ``missing`` saying how to get the weights. ParamError for unknown names."""
     name = (name or "").strip()
     entry = check_backbone_name(name)
     size = input_size_for(name, input_size)
@@ -201,5 +241,5 @@ def download_weights(name: str, progress: Callable[[int, int], None] | None = No
     """Fetch the official weights of ``name`` into the checkpoint folder (needs the network)."""
     entry = check_backbone_name(name)
     if entry.download is None:
-        raise ValueError(f"{name} has no official weights to download")
+        raise ParamError(f"{name} has no official weights to download")
     return entry.download(name, progress)
