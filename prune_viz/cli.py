@@ -1,25 +1,23 @@
 """Command line: ``python -m prune_viz analyze IMAGE --out DIR [...]`` (and ``bench``).
 
-User errors (bad file, bad parameter, missing checkpoint) print one ``error: ...`` line and exit
-with code 2; nothing else is caught, so a bug still shows its traceback.
+User errors (bad file, bad parameter, missing checkpoint, an ``--out`` that cannot be written)
+print one ``error: ...`` line and exit with code 2, checked before the run where they can be.
+Only :class:`~prune_viz.errors.UserError` is caught: a bug still shows its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from pathlib import Path
+from typing import Callable
 
-from .checkpoints import CheckpointError
-from .io import InputError
-from .params import DEFAULT_METHOD, make_plan, param_names
+from .errors import UserError, echo
+from .params import DEFAULT_METHOD, MAX_INPUT_SIZE, MAX_SEED, make_plan, param_names
 
 EXIT_USAGE = 2
-
-
-class UserError(ValueError):
-    """Anything the user can fix; printed as one line."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -55,12 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--backbone", default="demo", help="demo | sam_vit_b | sam_vit_l | sam_vit_h | timm:NAME")
     a.add_argument("--checkpoint", default=None)
     a.add_argument("--download", action="store_true", help="download official weights when not on disk (needs network)")
-    a.add_argument("--input-size", type=int, default=None)
+    a.add_argument("--input-size", type=_whole_number(16, MAX_INPUT_SIZE), default=None,
+                   help=f"square input size in pixels, 16..{MAX_INPUT_SIZE} (default: the backbone's)")
     a.add_argument("--method", default=DEFAULT_METHOD, choices=sorted(METHODS))
     a.add_argument("--layers", default=None, help="1-based pruning layers, e.g. 3,6,8 (default: the backbone's)")
     a.add_argument("--mask", type=Path, default=None, help="ground-truth label mask for mIoU")
-    a.add_argument("--seed", type=int, default=0)
-    a.add_argument("--repeat", type=int, default=3, help="timed runs per forward (median after one warm-up)")
+    a.add_argument("--seed", type=_whole_number(0, MAX_SEED), default=0)
+    a.add_argument("--repeat", type=_whole_number(0, 100), default=3, help="timed runs per forward (median after one warm-up)")
     a.add_argument("--no-measure", action="store_true", help="skip the FLOP-counter cross-check")
     add_method_options(a)
     from .bench import add_bench_parser
@@ -69,12 +68,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _whole_number(lo: int, hi: int) -> Callable[[str], int]:
+    """argparse type: an integer in [lo, hi] (a bad one is argparse's one-line usage error)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {echo(text)}") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"must be from {lo} to {hi}, got {value}")
+        return value
+
+    return parse
+
+
+def check_out_dir(out: Path) -> None:
+    """Make sure ``--out`` is (or can become) a writable folder before anything runs."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a folder to write the results into")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--out {out}: cannot create the folder ({exc.strerror or exc})") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise UserError(f"--out {out}: the folder is not writable")
+
+
 def cmd_analyze(args: argparse.Namespace) -> int:
     from .analysis import analyze, mask_refusal, save_outputs
     from .backbones import build_backbone
     from .io import load_image, load_mask
     from .methods import get_method
 
+    check_out_dir(args.out)
     loaded = load_image(args.image)
     for notice in loaded.notices:
         print(f"note: {notice}", file=sys.stderr)
@@ -110,6 +137,6 @@ def main(argv: list[str] | None = None) -> int:
         from .bench import cmd_bench
 
         return cmd_bench(args)
-    except (UserError, InputError, CheckpointError, ValueError, FileNotFoundError) as exc:
+    except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE

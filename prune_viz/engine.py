@@ -24,6 +24,7 @@ from torch import Tensor
 
 from .backbones.base import Backbone, BlockOutput, Prepared, Segmentation
 from .budget import check_time
+from .errors import ParamError
 from .flops import measure_macs
 from .methods.base import EXITED, GONE, KEPT, PRUNED, MethodSpec, PruneContext
 
@@ -192,24 +193,24 @@ def _diagnostics_to_maps(diag: dict[str, Any], kept_idx: Tensor, n: int, grid: t
 
 
 def validate_plan(backbone: Backbone, plan: Plan) -> None:
-    """Raise ValueError with a user-facing reason when the plan cannot run on this backbone."""
+    """Raise ParamError with a user-facing reason when the plan cannot run on this backbone."""
     if not plan.layers:
-        raise ValueError("choose at least one pruning layer")
+        raise ParamError("choose at least one pruning layer")
     if list(plan.layers) != sorted(set(plan.layers)):
-        raise ValueError(f"pruning layers must be distinct and increasing, got {list(plan.layers)}")
+        raise ParamError(f"pruning layers must be distinct and increasing, got {list(plan.layers)}")
     for layer in plan.layers:
         if not 1 <= layer <= backbone.num_blocks - 1:
-            raise ValueError(
+            raise ParamError(
                 f"pruning layer {layer} is out of range for {backbone.name}: "
                 f"choose layers 1..{backbone.num_blocks - 1} (pruning after the last block saves nothing)"
             )
     reason = plan.method.unmet_need(backbone.name, tuple(backbone.aux_layers))
     if reason:
-        raise ValueError(f"method '{plan.method.name}' {reason}")
+        raise ParamError(f"method '{plan.method.name}' {reason}")
     if plan.method.needs_aux:
         missing = [layer for layer in plan.layers if layer not in backbone.aux_layers]
         if missing:
-            raise ValueError(
+            raise ParamError(
                 f"method '{plan.method.name}' can only prune after layers with an auxiliary head "
                 f"{list(backbone.aux_layers)} on {backbone.name}; got {missing}"
             )

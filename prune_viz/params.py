@@ -2,8 +2,9 @@
 
 The app, its API, the CLI and the benchmark all build plans here (one utility per rule, like
 ToMe's ``parse_r``): a method's parameter names, its default layers on a backbone, whether it
-can run there, which values it takes. Anything wrong becomes a ``ValueError`` whose message can
-be shown to the user as is.
+can run there, which values it takes. Anything wrong becomes a :class:`~prune_viz.errors.ParamError`
+(a ``ValueError``) whose message can be shown to the user as is; echoed values are cut to 200
+characters.
 """
 
 from __future__ import annotations
@@ -13,12 +14,15 @@ import math
 from typing import Any
 
 from .backbones import BackboneFacts
+from .errors import ParamError, echo
 from .backbones.base import Backbone
 from .engine import Plan, validate_plan
 from .methods import METHODS, get_method
 from .methods.base import MethodSpec
 
 DEFAULT_METHOD = "lvtp" if "lvtp" in METHODS else "random"
+MAX_SEED = 2**32 - 1  # numpy's and our generators' range; larger ones overflowed inside torch
+MAX_INPUT_SIZE = 2048  # px per side: SAM's global attention at 2048 already holds 16384 tokens
 
 
 def param_names(spec: MethodSpec) -> tuple[str, ...]:
@@ -50,10 +54,10 @@ def parse_layers(text: str | list | tuple | None) -> tuple[int, ...] | None:
     try:
         values = [int(str(p).strip()) for p in parts if str(p).strip() != ""]
     except ValueError:
-        raise ValueError(f"layers must be integers like 3,6,8, got '{text}'") from None
+        raise ParamError(f"layers must be integers like 3,6,8, got {echo(text)}") from None
     if not values:
         if isinstance(text, str):  # "," or " , ": something was typed, but no layer
-            raise ValueError(f"layers must be integers like 3,6,8, got '{text}'")
+            raise ParamError(f"layers must be integers like 3,6,8, got {echo(text)}")
         return None
     return tuple(sorted(set(values)))
 
@@ -65,13 +69,13 @@ def method_values(method: str, values: dict[str, Any], strict: bool = False) -> 
     names = param_names(spec)
     unknown = sorted(set(values) - set(names))
     if strict and unknown:
-        raise ValueError(f"{method} has no parameter {', '.join(unknown)}; it takes: {', '.join(sorted(names)) or 'none'}")
+        raise ParamError(f"{method} has no parameter {echo(', '.join(unknown))}; it takes: {', '.join(sorted(names)) or 'none'}")
     out = {}
     for key, value in values.items():
         if key not in names or value is None:
             continue
         if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"{key} must be a finite number, got {value}")
+            raise ParamError(f"{key} must be a finite number, got {value}")
         out[key] = value
     return out
 
@@ -84,7 +88,7 @@ def make_plan(
     values: dict[str, Any] | None = None,
     strict: bool = False,
 ) -> Plan:
-    """Method name + raw values + layers -> validated Plan (ValueError with the reason).
+    """Method name + raw values + layers -> validated Plan (ParamError with the reason).
 
     Availability is checked first (a clearer message than a failed run). ``layers``: text,
     a list, or None / '' for :func:`default_layers`; an empty list is a choice of no layer and
@@ -94,18 +98,20 @@ def make_plan(
     spec = get_method(method)
     reason = spec.unmet_need(backbone.name, tuple(backbone.aux_layers))
     if reason:
-        raise ValueError(f"{method} cannot run on {backbone.name}: it {reason}")
+        raise ParamError(f"{method} cannot run on {backbone.name}: it {reason}")
     if isinstance(layers, (list, tuple)) and not layers:
-        raise ValueError("choose at least one pruning layer")
+        raise ParamError("choose at least one pruning layer")
     seed = 0 if seed is None else seed
     if isinstance(seed, float) and seed.is_integer():
         seed = int(seed)
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
+        raise ParamError(f"seed must be a whole number from 0 to {MAX_SEED}, got {echo(seed)}")
     try:
         params = spec.params_cls(**method_values(method, values or {}, strict))
     except TypeError as exc:
-        raise ValueError(f"bad parameter for {method}: {exc}") from None
+        raise ParamError(f"bad parameter for {method}: {exc}") from None
+    except ValueError as exc:  # the params dataclass checks each value against its range
+        raise ParamError(str(exc)) from None
     chosen = parse_layers(layers)
     plan = Plan(spec, params, chosen if chosen is not None else default_layers(spec, backbone), seed)
     validate_plan(backbone, plan)

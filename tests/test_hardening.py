@@ -229,3 +229,55 @@ def test_reports_say_which_weights_ran():
     backbone = build_backbone("timm:vit_tiny_patch16_224", input_size=64)
     result = analyze(backbone, np.zeros((64, 64, 3), np.uint8), make_plan(backbone, "random", "2"), repeat=0, measure=False)
     assert result.report["weights"] == "random weights"
+
+
+# --------------------------------------------------------------------------- the CLI
+
+
+from prune_viz.cli import main as cli_main  # noqa: E402
+
+TINY = ["--backbone", "timm:vit_tiny_patch16_224", "--input-size", "64", "--repeat", "0", "--no-measure"]
+
+
+@pytest.fixture(scope="module")
+def image_path(tmp_path_factory):
+    from PIL import Image
+
+    path = tmp_path_factory.mktemp("img") / "scene.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (70, 90, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def _cli(args: list[str], capsys) -> tuple[int, str]:
+    try:
+        code = cli_main(args)
+    except SystemExit as exc:  # argparse's usage errors
+        code = int(exc.code)
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--input-size", "-16"], "must be from 16 to 2048"),
+        (["--input-size", "0"], "must be from 16 to 2048"),
+        (["--seed", str(2**63)], "must be from 0 to 4294967295"),
+        (["--seed", "abc"], "expected a whole number, got 'abc'"),
+        (["--layers", "x" * 5000], "(5,000 characters)"),
+    ],
+)
+def test_cli_bad_numbers_are_one_line_and_exit_2(image_path, tmp_path, capsys, extra, message):
+    code, err = _cli(["analyze", str(image_path), "--out", str(tmp_path / "o"), *TINY, *extra], capsys)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert len(err) < 600
+
+
+def test_cli_checks_out_before_running(image_path, tmp_path, capsys, monkeypatch):
+    import prune_viz.analysis as analysis
+
+    monkeypatch.setattr(analysis, "analyze", lambda *a, **k: pytest.fail("ran before checking --out"))
+    a_file = tmp_path / "taken"
+    a_file.write_text("x")
+    for out, message in ((a_file, "is a file"), (a_file / "x", "cannot create the folder")):
+        code, err = _cli(["analyze", str(image_path), "--out", str(out), *TINY], capsys)
+        assert code == 2 and message in err and "Traceback" not in err

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import ParamError
 from ..flops import conv_macs, linear_macs, measure_macs
 from .base import Backbone, BlockKind, BlockOutput, Prepared, Segmentation
 from .sam_attention import full_block_macs, run_block_subset, subset_attention, subset_attention_macs
@@ -280,13 +281,13 @@ class SamBackbone(Backbone):
         """
         embedding = seg_or_embedding.extra["image_embedding"] if isinstance(seg_or_embedding, Segmentation) else seg_or_embedding
         if points is None and box is None:
-            raise ValueError("give at least one point or a box")
+            raise ParamError("give at least one point or a box")
         coords = labels = boxes = None
         if points is not None:
             pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
             lab = np.ones(len(pts)) if point_labels is None else np.asarray(point_labels).reshape(-1)
             if len(lab) != len(pts):
-                raise ValueError(f"{len(pts)} points but {len(lab)} point labels")
+                raise ParamError(f"{len(pts)} points but {len(lab)} point labels")
             coords = torch.as_tensor(self.transform.apply_coords(pts, prep.orig_hw), dtype=torch.float32)[None]
             labels = torch.as_tensor(lab, dtype=torch.int)[None]
         if box is not None:

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..checkpoints import CheckpointError, cache_dir, download as download_file, load_state_dict
+from ..errors import ParamError
 
 PATCH_SIZE = 16
 WINDOW_SIZE = 14
@@ -80,7 +81,7 @@ def _build_sam_model(
     from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
     if img_size % PATCH_SIZE or img_size < PATCH_SIZE:
-        raise ValueError(f"img_size must be a positive multiple of {PATCH_SIZE}, got {img_size}")
+        raise ParamError(f"img_size must be a positive multiple of {PATCH_SIZE}, got {img_size}")
     grid = img_size // PATCH_SIZE
     sam = Sam(
         image_encoder=ImageEncoderViT(

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from ..checkpoints import CheckpointError, load_state_dict
 from ..cluster import cosine_kmeans, kmeans_macs
+from ..errors import ParamError
 from ..flops import attention_core_macs, conv_macs, linear_macs
 from .base import Backbone, BlockKind, BlockOutput, Prepared, Segmentation
 
@@ -33,7 +34,7 @@ def attention_statistics(block: nn.Module, x: Tensor, num_prefix: int, has_cls: 
     """
     attn = block.attn
     if not hasattr(attn, "qkv") or not isinstance(attn.qkv, nn.Linear):
-        raise ValueError("this method needs attention scores, which this timm model's attention does not expose")
+        raise ParamError("this method needs attention scores, which this timm model's attention does not expose")
     b, t, _ = x.shape
     y = block.norm1(x)
     qkv = attn.qkv(y).reshape(b, t, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
@@ -56,14 +57,14 @@ class TimmViT(Backbone):
         from timm.models.vision_transformer import VisionTransformer
 
         if not isinstance(model, VisionTransformer):
-            raise ValueError(f"{name} is not a plain timm VisionTransformer")
+            raise ParamError(f"{name} is not a plain timm VisionTransformer")
         self.model = model.eval()
         self.name = name
         self.patch_size = int(model.patch_embed.patch_size[0])
         native = int(model.patch_embed.img_size[0]) if model.patch_embed.img_size else 224
         self.input_size = int(input_size or native)
         if self.input_size % self.patch_size:
-            raise ValueError(f"input size {self.input_size} must be a multiple of the patch size {self.patch_size}")
+            raise ParamError(f"input size {self.input_size} must be a multiple of the patch size {self.patch_size}")
         if self.input_size != native and not getattr(model, "dynamic_img_size", False):
             # timm's own resampling of the position embedding (done once, on this model copy).
             model.set_input_size(img_size=(self.input_size, self.input_size))

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from .base import MethodSpec
+from ..errors import ParamError, echo
 from . import dtop, lvtp, matp
+from .base import MethodSpec
 from .baselines import EVIT, NONE, RANDOM
 
 METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in (NONE, RANDOM, EVIT, lvtp.SPEC, dtop.SPEC, matp.SPEC)}
@@ -11,6 +12,6 @@ METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in (NONE, RANDOM, EVI
 
 def get_method(name: str) -> MethodSpec:
     if name not in METHODS:
-        raise ValueError(f"unknown method '{name}'; choose one of: {', '.join(METHODS)}")
+        raise ParamError(f"unknown method {echo(name)}; choose one of: {', '.join(METHODS)}")
     return METHODS[name]
 
