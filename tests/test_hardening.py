@@ -281,3 +281,48 @@ def test_cli_checks_out_before_running(image_path, tmp_path, capsys, monkeypatch
     for out, message in ((a_file, "is a file"), (a_file / "x", "cannot create the folder")):
         code, err = _cli(["analyze", str(image_path), "--out", str(out), *TINY], capsys)
         assert code == 2 and message in err and "Traceback" not in err
+
+
+# --------------------------------------------------------------------------- narrow exception handling
+
+
+def test_our_own_bugs_in_the_loader_are_not_disguised_as_bad_files(monkeypatch):
+    """A bug in our code (here: band selection) must escape as itself, not as 'could not read'."""
+    import prune_viz.io as io_pkg
+    from tests import zoo
+
+    def broken(*args, **kwargs):
+        raise KeyError("a bug of ours")
+
+    monkeypatch.setattr(io_pkg, "_to_loaded", broken)
+    with pytest.raises(KeyError, match="a bug of ours"):
+        load_image(zoo.png_bytes(np.zeros((8, 8, 3), np.uint8)))
+
+
+def test_a_decoder_failure_is_still_the_files_fault():
+    from tests import zoo
+
+    data = bytearray(zoo.png_bytes(np.random.default_rng(1).integers(0, 255, (40, 40, 3), dtype=np.uint8)))
+    data[60:80] = b"\xff" * 20  # inside the compressed pixels
+    with pytest.raises(InputError, match="truncated or corrupt|could not read"):
+        load_image(bytes(data))
+
+
+def test_a_tiff_that_tifffile_cannot_read_says_pillow_read_it(monkeypatch):
+    import prune_viz.io.tiff as tiff
+
+    def tifffile_fails(src, for_mask):
+        import tifffile
+
+        tifffile.TiffFile(b"not a tiff at all")  # raises inside tifffile
+
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.full((8, 8, 3), 90, np.uint8)).save(buf, "TIFF")
+    monkeypatch.setattr(tiff, "_decode_tifffile", tifffile_fails)
+    loaded = load_image(buf.getvalue())
+    assert (loaded.rgb == 90).all()
+    assert loaded.notices[0].startswith("read with Pillow, as tifffile could not")

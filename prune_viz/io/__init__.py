@@ -35,10 +35,12 @@ from .guards import (
     SMALL_SIDE,
     InputError,
     _check_input_type,
+    _corrupt,
     _Raw,
     _read_source,
     _Source,
     _user_errors,
+    raised_by_decoder,
 )
 from .mask import _check_palette, _fit_mask, _mask_to_ids
 from .pillow import _decode_pillow, _open_pillow, _pillow_bands_dtype
@@ -125,14 +127,17 @@ def describe_bands(path_or_bytes: str | os.PathLike | bytes) -> tuple[int, str]:
                 return _describe_tiff(src)
             except InputError:
                 raise
-            except Exception:
-                pass  # tifffile could not parse it; Pillow's reader may
+            except Exception as exc:
+                if not raised_by_decoder(exc):
+                    raise
+                # tifffile could not parse it; Pillow's reader may
         im = _open_pillow(src)
         return _pillow_bands_dtype(im, src)
 
 
 def _decode(src: _Source, for_mask: bool) -> _Raw:
     """Decode to band-last pixels. ``for_mask`` keeps palette indices instead of colours."""
-    if src.fmt == "TIFF":
-        return _decode_tiff(src, for_mask)
-    return _decode_pillow(src, for_mask)
+    raw = _decode_tiff(src, for_mask) if src.fmt == "TIFF" else _decode_pillow(src, for_mask)
+    if raw.array.ndim != 3 or 0 in raw.array.shape:  # e.g. a TIFF that declares 0 samples per pixel
+        raise _corrupt(src.fmt, ValueError(f"the decoder returned no pixels (shape {raw.array.shape})"))
+    return raw

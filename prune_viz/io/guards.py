@@ -141,9 +141,33 @@ def _sniff(head: bytes) -> str | None:
     return None
 
 
+# The decoder libraries, by the folder their code lives in (a Cython frame of imagecodecs
+# names a relative "imagecodecs/_imcd.pyx"): exceptions raised there are the file's fault.
+_DECODER_DIRS = frozenset({"PIL", "tifffile", "imagecodecs", "cv2"})
+_NUMPY_PART = f"{os.sep}numpy{os.sep}"
+
+
+def raised_by_decoder(exc: BaseException) -> bool:
+    """True when ``exc`` was raised inside a decoder library (Pillow, tifffile, imagecodecs,
+    OpenCV) while it parsed a user's bytes.
+
+    Judged by the innermost frame of the traceback that is not numpy's (numpy only does what
+    its caller asked). Anything else, our own code above all, is a bug: it must not be
+    disguised as the user's fault, and goes on as an internal error."""
+    tb = exc.__traceback__
+    last_file = ""
+    while tb is not None:
+        filename = tb.tb_frame.f_code.co_filename
+        if _NUMPY_PART not in filename:
+            last_file = filename
+        tb = tb.tb_next
+    return not _DECODER_DIRS.isdisjoint(last_file.replace("\\", "/").split("/"))
+
+
 @contextmanager
 def _user_errors(what: str) -> Iterator[None]:
-    """Turn any exception escaping a decoder into an InputError with a one-line reason.
+    """Turn what a decoder library throws into an InputError with a one-line reason; our own
+    exceptions pass through untouched (bugs must show as bugs).
 
     The cause stays chained (``from exc``) for logs; the user sees only the message.
     """
@@ -152,8 +176,10 @@ def _user_errors(what: str) -> Iterator[None]:
     except InputError:
         raise
     except MemoryError as exc:
-        raise InputError(f"not enough memory to read this {what}; try a smaller file") from exc
-    except Exception as exc:  # the boundary: whatever a decoder throws, the user gets one line
+        raise InputError(f"the server ran out of memory reading this {what}; try a smaller file") from exc
+    except Exception as exc:
+        if not raised_by_decoder(exc):
+            raise
         raise InputError(f"could not read the {what}: {_short(exc)}") from exc
 
 

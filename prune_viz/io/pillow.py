@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from . import guards
-from .guards import _DEFLATE_MAX_RATIO, _NOT_AN_IMAGE, InputError, _check_size, _corrupt, _downscaled_size, _human_bytes, _Raw, _short, _Source
+from .guards import _DEFLATE_MAX_RATIO, raised_by_decoder, _NOT_AN_IMAGE, InputError, _check_size, _corrupt, _downscaled_size, _human_bytes, _Raw, _short, _Source
 
 _PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # by IHDR colour type
 
@@ -58,6 +58,8 @@ def _open_pillow(src: _Source) -> Image.Image:
     try:
         im = opener(io.BytesIO(src.data))
     except Exception as exc:
+        if not raised_by_decoder(exc):
+            raise
         raise _corrupt(src.fmt, exc) from exc
     _check_size(*im.size)
     if src.fmt == "PNG":
@@ -106,6 +108,8 @@ def _decode_pillow(src: _Source, for_mask: bool) -> _Raw:
         try:
             im.load()
         except Exception as exc:
+            if not raised_by_decoder(exc):
+                raise
             raise _corrupt(src.fmt, exc) from exc
         im, orientation = _apply_exif_orientation(im)
         if orientation != 1:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import guards
-from .guards import _TIFF_MAX_RATIO, InputError, _check_size, _corrupt, _human_bytes, _Raw, _short, _Source
+from .guards import _TIFF_MAX_RATIO, raised_by_decoder, InputError, _check_size, _corrupt, _human_bytes, _Raw, _short, _Source
 from .pillow import _cmyk_to_rgb, _decode_pillow
 
 if TYPE_CHECKING:
@@ -49,14 +49,19 @@ class _TiffPlan:
 
 
 def _decode_tiff(src: _Source, for_mask: bool) -> _Raw:
-    """TIFF via tifffile; Pillow reads what tifffile cannot (LZW/JPEG without imagecodecs)."""
+    """TIFF via tifffile; Pillow reads what tifffile cannot (LZW/JPEG without imagecodecs),
+    saying so in a notice. Only tifffile's own failures fall back: a bug of ours stays a bug."""
     try:
         return _decode_tifffile(src, for_mask)
     except InputError:
         raise
+    except MemoryError:
+        raise
     except Exception as exc:
+        if not raised_by_decoder(exc):
+            raise
         try:
-            return _decode_pillow(src, for_mask)
+            raw = _decode_pillow(src, for_mask)
         except InputError as pil_error:
             if "imagecodecs" in str(exc):
                 raise InputError(
@@ -66,12 +71,18 @@ def _decode_tiff(src: _Source, for_mask: bool) -> _Raw:
             if "truncated" in str(pil_error):
                 raise _corrupt("TIFF", exc) from exc
             raise InputError(f"could not read the TIFF: {_short(exc)}") from exc
+        raw.notices.insert(0, f"read with Pillow, as tifffile could not ({_short(exc)})")
+        return raw
 
 
 def _open_tifffile(src: _Source) -> tifffile.TiffFile:
     import tifffile
 
-    return tifffile.TiffFile(io.BytesIO(src.data))
+    tif = tifffile.TiffFile(io.BytesIO(src.data))
+    if not tif.series or tif.series[0].keyframe is None:
+        tif.close()
+        raise _corrupt("TIFF", ValueError("the file holds no image"))
+    return tif
 
 
 def _describe_tiff(src: _Source) -> tuple[int, str]:
@@ -91,15 +102,28 @@ def _tiff_bands(page: tifffile.TiffPage, plan: _TiffPlan) -> int:
     return plan.channels - len(plan.alpha)
 
 
+# What reading malformed tags raises in our interpretation of them (a tuple where the TIFF
+# spec has one number, a missing tag, axes that contradict the shape). Caught only around that
+# interpretation, where the cause is known: the file's header.
+_MALFORMED_TAGS = (TypeError, ValueError, IndexError, KeyError, AttributeError, OverflowError)
+
+
 def _decode_tifffile(src: _Source, for_mask: bool) -> _Raw:
     with _open_tifffile(src) as tif:
         series = tif.series[0]
         page = series.keyframe
-        plan = _plan_tiff(series, page)
-        _check_size(plan.width, plan.height)
-        dtype = np.dtype(series.dtype)
-        _check_tiff_complete(series, len(src.data))
-        _check_tiff_expansion(series, page, plan)
+        try:
+            for tag in ("photometric", "bitspersample", "compression", "samplesperpixel", "imagedepth"):
+                int(getattr(page, tag))  # one number each, as the spec says; read as such below
+            plan = _plan_tiff(series, page)
+            _check_size(plan.width, plan.height)
+            dtype = np.dtype(series.dtype)
+            _check_tiff_complete(series, len(src.data))
+            _check_tiff_expansion(series, page, plan)
+        except InputError:
+            raise
+        except _MALFORMED_TAGS as exc:
+            raise _corrupt("TIFF", exc) from exc
         notices = list(plan.notices)
         if len(tif.series) > 1:
             notices.append(f"the TIFF holds {len(tif.series)} images: using the first")
@@ -127,7 +151,10 @@ def _read_tiff_pixels(
     what = f"{plan.width}x{plan.height} {plan.channels}-band {dtype.name} TIFF"
     if nbytes <= guards.DECODE_BUDGET_BYTES:
         with guards.decode_slot(nbytes):
-            return series.asarray()[plan.index].transpose(plan.order), []
+            arr = series.asarray()
+        if arr.shape != tuple(series.shape):  # the tags contradict each other
+            raise _corrupt("TIFF", ValueError(f"decoded shape {arr.shape} is not the declared {tuple(series.shape)}"))
+        return arr[plan.index].transpose(plan.order), []
     if for_mask or not _can_read_reduced(series, page):
         guards.check_decode_budget(nbytes, what)  # raises: over budget, and no reduced read
     factor = max(2, math.ceil(math.sqrt(plan.height * plan.width / guards.MAX_PIXELS)))
@@ -271,6 +298,8 @@ def _tiff_photometric(
         return arr, []  # masks want the stored values (palette indices are class ids)
     if photometric == _PHOTOMETRIC_PALETTE and page.colormap is not None and arr.shape[2] == 1:
         cmap = np.asarray(page.colormap)  # 3 x 2**bits, 16-bit colour values
+        if cmap.ndim != 2 or cmap.shape[0] != 3 or cmap.shape[1] < 1:
+            raise _corrupt("TIFF", ValueError(f"the colour map has shape {cmap.shape}, not 3 x N"))
         idx = np.clip(arr[..., 0].astype(np.intp), 0, cmap.shape[1] - 1)
         rgb = (cmap[:, idx] >> 8 if cmap.max() > 255 else cmap[:, idx]).astype(np.uint8)
         return np.moveaxis(rgb, 0, -1), []
