@@ -23,9 +23,12 @@ and ``tiff`` (decoders), ``bands`` (band choice, stretch, size cap), ``mask`` (c
 
 from __future__ import annotations
 
+import math
 import os
 
 import numpy as np
+
+from . import guards
 
 from .bands import LoadedImage, _check_stretch, _to_loaded, stretch_to_uint8
 from .guards import (
@@ -43,8 +46,8 @@ from .guards import (
     raised_by_decoder,
 )
 from .mask import _check_palette, _fit_mask, _mask_to_ids
-from .pillow import _decode_pillow, _open_pillow, _pillow_bands_dtype
-from .tiff import _decode_tiff, _describe_tiff
+from .pillow import _PILLOW_BYTES_PER_PIXEL, _decode_pillow, _open_pillow, _pillow_bands_dtype
+from .tiff import _decode_tiff, _describe_tiff, _open_tifffile
 
 __all__ = [
     "InputError",
@@ -76,8 +79,11 @@ def load_image(
     _check_input_type(path_or_bytes)
     with _user_errors("image"):
         src = _read_source(path_or_bytes)
-        raw = _decode(src, for_mask=False)
-        return _to_loaded(raw, bands, lo_pct, hi_pct)
+        # A large image holds the process-wide slot through decoding *and* conversion: the
+        # conversion's full-size temporaries would otherwise overlap the next upload's decode.
+        with guards.decode_slot(_declared_bytes(src)):
+            raw = _decode(src, for_mask=False)
+            return _to_loaded(raw, bands, lo_pct, hi_pct)
 
 
 def load_mask(
@@ -133,6 +139,24 @@ def describe_bands(path_or_bytes: str | os.PathLike | bytes) -> tuple[int, str]:
                 # tifffile could not parse it; Pillow's reader may
         im = _open_pillow(src)
         return _pillow_bands_dtype(im, src)
+
+
+def _declared_bytes(src: _Source) -> int:
+    """Bytes the header says the decoded pixels take (0 when the header cannot be read: the
+    decoder will then say what is wrong)."""
+    try:
+        if src.fmt == "TIFF":
+            with _open_tifffile(src) as tif:
+                series = tif.series[0]
+                return int(math.prod(series.shape)) * np.dtype(series.dtype).itemsize
+        im = _open_pillow(src)
+        return im.size[0] * im.size[1] * _PILLOW_BYTES_PER_PIXEL.get(im.mode, 4)
+    except InputError:
+        return 0
+    except Exception as exc:
+        if not raised_by_decoder(exc):
+            raise
+        return 0
 
 
 def _decode(src: _Source, for_mask: bool) -> _Raw:

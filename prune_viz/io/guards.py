@@ -39,7 +39,7 @@ DECODE_BUDGET_BYTES: int = 512 * 2**20
 # Decodes above this size take a process-wide slot, one at a time, so two large uploads at once
 # cannot add their peaks (the app serves many browsers from one process).
 LARGE_DECODE_BYTES: int = 64 * 2**20
-_LARGE_DECODE_SLOT = threading.Lock()
+_LARGE_DECODE_SLOT = threading.RLock()  # re-entrant: load_image holds it around the decoders that take it
 # Most bytes one stored byte can decode to. Deflate's format caps it near 1032:1; LZW and
 # PackBits stay well below 5000:1. A header promising more pixels than the stored bytes can
 # hold is a truncated file or a bomb, and is refused before the decoder allocates the image
