@@ -81,7 +81,10 @@ def load_image(
         src = _read_source(path_or_bytes)
         # A large image holds the process-wide slot through decoding *and* conversion: the
         # conversion's full-size temporaries would otherwise overlap the next upload's decode.
-        with guards.decode_slot(_declared_bytes(src)):
+        declared, what = _declared_bytes(src)
+        if src.fmt not in ("TIFF", "JPEG"):  # no reduced decoding: refuse now, without queueing for the slot
+            guards.check_decode_budget(declared, what)
+        with guards.decode_slot(declared):
             raw = _decode(src, for_mask=False)
             return _to_loaded(raw, bands, lo_pct, hi_pct)
 
@@ -141,22 +144,22 @@ def describe_bands(path_or_bytes: str | os.PathLike | bytes) -> tuple[int, str]:
         return _pillow_bands_dtype(im, src)
 
 
-def _declared_bytes(src: _Source) -> int:
-    """Bytes the header says the decoded pixels take (0 when the header cannot be read: the
-    decoder will then say what is wrong)."""
+def _declared_bytes(src: _Source) -> tuple[int, str]:
+    """(bytes the header says the decoded pixels take, the image in words); 0 when the header
+    cannot be read: the decoder will then say what is wrong."""
     try:
         if src.fmt == "TIFF":
             with _open_tifffile(src) as tif:
                 series = tif.series[0]
-                return int(math.prod(series.shape)) * np.dtype(series.dtype).itemsize
+                return int(math.prod(series.shape)) * np.dtype(series.dtype).itemsize, "TIFF"
         im = _open_pillow(src)
-        return im.size[0] * im.size[1] * _PILLOW_BYTES_PER_PIXEL.get(im.mode, 4)
+        return im.size[0] * im.size[1] * _PILLOW_BYTES_PER_PIXEL.get(im.mode, 4), f"{im.size[0]}x{im.size[1]} {im.mode} {src.fmt}"
     except InputError:
-        return 0
+        return 0, src.fmt
     except Exception as exc:
         if not raised_by_decoder(exc):
             raise
-        return 0
+        return 0, src.fmt
 
 
 def _decode(src: _Source, for_mask: bool) -> _Raw:
