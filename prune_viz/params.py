@@ -22,6 +22,7 @@ from .methods.base import MethodSpec
 
 DEFAULT_METHOD = "lvtp" if "lvtp" in METHODS else "random"
 MAX_SEED = 2**32 - 1  # numpy's and our generators' range; larger ones overflowed inside torch
+MAX_LAYERS_TEXT = 200  # "1,2,...,32" is 84 characters; more is not a layer list
 MAX_INPUT_SIZE = 2048  # px per side: SAM's global attention at 2048 already holds 16384 tokens
 
 
@@ -50,6 +51,8 @@ def parse_layers(text: str | list | tuple | None) -> tuple[int, ...] | None:
     """'3,6,8' / [3, 6, 8] / None -> sorted distinct layers (None or '' = the default; ',' is refused)."""
     if text is None or (isinstance(text, str) and text.strip() == ""):
         return None
+    if len(text) > MAX_LAYERS_TEXT:
+        raise ParamError(f"layers: at most {MAX_LAYERS_TEXT} characters, got {len(text):,} (e.g. 3,6,8)")
     parts = text.split(",") if isinstance(text, str) else list(text)
     try:
         values = [int(str(p).strip()) for p in parts if str(p).strip() != ""]
