@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import uuid
 
-__all__ = ["UserError", "ParamError", "echo", "internal_error_message", "ECHO_LIMIT"]
+__all__ = ["UserError", "ParamError", "echo", "shorten", "internal_error_message", "ECHO_LIMIT"]
 
 ECHO_LIMIT: int = 200  # characters of a user's own value quoted back in a message
 
@@ -31,12 +31,15 @@ class ParamError(UserError):
     """A parameter, layer list, seed, method or model name that is not allowed."""
 
 
+def shorten(text: str, limit: int = ECHO_LIMIT) -> str:
+    """``text`` cut to ``limit`` characters, saying how long it was."""
+    return text if len(text) <= limit else f"{text[: limit - 1]}… ({len(text):,} characters)"
+
+
 def echo(value: object, limit: int = ECHO_LIMIT) -> str:
     """``repr``-like quote of a user's value, cut to ``limit`` characters (a 1 MB string typed
     into a box must not come back as a 1 MB error)."""
-    text = value if isinstance(value, str) else repr(value)
-    if len(text) > limit:
-        text = f"{text[: limit - 1]}… ({len(text):,} characters)"
+    text = shorten(value if isinstance(value, str) else repr(value), limit)
     return f"'{text}'" if isinstance(value, str) else text
 
 

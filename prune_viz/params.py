@@ -14,7 +14,7 @@ import math
 from typing import Any
 
 from .backbones import BackboneFacts
-from .errors import ParamError, echo
+from .errors import ParamError, echo, shorten
 from .backbones.base import Backbone
 from .engine import Plan, validate_plan
 from .methods import METHODS, get_method
@@ -72,7 +72,7 @@ def method_values(method: str, values: dict[str, Any], strict: bool = False) -> 
     names = param_names(spec)
     unknown = sorted(set(values) - set(names))
     if strict and unknown:
-        raise ParamError(f"{method} has no parameter {echo(', '.join(unknown))}; it takes: {', '.join(sorted(names)) or 'none'}")
+        raise ParamError(f"{method} has no parameter {shorten(', '.join(unknown))}; it takes: {', '.join(sorted(names)) or 'none'}")
     out = {}
     for key, value in values.items():
         if key not in names or value is None:

@@ -263,7 +263,8 @@ def _cli(args: list[str], capsys) -> tuple[int, str]:
         (["--input-size", "0"], "must be from 16 to 2048"),
         (["--seed", str(2**63)], "must be from 0 to 4294967295"),
         (["--seed", "abc"], "expected a whole number, got 'abc'"),
-        (["--layers", "x" * 5000], "(5,000 characters)"),
+        (["--layers", "x" * 5000], "at most 200 characters, got 5,000"),
+        (["--method", "lvtp", "--k2", "9" * 50], "k2 must be <= 64"),
     ],
 )
 def test_cli_bad_numbers_are_one_line_and_exit_2(image_path, tmp_path, capsys, extra, message):

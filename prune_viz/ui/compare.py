@@ -12,6 +12,7 @@ from .. import viz
 from ..analysis import Analysis, analyze
 from ..backbones.base import Backbone
 from ..engine import Baseline, Plan, attention_surcharge, estimate_macs
+from ..errors import UserError, echo
 from ..methods import get_method
 from ..params import make_plan, method_availability, param_names
 from .session import ModelKey, Session
@@ -59,6 +60,35 @@ def match_budget(
     return best, f"rate {getattr(best.params, field_name):.3f} chosen for the budget"
 
 
+MAX_COMPARED = 8  # every registered method, each run once per comparison
+
+
+def check_methods(methods: list[str]) -> list[str]:
+    """The methods a comparison runs: each once (20 copies of one are one comparison), at least
+    2 and at most MAX_COMPARED, all known; checked before any image is loaded or model run."""
+    methods = list(dict.fromkeys(methods))
+    if len(methods) < 2:
+        raise UserError("choose at least two different methods to compare")
+    if len(methods) > MAX_COMPARED:
+        raise UserError(f"compare at most {MAX_COMPARED} methods at once, got {len(methods)}")
+    for method in methods:
+        get_method(method)
+    return methods
+
+
+def check_budget(target_pct: Any) -> float | None:
+    """A matched-budget target in percent fewer MACs (None or 0: each method at its defaults)."""
+    if target_pct in (None, "", 0):
+        return None
+    try:
+        value = float(target_pct)
+    except (TypeError, ValueError):
+        raise UserError(f"the target reduction must be a number of percent, got {echo(target_pct)}") from None
+    if not 0 < value < 100:
+        raise UserError(f"the target reduction must be between 0 and 100 %, got {value:g}")
+    return value
+
+
 @dataclass
 class CompareRow:
     method: str
@@ -73,9 +103,8 @@ def compare_methods(
     """Each method on the session's image (its own defaults, or a matched MAC budget), all
     sharing one cached unpruned forward."""
     if session.image is None:
-        raise ValueError("load an image first (upload one or click an example)")
-    if len(methods) < 2:
-        raise ValueError("choose at least two methods to compare")
+        raise UserError("load an image first (upload one or click an example)")
+    methods = check_methods(methods)
     values_by_method = values_by_method or {}
     avail = method_availability(backbone)
     rows: list[CompareRow] = []

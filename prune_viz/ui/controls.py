@@ -10,6 +10,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import ParamError, echo
 from ..methods import METHODS
 
 
@@ -91,6 +92,9 @@ def _control_for(method: str, f: dataclasses.Field, hint: Any) -> ParamControl:
     return ParamControl(method=method, name=f.name, **base)
 
 
+MAX_PARAMS_JSON = 2000  # characters: every parameter of a method, spelled out, takes ~200
+
+
 def param_controls() -> list[ParamControl]:
     """Every parameter of every registered method, in registry and field order."""
     out = []
@@ -115,10 +119,10 @@ def values_for(method: str, controls: list[ParamControl], values: list[Any]) -> 
             try:
                 v = tuple(float(x) for x in str(v).replace("(", "").replace(")", "").split(",") if x.strip())
             except ValueError:
-                raise ValueError(f"{c.name} must be numbers separated by commas, got '{v}'") from None
+                raise ParamError(f"{c.name} must be numbers separated by commas, got '{v}'") from None
         elif c.is_int:
             if isinstance(v, float) and not v.is_integer():
-                raise ValueError(f"{c.name} must be a whole number, got {v}")
+                raise ParamError(f"{c.name} must be a whole number, got {v}")
             v = int(v)
         elif c.kind in ("slider", "float"):
             v = float(v)
@@ -127,15 +131,30 @@ def values_for(method: str, controls: list[ParamControl], values: list[Any]) -> 
 
 
 def parse_params_json(text: str | dict | None) -> dict[str, Any]:
-    """The API's params argument: a JSON object like {"rate": 0.5} (empty = defaults)."""
+    """The API's params argument: a JSON object like {"rate": 0.5} (empty = defaults), at most
+    MAX_PARAMS_JSON characters and one level of nesting (a list value, e.g. MATP's weights).
+
+    Checked before parsing: deeply nested JSON exhausts the parser's recursion, and a 1 MB value
+    would come back in the error message."""
     if text is None or (isinstance(text, str) and not text.strip()):
         return {}
     if isinstance(text, dict):
-        return text
+        text = json.dumps(text)
+    if not isinstance(text, str):
+        raise ParamError(f'params must be a JSON object like {{"rate": 0.5}}, got {type(text).__name__}')
+    if len(text) > MAX_PARAMS_JSON:
+        raise ParamError(f'params: at most {MAX_PARAMS_JSON:,} characters of JSON, got {len(text):,}')
+    depth = deepest = 0
+    for ch in text:  # nesting depth, counted without parsing (brackets inside strings count too: harmless)
+        depth += ch in "[{"
+        depth -= ch in "]}"
+        deepest = max(deepest, depth)
+    if deepest > 2:
+        raise ParamError('params must be a flat JSON object like {"rate": 0.5, "weights": [0.5, 0.25, 0.25]}')
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ValueError(f'params must be a JSON object like {{"rate": 0.5}}; could not parse it ({exc.msg})') from None
+        raise ParamError(f'params must be a JSON object like {{"rate": 0.5}}; could not parse it ({exc.msg})') from None
     if not isinstance(obj, dict):
-        raise ValueError(f'params must be a JSON object like {{"rate": 0.5}}, got {type(obj).__name__}')
+        raise ParamError(f'params must be a JSON object like {{"rate": 0.5}}, got {type(obj).__name__}')
     return {k: tuple(v) if isinstance(v, list) else v for k, v in obj.items()}

@@ -17,6 +17,7 @@ from ..analysis import save_outputs
 from ..backbones import BackboneFacts, input_size_for
 from ..backbones.base import Backbone
 from ..engine import Plan
+from ..errors import UserError
 from ..methods import get_method
 from ..params import plan_params
 from .session import Session
@@ -52,7 +53,7 @@ def export_zip(
     CLI line that reproduces it, zipped."""
     a = session.analysis
     if a is None or session.image is None:
-        raise ValueError("run an analysis first")
+        raise UserError("run an analysis first")
     root = Path(root or Path(tempfile.gettempdir()) / "prune_viz_exports")
     root.mkdir(parents=True, exist_ok=True)
     _clean_old(root, max_age_s=3600)

@@ -9,6 +9,7 @@ import numpy as np
 
 from .. import viz
 from ..backbones.base import Backbone
+from ..errors import UserError
 from .session import ModelKey, Session
 from .views import resize
 
@@ -32,7 +33,7 @@ def prompt_image(session: Session, max_side: int = 1024) -> np.ndarray | None:
 def add_click(session: Session, xy: tuple[float, float], mode: str, max_side: int = 1024) -> str:
     """A click on the displayed image (display pixels) -> a prompt in original pixels."""
     if session.image is None:
-        raise ValueError("load an image first")
+        raise UserError("load an image first")
     s = display_scale(session.image, max_side)
     x, y = float(xy[0]) / s, float(xy[1]) / s
     if mode.startswith("box"):
@@ -46,15 +47,15 @@ def add_click(session: Session, xy: tuple[float, float], mode: str, max_side: in
 
 def set_box(session: Session, x0: float, y0: float, x1: float, y1: float) -> None:
     if session.image is None:
-        raise ValueError("load an image first")
+        raise UserError("load an image first")
     h, w = session.image.shape[:2]
     vals = [float(v) for v in (x0, y0, x1, y1)]
     if not all(math.isfinite(v) for v in vals):
-        raise ValueError("box corners must be numbers")
+        raise UserError("box corners must be numbers")
     x0, y0, x1, y1 = vals
     box = (max(0.0, min(x0, x1)), max(0.0, min(y0, y1)), min(float(w), max(x0, x1)), min(float(h), max(y0, y1)))
     if box[2] - box[0] < 1 or box[3] - box[1] < 1:
-        raise ValueError(f"the box is empty inside the {w} x {h} image")
+        raise UserError(f"the box is empty inside the {w} x {h} image")
     session.set_box(box)
 
 
@@ -62,12 +63,12 @@ def sam_predict(session: Session, backbone: Backbone, model_key: ModelKey) -> tu
     """Prompted masks from the unpruned and the pruned image embeddings of the last analysis,
     which must come from this backbone at this input size (``model_key``)."""
     if not backbone.supports_prompts:
-        raise ValueError("prompts need a SAM backbone: choose sam_vit_b, sam_vit_l or sam_vit_h")
+        raise UserError("prompts need a SAM backbone: choose sam_vit_b, sam_vit_l or sam_vit_h")
     a = session.analysis
     if a is None or session.image is None or session.backbone_key != model_key:
-        raise ValueError(f"run the analysis with {model_key[0]} at {model_key[1]} px first (or wait until it has finished)")
+        raise UserError(f"run the analysis with {model_key[0]} at {model_key[1]} px first (or wait until it has finished)")
     if not session.points and session.box is None:
-        raise ValueError("click on the image to add a point (or draw a box) first")
+        raise UserError("click on the image to add a point (or draw a box) first")
     pts = np.array([(x, y) for x, y, _ in session.points], dtype=np.float64) if session.points else None
     labels = np.array([lab for _, _, lab in session.points]) if session.points else None
     box = np.array(session.box) if session.box is not None else None

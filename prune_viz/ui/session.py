@@ -22,7 +22,8 @@ import numpy as np
 from ..analysis import Analysis, analyze, attention_layers, mask_refusal
 from ..backbones.base import Backbone
 from ..engine import Baseline, Plan, estimate_macs, run_baseline
-from ..io import LoadedImage, describe_bands, load_image, load_mask
+from ..errors import UserError
+from ..io import InputError, LoadedImage, describe_bands, load_image, load_mask
 from .tables import estimate_summary
 
 ModelKey = tuple[str, "int | None"]  # (backbone name, input size): what a cached forward belongs to
@@ -75,7 +76,7 @@ class Session:
             self.gt = None
             return []
         if self.image is None:
-            raise ValueError("load an image before its ground-truth mask")
+            raise UserError("load an image before its ground-truth mask")
         reason = mask_refusal(backbone) if backbone is not None else None
         if reason:
             self.gt = None
@@ -113,7 +114,7 @@ class Session:
         Runs can overlap (a user changes settings during a slow run): a run that is no longer
         the newest when it ends returns None and leaves the session as the newer one set it."""
         if self.image is None:
-            raise ValueError("load an image first (upload one or click an example)")
+            raise UserError("load an image first (upload one or click an example)")
         self.runs += 1
         ticket = self.runs
         result = analyze(backbone, self.image, plan, gt=self.gt, baseline=self.cached_baseline(key), measure=False, repeat=0)
@@ -128,7 +129,7 @@ class Session:
         ``from_scratch`` (API calls): run the unpruned forward first when it is not cached."""
         if self.image is None:
             if from_scratch:
-                raise ValueError("load an image first")
+                raise UserError("load an image first")
             return None
         baseline = self.cached_baseline(key)
         if baseline is None:
@@ -143,7 +144,7 @@ class Session:
     def baseline_for_compare(self, backbone: Backbone, key: ModelKey) -> Baseline:
         """The cached unpruned forward, computed (and kept) when missing."""
         if self.image is None:
-            raise ValueError("load an image first (upload one or click an example)")
+            raise UserError("load an image first (upload one or click an example)")
         baseline = self.cached_baseline(key)
         if baseline is None:
             baseline = run_baseline(backbone, self.image)
@@ -173,7 +174,7 @@ class Session:
 def _band_count(path: str) -> int:
     try:
         return int(describe_bands(path)[0])
-    except Exception:
+    except InputError:
         return 3  # load_image will say what is wrong with the file
 
 

@@ -9,6 +9,7 @@ from typing import Any
 from ..backbones.base import Backbone
 from ..checkpoints import CheckpointError
 from ..engine import Plan
+from ..errors import UserError
 from ..params import DEFAULT_METHOD, make_plan
 from ..ui import compare
 from ..ui.choices import DEFAULT_BACKBONE, backbone_info
@@ -23,7 +24,7 @@ def _prepare(image: str | None, backbone: str, method: str, layers: str, params:
     """A fresh Session with the image (and mask) loaded, the model, its facts, a plan, and the
     input notices."""
     if not image:
-        raise ValueError("give an image file")
+        raise UserError("give an image file")
     facts, model = backbone_info(backbone or DEFAULT_BACKBONE)
     if model is None:
         raise CheckpointError(facts.missing)
@@ -62,9 +63,9 @@ def api_estimate(image, backbone, method, layers, params, seed) -> dict:
 @user_errors
 def api_compare(image, backbone, methods, layers, target_reduction_pct, seed) -> dict:
     """Several methods on one image: at their defaults, or at a matched MAC reduction (%)."""
-    names = [m.strip() for m in str(methods or "").replace(";", ",").split(",") if m.strip()]
+    names = compare.check_methods([m.strip() for m in str(methods or "").replace(";", ",").split(",") if m.strip()])
+    budget = compare.check_budget(target_reduction_pct)
     session, model, facts, _, _ = _prepare(image, backbone, "none", "", "", seed, None)
-    budget = None if target_reduction_pct in (None, "", 0) else float(target_reduction_pct)
     rows = compare.compare_methods(session, model, facts.key, names, layers or None, int(seed or 0), budget)
     _, table = compare.compare_views(rows, session.image, model.num_blocks, model.patch_size)
     return {

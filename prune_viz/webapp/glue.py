@@ -12,8 +12,8 @@ import gradio as gr
 import numpy as np
 from gradio.components.plot import PlotData
 
-from ..checkpoints import CheckpointError
-from ..io import InputError
+from ..budget import default_budget_s, time_budget
+from ..errors import UserError, internal_error_message
 from ..ui.files import write_pngs
 
 # Files are opened only from here: where Gradio puts what a browser or gradio_client uploaded.
@@ -21,18 +21,30 @@ UPLOAD_ROOTS: tuple[str, ...] = (gr.utils.get_upload_folder(),)
 
 
 def user_errors(fn: Callable) -> Callable:
-    """Anything the user can fix becomes a gr.Error with our message, never a traceback."""
+    """The error boundary of every handler and API endpoint: a :class:`UserError` (raised where
+    its cause is known) becomes a gr.Error with our message; anything else is logged with its
+    traceback under an id and shown as "internal error (id ...)", never as the user's fault.
+    Nothing reaches Gradio's own handler, whose bare "Error" says nothing. Each call runs under
+    the server's per-request time budget."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            with time_budget(default_budget_s()):
+                return fn(*args, **kwargs)
         except gr.Error:
             raise
-        except (InputError, CheckpointError, ValueError) as exc:
-            raise gr.Error(str(exc), print_exception=False) from None
+        except UserError as exc:
+            raise gr.Error(cut(str(exc)), print_exception=False) from None
+        except Exception as exc:  # noqa: BLE001 - the boundary: a bug is logged, the user told so
+            raise gr.Error(internal_error_message(exc, fn.__name__), print_exception=False) from None
 
     return wrapper
+
+
+def cut(message: str, limit: int = 600) -> str:
+    """Our messages quote at most 200 characters of input; this bounds what is left whole."""
+    return message if len(message) <= limit else message[: limit - 1] + "…"
 
 
 def packed(names: list[str]) -> Callable:

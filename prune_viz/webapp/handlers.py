@@ -15,9 +15,8 @@ import gradio as gr
 
 from ..backbones import BackboneFacts, download_weights
 from ..backbones.base import Backbone
-from ..checkpoints import CheckpointError
 from ..engine import Plan
-from ..io import InputError
+from ..errors import UserError
 from ..methods import METHODS, get_method
 from ..params import DEFAULT_METHOD, default_layers, make_plan, method_availability
 from ..ui import compare, prompts, texts
@@ -28,7 +27,7 @@ from ..ui.files import write_png
 from ..ui.session import Session
 from ..ui.tables import readout_markdown
 from ..ui.views import VIEW_TABS, full_views, layer_views
-from .glue import as_files, packed, plot, uploaded, user_errors
+from .glue import as_files, cut, packed, plot, uploaded, user_errors
 
 ROOT = Path(__file__).resolve().parents[2]
 CONTROLS = param_controls()
@@ -55,7 +54,6 @@ UPLOAD_OUT = [*INPUT_OUT, "mask_file", "mask_notices"]
 EXAMPLE_OUT = [*INPUT_OUT, "mask_notices", "image_file", "mask_file"]
 
 
-
 # ----------------------------------------------------------------------------- helpers
 
 
@@ -64,19 +62,9 @@ def examples() -> list[Example]:
     return find_examples(os.environ.get("PRUNE_VIZ_EXAMPLES", ROOT / "examples"))
 
 
-
-
-
-
-
-
-
-
 def sentences(head: str, notices: list[str]) -> str:
     """'Loaded x.' + ['stretched (2-98th percentile)', ...] -> one readable line."""
     return " ".join(p for p in (head, "; ".join(notices) + "." if notices else "") if p)
-
-
 
 
 def session_of(session: Session | None) -> Session:
@@ -186,8 +174,8 @@ def on_estimate(session, backbone, sam_size, method, layers, seed, view_layer, *
         if model is None:
             return texts.weights_missing(facts.name)
         summary = session.estimate(model, facts.key, _plan(model, method, layers, seed, params))
-    except (ValueError, InputError, CheckpointError) as exc:
-        return f"**These settings cannot run:** {exc}"
+    except UserError as exc:
+        return f"**These settings cannot run:** {cut(str(exc))}"
     if summary is None:
         return "*Running the unpruned model once; the live estimate works from then on.*"
     return readout_markdown(summary, "estimate", f" · {summary['estimate_ms']:.0f} ms")

@@ -11,7 +11,7 @@ from typing import Any
 import gradio as gr
 
 from ..backbones import SAM_SIZES, BackboneFacts
-from ..checkpoints import CheckpointError
+from ..errors import UserError
 from ..methods import METHODS, get_method
 from ..params import DEFAULT_METHOD, default_layers, method_availability
 from ..ui import texts
@@ -48,7 +48,7 @@ def initial_facts() -> tuple[BackboneFacts, str]:
     try:
         facts = backbone_info(DEFAULT_BACKBONE)[0]
         return facts, texts.backbone_note(facts.name)
-    except (CheckpointError, ValueError) as exc:
+    except UserError as exc:  # CheckpointError, a bad PRUNE_VIZ_DEMO_WEIGHTS: still start, and say why
         facts = BackboneFacts(DEFAULT_BACKBONE, None, 12, (), (), (6,), 0, False, "", missing=str(exc))
         return facts, f"**Cannot load the demo model:** {exc}"
 
