@@ -128,7 +128,7 @@ class Trace:
 
 def image_key(backbone: Backbone, image: np.ndarray) -> str:
     """Cache key: backbone identity and the image's bytes."""
-    digest = hashlib.sha1(np.ascontiguousarray(image).tobytes()).hexdigest()[:16]
+    digest = hashlib.sha1(memoryview(np.ascontiguousarray(image)).cast("B")).hexdigest()[:16]  # no copy
     return f"{backbone.name}:{image.shape}:{digest}"
 
 

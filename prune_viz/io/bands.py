@@ -73,13 +73,16 @@ def _to_loaded(raw: _Raw, bands: tuple[int, int, int] | None, lo_pct: float, hi_
     if notice:
         notices.append(notice)
     unique = sorted(set(chosen))
-    sel = arr[..., unique]
+    # The common case (an RGB file, its three bands in order) takes the array as it is: each
+    # fancy-indexed copy of a 16-megapixel image is 50 MB, and large uploads share the server.
+    sel = arr if unique == list(range(n_bands)) else arr[..., unique]
     if sel.dtype == bool:
         sel = sel.astype(np.uint8) * np.uint8(255)
     elif sel.dtype != np.uint8:
         sel, more = _stretch_for_display(sel, raw, lo_pct, hi_pct)
         notices += more
-    rgb = np.ascontiguousarray(sel[..., [unique.index(b) for b in chosen]])
+    order = [unique.index(b) for b in chosen]
+    rgb = np.ascontiguousarray(sel if order == list(range(sel.shape[2])) else sel[..., order])
     rgb, more = _limit_pixels(rgb, raw.full_hw)
     notices += more
     notices += _shape_notices(raw.full_hw)
