@@ -198,9 +198,20 @@ class DemoBackbone(TimmViT):
 
 
 def logits_to_labels(logit_map: Tensor, out_hw: tuple[int, int]) -> np.ndarray:
-    """1 x K x h x w logits -> out_h x out_w int32 labels (bilinear on logits, then argmax)."""
-    up = F.interpolate(logit_map.float(), size=out_hw, mode="bilinear", align_corners=False)
-    return up[0].argmax(0).numpy().astype(np.int32)
+    """1 x K x h x w logits -> out_h x out_w int32 labels (bilinear on logits, then argmax).
+
+    One class at a time with a running argmax: the K upsampled maps at once are K x 67 MB for
+    a 4096 x 4096 image (470 MB for the demo's 7 classes), one is 67 MB. Bilinear upsampling
+    treats channels independently and ties keep the lowest class, so the labels are the same."""
+    logits = logit_map.float()
+    best = F.interpolate(logits[:, :1], size=out_hw, mode="bilinear", align_corners=False)[0, 0]
+    labels = torch.zeros(out_hw, dtype=torch.int32)
+    for k in range(1, logits.shape[1]):
+        up = F.interpolate(logits[:, k : k + 1], size=out_hw, mode="bilinear", align_corners=False)[0, 0]
+        better = up > best
+        labels[better] = k
+        torch.maximum(best, up, out=best)
+    return labels.numpy()
 
 
 def build_demo(checkpoint: str | Path | None = None, config: str | Path | None = None) -> DemoBackbone:
