@@ -121,6 +121,7 @@ def abuse_cases() -> list[tuple[str, dict[str, Any]]]:
         ("seed 2**63", {"seed": 2**63}),
         ("seed 9.2e15", {"seed": 9.2e15}),
         ("seed -1", {"seed": -1}),
+        ("seed 'abc'", {"seed": "abc"}),
         ("params nested 5000 deep", {"params": '{"rate": ' + deep + "}"}),
         ("params 1 MB", {"params": json.dumps({"rate": "x" * 1_000_000})}),
         ("params not JSON", {"params": "{rate: 0.5"}),

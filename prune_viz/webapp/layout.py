@@ -129,11 +129,27 @@ def build_layout() -> dict[str, Any]:
         c.update({
             "api:image": gr.File(type="filepath"), "api:mask": gr.File(type="filepath"), "api:backbone": gr.Textbox("demo"),
             "api:method": gr.Textbox(DEFAULT_METHOD), "api:methods": gr.Textbox(""), "api:layers": gr.Textbox(""),
-            "api:params": gr.Textbox("{}"), "api:seed": gr.Number(0, precision=0), "api:target": gr.Number(0),
+            "api:params": gr.Textbox("{}"), "api:seed": _lenient(gr.Number(0, precision=0)), "api:target": _lenient(gr.Number(0)),
             "api:json": gr.JSON(), "api:file": gr.File(),
         })
         c.update({f"api_btn:{name}": gr.Button(visible=False) for name in ("analyze", "estimate", "compare", "export")})
     return c
+
+
+def _lenient(number: gr.Number) -> gr.Number:
+    """An API number input that passes a value it cannot read (a seed of "abc") on as it is,
+    so the one validation path answers with its own message: Gradio's refusal would be a bare
+    "Error" for the client and a traceback in the server log."""
+    strict = number.preprocess
+
+    def preprocess(payload: Any) -> Any:
+        try:
+            return strict(payload)
+        except (TypeError, ValueError, OverflowError):
+            return payload
+
+    number.preprocess = preprocess  # type: ignore[method-assign]
+    return number
 
 
 def _pruning_controls(c: dict[str, Any], facts0: BackboneFacts, method0: str, layers0: list[int]) -> None:
