@@ -91,6 +91,7 @@ def test_user_errors_are_value_errors():
 
 
 import threading  # noqa: E402
+from pathlib import Path  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -327,3 +328,59 @@ def test_a_tiff_that_tifffile_cannot_read_says_pillow_read_it(monkeypatch):
     loaded = load_image(buf.getvalue())
     assert (loaded.rgb == 90).all()
     assert loaded.notices[0].startswith("read with Pillow, as tifffile could not")
+
+
+# --------------------------------------------------------------------------- the API, in process
+
+
+def _api(client, *args, api_name):
+    from gradio_client import handle_file
+
+    return client.predict(*[handle_file(str(a)) if isinstance(a, Path) else a for a in args], api_name=api_name)
+
+
+@pytest.mark.parametrize(
+    "seed, params, message",
+    [
+        ("abc", "{}", "seed must be a whole number from 0 to 4294967295, got 'abc'"),
+        (2**63, "{}", "seed must be a whole number from 0 to 4294967295"),
+        (0, '{"rate": ' + "[" * 3000 + "]" * 3000 + "}", "at most 2,000 characters of JSON"),
+        (0, '{"rate": [[[0.5]]]}', "must be a flat JSON object"),
+        (0, '{"iters": 20000}', "iters must be <= 50"),
+    ],
+)
+def test_api_refusals_are_ours_and_short(client, scene, seed, params, message):
+    from gradio_client.exceptions import AppError
+
+    t0 = time.perf_counter()
+    with pytest.raises(AppError) as err:
+        _api(client, scene / "scene.png", "demo", "lvtp", "", params, seed, api_name="/estimate")
+    assert message in str(err.value) and len(str(err.value)) < 400
+    assert time.perf_counter() - t0 < 5.0  # refused before any model runs (generous: a shared CI machine)
+
+
+def test_api_compare_drops_repeats_and_refuses_unknown_names_first(client, scene):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="at least two different methods"):
+        _api(client, scene / "scene.png", "demo", ",".join(["random"] * 20), "", 0, 0, api_name="/compare")
+    with pytest.raises(AppError, match="unknown method 'nope'"):
+        _api(client, scene / "scene.png", "demo", "random,nope", "", 0, 0, api_name="/compare")
+    table = _api(client, scene / "scene.png", "demo", "random,random,none", "", 0, 0, api_name="/compare")
+    assert [row[0] for row in table["rows"]] == ["random", "none"]
+
+
+def test_an_internal_error_is_not_the_users_fault(app_module, monkeypatch, caplog):
+    """A bug below the boundary reaches the user as 'internal error (id ...)', logged with its traceback."""
+    import gradio as gr
+
+    from prune_viz.webapp import glue
+
+    @glue.user_errors
+    def handler():
+        raise KeyError("a bug")
+
+    with pytest.raises(gr.Error) as err:
+        handler()
+    assert "internal error (id " in err.value.message and "not of your input" in err.value.message
+    assert any(r.exc_info and r.exc_info[0] is KeyError for r in caplog.records)
