@@ -384,3 +384,17 @@ def test_an_internal_error_is_not_the_users_fault(app_module, monkeypatch, caplo
         handler()
     assert "internal error (id " in err.value.message and "not of your input" in err.value.message
     assert any(r.exc_info and r.exc_info[0] is KeyError for r in caplog.records)
+
+
+def test_running_out_of_memory_is_not_called_a_corrupt_file(monkeypatch):
+    from PIL import ImageFile
+
+    from tests import zoo
+
+    def no_memory(self):
+        raise MemoryError()
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_memory)
+    with pytest.raises(InputError, match="ran out of memory") as err:
+        load_image(zoo.png_bytes(np.zeros((8, 8, 3), np.uint8)))
+    assert "corrupt" not in str(err.value)

@@ -57,6 +57,8 @@ def _open_pillow(src: _Source) -> Image.Image:
     opener = _pillow_opener(src.fmt)
     try:
         im = opener(io.BytesIO(src.data))
+    except MemoryError:
+        raise  # the server's condition, not the file's: _user_errors says so
     except Exception as exc:
         if not raised_by_decoder(exc):
             raise
@@ -107,6 +109,8 @@ def _decode_pillow(src: _Source, for_mask: bool) -> _Raw:
     with guards.decode_slot(nbytes):
         try:
             im.load()
+        except MemoryError:
+            raise
         except Exception as exc:
             if not raised_by_decoder(exc):
                 raise
