@@ -101,6 +101,9 @@ class Trace:
     macs: dict[str, int]
     time_ms: float
     from_cache: bool = False
+    # gh x gw int64: grid position whose final feature each token is decoded with (itself unless a
+    # merging method folded it into a group); None when no merge happened.
+    merged_into: np.ndarray | None = None
 
     @property
     def final_tokens(self) -> int:
@@ -237,6 +240,8 @@ def run_pruned(
     decision_macs = 0
     aux_macs = 0
     from_cache = baseline is not None
+    rep = torch.arange(n)  # merging methods: grid token -> the token it is decoded as
+    merged = False
 
     # Blocks 1..first run in full: from the cache if we have one.
     stats: BlockOutput | None = None
@@ -307,6 +312,7 @@ def run_pruned(
                 cls_attn=stats.cls_attn if stats is not None else None,
                 aux_logits=aux.mean(-1) if aux is not None else None,
                 num_tokens_total=n,
+                sizes=torch.bincount(rep, minlength=n)[kept_idx].float() if merged else None,
             )
             if count_decisions:
                 step_macs, decision = measure_macs(lambda: method.decide(ctx, plan.params))
@@ -314,6 +320,16 @@ def run_pruned(
             else:
                 decision = method.decide(ctx, plan.params)
             keep, status, diag = decision.keep, decision.status, decision.diagnostics
+            if decision.merge_into is not None:
+                # Re-point every grid token represented by a merged alive token (itself, or tokens
+                # merged into it earlier) to its new representative.
+                step_map = torch.arange(n)
+                step_map[kept_idx] = kept_idx[decision.merge_into]
+                rep = step_map[rep]
+                merged = True
+            if decision.features is not None:
+                patches = patches.clone()
+                patches[0, keep] = decision.features.to(patches.dtype)
         decide_ms = (_now() - td) * 1e3
 
         status_grid = np.full(n, GONE, dtype=np.int8)
@@ -348,6 +364,8 @@ def run_pruned(
 
     prefix, patches = backbone.split_prefix(x)
     full[:, kept_idx] = patches
+    if merged:  # ToMe's unmerge: a merged token takes its group's final feature
+        full = full[:, rep]
     seg = backbone.decode(full, prefix, prep, exit_logits, exited if exit_logits is not None else None)
 
     embed = backbone.embed_macs(prep)
@@ -376,6 +394,7 @@ def run_pruned(
         macs=macs,
         time_ms=(_now() - t0) * 1e3,
         from_cache=from_cache,
+        merged_into=rep.numpy().reshape(grid) if merged else None,
     )
 
 
