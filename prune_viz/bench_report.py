@@ -69,10 +69,15 @@ def summarise(measured: list[Measured], refs: dict[str, Measured], meta: dict[st
         curves.setdefault(m.curve.name, []).append(pt)
         knobs[m.curve.name] = m.curve.knob
     values = {name: [at_budget(pts, b, level) for b in budgets] for name, pts in curves.items()}
+    backbone_of = {m.curve.name: m.curve.backbone for m in measured}
     table = []
     for name, bvs in values.items():
+        # Random on the same weights: MATP against its own fine-tune pruned at random; that
+        # random curve against random on the original model (what the fine-tune alone buys).
+        same = f"random@{backbone_of[name]}"
+        ref_name = same if same in values and name != same else "random"
         for j, bv in enumerate(bvs):
-            rnd = values.get("random", [None] * len(budgets))[j]
+            rnd = values[ref_name][j] if ref_name in values else None
             diff = diff_lo = diff_hi = None
             if name != "random" and rnd is not None and rnd.reached and bv.reached:
                 d = 100.0 * (bv.samples - rnd.samples)
@@ -82,6 +87,7 @@ def summarise(measured: list[Measured], refs: dict[str, Measured], meta: dict[st
                 "reached": bv.reached, "miou": _r(bv.miou), "ci_low": _r(bv.ci_low), "ci_high": _r(bv.ci_high),
                 "latency_ms": _r(bv.latency_ms, 1), "how": bv.how, "vs_random_pts": _r(diff, 2),
                 "vs_random_ci": None if diff is None else f"[{diff_lo:.2f}, {diff_hi:.2f}]",
+                "random_ref": ref_name if name != "random" else None,
             })
     # AUC: a curve (>= 2 points) starts at its backbone's unpruned model (every knob at 0 is
     # that model), so a curve whose first point saves 12 % still covers -10 %.
@@ -89,11 +95,39 @@ def summarise(measured: list[Measured], refs: dict[str, Measured], meta: dict[st
     for name, ref in refs.items():
         miou, samples = point_and_samples(ref.cms, counts)
         anchors[name] = CurvePoint(0.0, miou, samples, label="unpruned")
-    backbone_of = {m.curve.name: m.curve.backbone for m in measured}
     aucs = {name: {"knob": knobs[name], "points": len(pts), "covered_pct": [_r(min(p.reduction for p in pts), 1), _r(max(p.reduction for p in pts), 1)],
                    "auc_10_70": _r(area_under_curve(pts + [anchors[backbone_of[name]]]) if len(pts) > 1 else None)}
             for name, pts in curves.items()}
-    return {"meta": meta, "ref_gmacs": ref_macs / 1e9, "ref_miou": ref_miou, "rows": rows, "budgets": table, "auc": aucs}
+    return {"meta": meta, "ref_gmacs": ref_macs / 1e9, "ref_miou": ref_miou, "rows": rows, "budgets": table, "auc": aucs,
+            "findings": findings(table, budgets)}
+
+
+def findings(table: list[dict[str, Any]], budgets: tuple[float, ...]) -> list[str]:
+    """Per budget, in words: best and worst method of issue 11's list, their spread, and
+    whether the best one's CI is clear of random's. Computed, never typed in."""
+    out = []
+    for b in budgets:
+        rows = [r for r in table if r["budget_pct"] == b and r["method"] in BUDGET_METHODS]
+        reached = [r for r in rows if r["reached"]]
+        missing = [r["method"] for r in rows if not r["reached"]]
+        if not reached:
+            out.append(f"-{b:g} % MACs: no method reaches it.")
+            continue
+        best, worst = max(reached, key=lambda r: r["miou"]), min(reached, key=lambda r: r["miou"])
+        rnd = next((r for r in reached if r["method"] == "random"), None)
+        text = (f"-{b:g} % MACs: best {best['method']} {best['miou']} [{best['ci_low']}, {best['ci_high']}], "
+                f"worst {worst['method']} {worst['miou']}, spread {100 * (best['miou'] - worst['miou']):.1f} points")
+        if rnd is not None and best["method"] != "random":
+            clear = best["ci_low"] > rnd["ci_high"]
+            text += (f"; random {rnd['miou']} [{rnd['ci_low']}, {rnd['ci_high']}]: the best method's CI "
+                     + ("does not overlap random's" if clear else "overlaps random's")
+                     + f" (paired difference {best['vs_random_pts']} points, CI {best['vs_random_ci']})")
+        beat = [r["method"] for r in reached if r["method"] != "random" and r["vs_random_ci"] and float(r["vs_random_ci"][1:].split(",")[0]) > 0]
+        text += f"; beating random (paired CI above 0): {', '.join(beat) or 'none'}"
+        if missing:
+            text += f"; unreachable: {', '.join(missing)}"
+        out.append(text + ".")
+    return out
 
 
 def write_suite(summary: dict[str, Any], out: Path, command: str) -> None:
@@ -109,19 +143,20 @@ def write_suite(summary: dict[str, Any], out: Path, command: str) -> None:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    (out / "curves.json").write_text(json.dumps({k: summary[k] for k in ("meta", "ref_gmacs", "ref_miou", "rows", "budgets", "auc")}, indent=1, default=str))
+    (out / "curves.json").write_text(json.dumps({k: summary[k] for k in ("meta", "ref_gmacs", "ref_miou", "rows", "budgets", "auc", "findings")}, indent=1, default=str))
     meta = summary["meta"]
     head = (f"Suite v2, {meta['split']} split, {meta['n']} scenes, backbone {meta['backbone']} (MATP on {meta['matp_backbone']}); "
             f"{meta['seeds']} seed(s) for stochastic methods; 95 % bootstrap CI over scenes ({meta['boot']} draws); latency: median "
             f"(IQR) of {meta['time_runs']} interleaved runs, {meta['threads']} threads.\n\n`{command}`\n\n"
             "MACs per image (1 multiply-add = 1 MAC), decisions included; reductions against the unpruned original model.\n")
-    budget_md = md_table(budgets, ["method", "budget_pct", "reached", "miou", "ci_low", "ci_high", "vs_random_pts", "vs_random_ci", "latency_ms", "how"])
+    budget_md = md_table(budgets, ["method", "budget_pct", "reached", "miou", "ci_low", "ci_high", "vs_random_pts", "vs_random_ci", "random_ref", "latency_ms", "how"])
     (out / "budgets.md").write_text(head + "\n" + budget_md + "\n")
     auc_rows = [{"method": k, **v, "covered_pct": f"-{v['covered_pct'][0]} .. -{v['covered_pct'][1]}"} for k, v in summary["auc"].items()]
     cols = ["method", "backbone", "params", "seeds", "miou", "ci_low", "ci_high", "delta_miou", "gmacs", "delta_macs_pct",
             "decision_gmacs", "boundary_miou", "latency_ms", "latency_iqr_ms", "ms_per_scene"]
     (out / "summary.md").write_text(
-        head + f"\n## mIoU at MAC budgets\n\n{budget_md}\n\n## Area under the curve (mean mIoU over -10 .. -70 % MACs)\n\n"
+        head + "\n## Findings (computed)\n\n" + "\n".join(f"- {t}" for t in summary["findings"])
+        + f"\n\n## mIoU at MAC budgets\n\n{budget_md}\n\n## Area under the curve (mean mIoU over -10 .. -70 % MACs)\n\n"
         + md_table(auc_rows, ["method", "knob", "points", "covered_pct", "auc_10_70"])
         + "\n\n## Every point\n\n" + md_table(rows, cols) + "\n"
     )
