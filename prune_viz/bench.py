@@ -319,6 +319,8 @@ def cmd_suite(args: argparse.Namespace) -> int:
     from .bench_report import write_suite, summarise
     from .bench_suite import BUDGETS, load_raw, run_suite, save_raw
 
+    if args.sweep or args.set or args.layers:
+        raise ValueError("--suite sweeps its own grids (bench_suite.py); --sweep, --set and --layers belong to the plain bench")
     t0 = time.time()
     budgets = tuple(float(b) for b in args.budgets.split(",")) if args.budgets else BUDGETS
     if args.from_raw:  # rebuild the tables from an earlier run's measurements
