@@ -329,11 +329,14 @@ def cmd_suite(args: argparse.Namespace) -> int:
     else:
         measured, refs, meta = run_suite(args)
         meta["wall_s"] = round(time.time() - t0, 1)
+        meta["command"] = "python -m prune_viz " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else None
         args.out.mkdir(parents=True, exist_ok=True)
         save_raw(args.out, measured, refs, meta)
     meta["budgets"] = budgets
     summary = summarise(measured, refs, meta, budgets)
-    command = "python -m prune_viz " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else "python -m prune_viz bench --suite v2 ..."
+    command = meta.get("command") or "python -m prune_viz bench --suite v2 ..."
+    if args.from_raw:
+        meta["rebuilt_from"] = str(args.from_raw / "raw.npz")
     write_suite(summary, args.out, command)
     (args.out / "bench_args.json").write_text(json.dumps({k: str(v) for k, v in vars(args).items()}, indent=2))
     print((args.out / "budgets.md").read_text())

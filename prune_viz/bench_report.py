@@ -147,7 +147,8 @@ def write_suite(summary: dict[str, Any], out: Path, command: str) -> None:
     meta = summary["meta"]
     head = (f"Suite v2, {meta['split']} split, {meta['n']} scenes, backbone {meta['backbone']} (MATP on {meta['matp_backbone']}); "
             f"{meta['seeds']} seed(s) for stochastic methods; 95 % bootstrap CI over scenes ({meta['boot']} draws); latency: median "
-            f"(IQR) of {meta['time_runs']} interleaved runs, {meta['threads']} threads.\n\n`{command}`\n\n"
+            f"(IQR) of {meta['time_runs']} interleaved runs, {meta['threads']} threads; measured in {meta.get('wall_s', '?')} s.\n\n`{command}`"
+            + (f" (tables rebuilt from `{meta['rebuilt_from']}`)" if meta.get("rebuilt_from") else "") + "\n\n"
             "MACs per image (1 multiply-add = 1 MAC), decisions included; reductions against the unpruned original model.\n")
     budget_md = md_table(budgets, ["method", "budget_pct", "reached", "miou", "ci_low", "ci_high", "vs_random_pts", "vs_random_ci", "random_ref", "latency_ms", "how"])
     (out / "budgets.md").write_text(head + "\n" + budget_md + "\n")
