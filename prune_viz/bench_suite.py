@@ -33,7 +33,7 @@ BUDGETS = (30.0, 50.0, 70.0)
 # Per-step removal rates for the rate-driven methods (random, EViT, ToMe) at one early layer:
 # from ~-10 % to ~-72 % MACs on a 12-block model pruned after block 3 (1 - rate of the tokens
 # go on; attention is quadratic, so the saving grows faster than the rate).
-RATES = (0.1, 0.3, 0.5, 0.7, 0.85, 0.98)
+RATES = (0.1, 0.3, 0.5, 0.7, 0.85, 0.99)
 # DToP exits a token when its aux confidence reaches the threshold; the demo model is so sure of
 # most tokens that the interesting range is within 1e-4 of 1.
 DTOP_THRESHOLDS = (0.99999, 0.99995, 0.9999, 0.999, 0.99, 0.9, 0.7, 0.4)
