@@ -186,7 +186,7 @@ def plot_curves(rows: list[dict[str, Any]], summary: dict[str, Any], path: Path)
         pts = sorted((r for r in rows if r["method"] == name), key=lambda r: r["gmacs"])
         x = np.array([r["gmacs"] for r in pts])
         y, lo, hi = (np.array([r[c] for r in pts], dtype=float) for c in ("miou", "ci_low", "ci_high"))
-        colour = cmap(j % 20)
+        colour = cmap((2 * j) % 20 + (2 * j) // 20 % 2)  # the dark shades first: neighbours differ
         if name.startswith("none"):
             ax.errorbar(x, y, yerr=[y - lo, hi - y], fmt="*", ms=12, color=colour, label=name)
         elif len(pts) == 1:
