@@ -152,7 +152,7 @@ def write_suite(summary: dict[str, Any], out: Path, command: str) -> None:
             "MACs per image (1 multiply-add = 1 MAC), decisions included; reductions against the unpruned original model.\n")
     budget_md = md_table(budgets, ["method", "budget_pct", "reached", "miou", "ci_low", "ci_high", "vs_random_pts", "vs_random_ci", "random_ref", "latency_ms", "how"])
     (out / "budgets.md").write_text(head + "\n" + budget_md + "\n")
-    auc_rows = [{"method": k, **v, "covered_pct": f"-{v['covered_pct'][0]} .. -{v['covered_pct'][1]}"} for k, v in summary["auc"].items()]
+    auc_rows = [{"method": k, **v, "covered_pct": f"{-v['covered_pct'][0]:+.1f} .. {-v['covered_pct'][1]:+.1f}"} for k, v in summary["auc"].items()]
     cols = ["method", "backbone", "params", "seeds", "miou", "ci_low", "ci_high", "delta_miou", "gmacs", "delta_macs_pct",
             "decision_gmacs", "boundary_miou", "latency_ms", "latency_iqr_ms", "ms_per_scene"]
     (out / "summary.md").write_text(
