@@ -5,10 +5,15 @@
 
 Writes ``DIR/results.csv`` (one row per configuration, the columns below plus per-class IoU and
 boundary-region mIoU), ``DIR/results.md``, ``DIR/tradeoff.png`` and ``DIR/tradeoff.html``.
-mIoU is in [0, 1] and accumulated over the split; ``delta_miou`` is in percentage points and
+mIoU is in [0, 1] and accumulated over the split, with a 95 % bootstrap CI over scenes
+(``miou_ci_low`` / ``miou_ci_high``, ``stats.py``); ``delta_miou`` is in percentage points and
 ``delta_macs_pct`` in percent, both against ``none`` (negative = fewer / worse); gamma is LVTP's
-Eq. 11 (None when mIoU did not drop). MACs are per image (1 multiply-add = 1 MAC), averaged.
+Eq. 11 (None when mIoU did not drop). MACs are per image (1 multiply-add = 1 MAC), averaged, and
+include each decision's own arithmetic (``decision_macs``, measured with the FLOP counter).
+LVTP rows also carry the statistics of Eq. 4's alpha at the first pruning layer (``alpha_*``).
 Every scene's unpruned forward is computed once and reused as the prefix cache for all configs.
+
+``--suite v2`` runs the curve benchmark instead (``bench_suite.py``, ``bench_report.py``).
 """
 
 from __future__ import annotations
@@ -26,15 +31,17 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-COLUMNS = ["backbone", "method", "params", "miou", "macs", "delta_miou", "delta_macs_pct", "gamma", "latency_ms"]
+from .errors import UserError
+
+COLUMNS = ["backbone", "method", "params", "miou", "miou_ci_low", "miou_ci_high", "macs", "decision_macs", "delta_miou", "delta_macs_pct", "gamma", "latency_ms"]
 
 
 def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     b = sub.add_parser("bench", help="methods x sweeps on the synthetic val/test split -> results.csv + plots")
     b.add_argument("--backbone", default="demo")
     b.add_argument("--checkpoint", default=None)
-    b.add_argument("--methods", default="none", help="comma-separated, e.g. none,random,evit,lvtp")
-    b.add_argument("--split", default="val", choices=["val", "test"])
+    b.add_argument("--methods", default=None, help="comma-separated, e.g. none,random,evit,lvtp (default none; with --suite: a subset of the suite's curves)")
+    b.add_argument("--split", default="val", help="a split of the synthetic data module (val, test, and shift where offered)")
     b.add_argument("--n", type=int, default=100)
     b.add_argument("--layers", default=None, help="pruning layers for every method (default: each method's/backbone's)")
     b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="fixed method parameter (repeatable)")
@@ -43,6 +50,16 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--time-scenes", type=int, default=5, help="scenes timed from scratch for latency (median)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--out", type=Path, required=True)
+    b.add_argument("--boot", type=int, default=1000, help="bootstrap draws over scenes for the 95%% CIs")
+    s = b.add_argument_group("curve suite (--suite v2)")
+    s.add_argument("--suite", choices=["v2"], default=None, help="sweep every method as a curve: budgets.csv, curves, tradeoff.png")
+    s.add_argument("--seeds", type=int, default=3, help="seeds for stochastic methods (random)")
+    s.add_argument("--quick", action="store_true", help="smoke run: two points per curve, one seed")
+    s.add_argument("--time-runs", type=int, default=5, help="timed runs per configuration (median, IQR); 0 = no latency")
+    s.add_argument("--threads", type=int, default=2, help="torch threads for the latency runs")
+    s.add_argument("--compute-threads", type=int, default=1, help="torch threads for the accuracy runs")
+    s.add_argument("--matp-backbone", default="demo_matp", help="the MATP fine-tune that matp runs on")
+    s.add_argument("--from-raw", type=Path, default=None, help="rebuild tables and plots from DIR/raw.npz of an earlier suite run")
 
 
 def _parse_value(text: str) -> Any:
@@ -58,7 +75,7 @@ def parse_assignments(items: list[str], sweep: bool) -> dict[str, list[Any]]:
     out: dict[str, list[Any]] = {}
     for item in items:
         if "=" not in item:
-            raise ValueError(f"expected KEY=VALUE, got '{item}'")
+            raise UserError(f"expected KEY=VALUE, got '{item}'")
         key, value = item.split("=", 1)
         key = key.strip().replace("-", "_")
         if key == "layers":
@@ -121,7 +138,11 @@ def run_bench(args: argparse.Namespace) -> list[dict[str, Any]]:
     from .metrics import ConfusionMatrix, boundary_region, gamma
     from .params import make_plan, parse_layers
 
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    from .stats import percentile_ci, point_and_samples, resample_counts
+
+    if args.split not in synthetic.SPLIT_SEEDS:
+        raise UserError(f"unknown split {args.split!r}; this data module offers {tuple(synthetic.SPLIT_SEEDS)}")
+    methods = [m.strip() for m in (args.methods or "none").split(",") if m.strip()]
     configs = expand_configs(methods, parse_assignments(args.set, False), parse_assignments(args.sweep, True), parse_layers(args.layers))
     backbones = {}
     for cfg in configs:
@@ -129,13 +150,16 @@ def run_bench(args: argparse.Namespace) -> list[dict[str, Any]]:
         if name not in backbones:
             backbones[name] = build_backbone(name, checkpoint=args.checkpoint if name == args.backbone else None)
             if backbones[name].num_classes == 0:
-                raise ValueError(f"bench scores against the synthetic labels and needs a semantic backbone; {name} has none")
+                raise UserError(f"bench scores against the synthetic labels and needs a semantic backbone; {name} has none")
     plans = [make_plan(backbones[c.backbone or args.backbone], c.method, c.layers, args.seed, c.values) for c in configs]
     first = backbones[args.backbone]
     k = first.num_classes
     cms = [ConfusionMatrix(k) for _ in plans]
     cms_edge = [ConfusionMatrix(k) for _ in plans]
+    scene_cms = np.zeros((len(plans), args.n, k, k), np.int64)  # per scene, for the bootstrap
     macs: list[list[int]] = [[] for _ in plans]
+    decision: list[list[int]] = [[] for _ in plans]
+    alphas: list[list[np.ndarray]] = [[] for _ in plans]
     times: list[list[float]] = [[] for _ in plans]
     size = getattr(getattr(first, "cfg", None), "img_size", 512)
     for i in tqdm(range(args.n), desc=f"bench {args.split}"):
@@ -148,13 +172,21 @@ def run_bench(args: argparse.Namespace) -> list[dict[str, Any]]:
         for j, (cfg, plan) in enumerate(zip(configs, plans)):
             name = cfg.backbone or args.backbone
             bb, base = backbones[name], bases[name]
+            dmacs = 0
             if plan.method.name == "none":
                 labels, total = base.seg.labels, base.macs
                 timed = lambda: run_baseline(bb, image)  # noqa: E731
             else:
-                trace = run_pruned(bb, image, plan, baseline=base)
-                labels, total = trace.seg.labels, trace.macs["total"]
+                trace = run_pruned(bb, image, plan, baseline=base, count_decisions=True)
+                labels, total, dmacs = trace.seg.labels, trace.macs["total"], trace.macs["decision"]
                 timed = lambda: run_pruned(bb, image, plan)  # noqa: E731
+                alpha = trace.steps[0].diagnostics.get("alpha") if trace.steps else None
+                if isinstance(alpha, np.ndarray):
+                    alphas[j].append(alpha[np.isfinite(alpha)])
+            decision[j].append(dmacs)
+            one = ConfusionMatrix(k)
+            one.update(labels, gt)
+            scene_cms[j, i] = one.mat
             cms[j].update(labels, gt)
             cms_edge[j].update(labels, gt, region=edge)
             macs[j].append(total)
@@ -163,8 +195,10 @@ def run_bench(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
     ref_miou, ref_macs = cms[0].miou(), float(np.mean(macs[0]))
     names = getattr(first, "cfg").classes if hasattr(first, "cfg") else [str(c) for c in range(k)]
-    for cfg, cm, cme, m, t in zip(configs, cms, cms_edge, macs, times):
+    counts = resample_counts(args.n, args.boot, seed=0)
+    for j, (cfg, cm, cme, m, t) in enumerate(zip(configs, cms, cms_edge, macs, times)):
         mi, mac = cm.miou(), float(np.mean(m))
+        lo, hi = percentile_ci(point_and_samples(scene_cms[j][None], counts)[1])
         d_miou = 100.0 * (mi - ref_miou)
         d_macs = 100.0 * (mac - ref_macs) / ref_macs
         row = {
@@ -172,7 +206,10 @@ def run_bench(args: argparse.Namespace) -> list[dict[str, Any]]:
             "method": cfg.method,
             "params": cfg.label(),
             "miou": round(mi, 4),
+            "miou_ci_low": round(lo, 4),
+            "miou_ci_high": round(hi, 4),
             "macs": int(mac),
+            "decision_macs": int(np.mean(decision[j])),
             "delta_miou": round(d_miou, 2),
             "delta_macs_pct": round(d_macs, 2),
             "gamma": None if cfg.method == "none" else _round(gamma(d_macs, d_miou)),
@@ -181,8 +218,20 @@ def run_bench(args: argparse.Namespace) -> list[dict[str, Any]]:
             "params_m": round(count_params_m(backbones[cfg.backbone or args.backbone]), 2),
         }
         row.update({f"iou_{c}": round(float(v), 4) for c, v in zip(names, cm.iou())})
+        row.update(alpha_stats(alphas[j]))
         rows.append(row)
     return rows
+
+
+def alpha_stats(per_scene: list[np.ndarray]) -> dict[str, float | None]:
+    """Eq. 4's alpha over every alive token at the first pruning layer of every scene: mean, 5th and
+    95th percentile, and the share at exactly 1 (saturated: the literal form's clamp)."""
+    if not per_scene:
+        return {"alpha_mean": None, "alpha_p5": None, "alpha_p95": None, "alpha_sat": None}
+    a = np.concatenate(per_scene)
+    p5, p95 = np.percentile(a, [5, 95])
+    return {"alpha_mean": round(float(a.mean()), 4), "alpha_p5": round(float(p5), 4), "alpha_p95": round(float(p95), 4),
+            "alpha_sat": round(float(np.mean(a >= 1.0)), 4)}
 
 
 def matched_budgets(rows: list[dict[str, Any]], budgets: list[float]) -> list[dict[str, Any]]:
@@ -211,10 +260,10 @@ def write_results(rows: list[dict[str, Any]], out: Path, title: str) -> None:
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-    header = [h for h in ("budget", "method", "backbone", "params", "params_m", "miou", "delta_miou", "macs", "delta_macs_pct", "gamma", "boundary_miou", "latency_ms") if h in rows[0]]
+    header = [h for h in ("budget", "method", "backbone", "params", "params_m", "miou", "miou_ci_low", "miou_ci_high", "delta_miou", "macs", "decision_macs", "delta_macs_pct", "gamma", "boundary_miou", "latency_ms", "alpha_mean", "alpha_sat") if h in rows[0]]
     lines = ["| " + " | ".join("GMACs" if h == "macs" else h for h in header) + " |", "|" + "---|" * len(header)]
     for r in rows:
-        cells = [f"{r[h] / 1e9:.3f}" if h == "macs" else ("—" if r[h] is None else str(r[h])) for h in header]
+        cells = [f"{r[h] / 1e9:.3f}" if h == "macs" else f"{r[h] / 1e6:.2f}M" if h == "decision_macs" else ("—" if r[h] is None else str(r[h])) for h in header]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -247,6 +296,8 @@ def plot_tradeoff(rows: list[dict[str, Any]], out: Path) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.suite:
+        return cmd_suite(args)
     t0 = time.time()
     rows = run_bench(args)
     title = f"Bench: {rows[0]['backbone']}, {args.split} split, {args.n} scenes"
@@ -260,4 +311,36 @@ def cmd_bench(args: argparse.Namespace) -> int:
     (args.out / "bench_args.json").write_text(json.dumps({k: str(v) for k, v in vars(args).items()}, indent=2))
     print((args.out / "results.md").read_text())
     print(f"wrote {args.out}/results.csv in {time.time() - t0:.0f} s")
+    return 0
+
+
+def cmd_suite(args: argparse.Namespace) -> int:
+    """``bench --suite v2``: measure every curve, then write budgets.csv, curves, plot, tables."""
+    import sys
+
+    from .bench_report import write_suite, summarise
+    from .bench_suite import BUDGETS, load_raw, run_suite, save_raw
+
+    if args.sweep or args.set or args.layers:
+        raise UserError("--suite sweeps its own grids (bench_suite.py); --sweep, --set and --layers belong to the plain bench")
+    t0 = time.time()
+    budgets = tuple(float(b) for b in args.budgets.split(",")) if args.budgets else BUDGETS
+    if args.from_raw:  # rebuild the tables from an earlier run's measurements
+        measured, refs, meta = load_raw(args.from_raw)
+        meta["boot"] = args.boot
+    else:
+        measured, refs, meta = run_suite(args)
+        meta["wall_s"] = round(time.time() - t0, 1)
+        meta["command"] = "python -m prune_viz " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else None
+        args.out.mkdir(parents=True, exist_ok=True)
+        save_raw(args.out, measured, refs, meta)
+    meta["budgets"] = budgets
+    summary = summarise(measured, refs, meta, budgets)
+    command = meta.get("command") or "python -m prune_viz bench --suite v2 ..."
+    if args.from_raw:
+        meta["rebuilt_from"] = str(args.from_raw / "raw.npz")
+    write_suite(summary, args.out, command)
+    (args.out / "bench_args.json").write_text(json.dumps({k: str(v) for k, v in vars(args).items()}, indent=2))
+    print((args.out / "budgets.md").read_text())
+    print(f"wrote {args.out}/budgets.csv in {time.time() - t0:.0f} s")
     return 0

@@ -102,6 +102,9 @@ class Trace:
     time_ms: float
     from_cache: bool = False
     num_blocks: int = 0  # of the backbone; drop_layer == num_blocks means "never left"
+    # gh x gw int64: grid position whose final feature each token is decoded with (itself unless a
+    # merging method folded it into a group); None when no merge happened.
+    merged_into: np.ndarray | None = None
 
     @property
     def final_tokens(self) -> int:
@@ -223,9 +226,10 @@ def attention_surcharge(backbone: Backbone, layer: int, grid: tuple[int, int], k
 
 def _context(
     backbone: Backbone, plan: Plan, layer: int, patches: Tensor, kept_idx: Tensor, prep: Prepared,
-    stats: BlockOutput | None, aux: Tensor | None,
+    stats: BlockOutput | None, aux: Tensor | None, sizes: Tensor | None = None,
 ) -> PruneContext:
-    """What the method sees after block ``layer``. patches: 1 x Nk x C; aux: Nk x K x S or None."""
+    """What the method sees after block ``layer``. patches: 1 x Nk x C; aux: Nk x K x S or None;
+    sizes: Nk tokens each kept token stands for (merging methods), or None."""
     grid = prep.grid
     return PruneContext(
         layer=layer,
@@ -241,6 +245,7 @@ def _context(
         cls_attn=stats.cls_attn if stats is not None else None,
         aux_logits=aux.mean(-1) if aux is not None else None,
         num_tokens_total=grid[0] * grid[1],
+        sizes=sizes,
     )
 
 
@@ -283,6 +288,8 @@ def run_pruned(
     decision_macs = 0
     aux_macs = 0
     from_cache = baseline is not None
+    rep = torch.arange(n)  # merging methods: grid token -> the token it is decoded as
+    merged = False
 
     # Blocks 1..first run in full: from the cache if we have one.
     stats: BlockOutput | None = None
@@ -339,13 +346,24 @@ def run_pruned(
             status[keep] = KEPT
             diag: dict[str, Any] = {}
         else:
-            ctx = _context(backbone, plan, layer, patches, kept_idx, prep, stats, aux)
+            sizes = torch.bincount(rep, minlength=n)[kept_idx].float() if merged else None
+            ctx = _context(backbone, plan, layer, patches, kept_idx, prep, stats, aux, sizes)
             if count_decisions:
                 step_macs, decision = measure_macs(lambda: method.decide(ctx, plan.params))
                 decision_macs += step_macs
             else:
                 decision = method.decide(ctx, plan.params)
             keep, status, diag = decision.keep, decision.status, decision.diagnostics
+            if decision.merge_into is not None:
+                # Re-point every grid token represented by a merged alive token (itself, or tokens
+                # merged into it earlier) to its new representative.
+                step_map = torch.arange(n)
+                step_map[kept_idx] = kept_idx[decision.merge_into]
+                rep = step_map[rep]
+                merged = True
+            if decision.features is not None:
+                patches = patches.clone()
+                patches[0, keep] = decision.features.to(patches.dtype)
         decide_ms = (_now() - td) * 1e3
 
         status_grid = np.full(n, GONE, dtype=np.int8)
@@ -380,6 +398,8 @@ def run_pruned(
 
     prefix, patches = backbone.split_prefix(x)
     full[:, kept_idx] = patches
+    if merged:  # ToMe's unmerge: a merged token takes its group's final feature
+        full = full[:, rep]
     seg = backbone.decode(full, prefix, prep, exit_logits, exited if exit_logits is not None else None)
 
     embed = backbone.embed_macs(prep)
@@ -409,6 +429,7 @@ def run_pruned(
         time_ms=(_now() - t0) * 1e3,
         from_cache=from_cache,
         num_blocks=backbone.num_blocks,
+        merged_into=rep.numpy().reshape(grid) if merged else None,
     )
 
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from ..errors import ParamError, echo
-from . import dtop, lvtp, matp
+from . import dtop, exit_all, lvtp, matp, tome
 from .base import MethodSpec
 from .baselines import EVIT, NONE, RANDOM
 
-METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in (NONE, RANDOM, EVIT, lvtp.SPEC, dtop.SPEC, matp.SPEC)}
+METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in (NONE, RANDOM, EVIT, lvtp.SPEC, dtop.SPEC, matp.SPEC, tome.SPEC, exit_all.SPEC)}
 
 
 def get_method(name: str) -> MethodSpec:

@@ -62,6 +62,8 @@ class PruneContext:
                   patch token, averaged over heads; None when the model has no class token.
       aux_logits: Nk x K float or None: the auxiliary head attached after this block, evaluated
                   on the alive tokens (only on backbones that have aux heads).
+      sizes:      Nk float or None: how many grid tokens each alive token stands for (> 1 only
+                  after a merging method, ToMe, folded tokens into it); None = all 1.
     """
 
     layer: int
@@ -77,6 +79,7 @@ class PruneContext:
     cls_attn: Tensor | None = None
     aux_logits: Tensor | None = None
     num_tokens_total: int = 0  # gh * gw, for rates stated against the full grid
+    sizes: Tensor | None = None
 
 
 @dataclass
@@ -90,11 +93,19 @@ class Decision:
     diagnostics: name -> Nk tensor (per alive token; drawn on the grid) or a 0-d tensor /
                  float (a scalar such as an adaptive threshold) or an H x W map (pixel level,
                  e.g. a Sobel magnitude). Everything here is for drawing, never for control.
+    Merging methods (ToMe) also fill, both or neither:
+    features:    len(keep) x C, the features the kept tokens go on with (group averages)
+                 instead of their own.
+    merge_into:  Nk long, local index (into ``ctx.tokens``) of the kept token that represents
+                 each alive token from now on (itself for kept tokens). At decoding, a merged
+                 token takes its representative's final feature.
     """
 
     keep: Tensor
     status: Tensor
     diagnostics: dict[str, Any] = field(default_factory=dict)
+    features: Tensor | None = None
+    merge_into: Tensor | None = None
 
 
 DecideFn = Callable[[PruneContext, Any], Decision]

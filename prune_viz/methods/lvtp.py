@@ -38,8 +38,10 @@ from .base import KEPT, PENDING_KEPT, PRUNED, Decision, MethodSpec, PruneContext
 
 EntropyMode = Literal["mtsallis", "shannon", "none"]
 SecondMode = Literal["sobel", "simple", "none"]
+AlphaMode = Literal["rescaled", "literal"]
 ENTROPY_MODES: tuple[str, ...] = ("mtsallis", "shannon", "none")
 SECOND_MODES: tuple[str, ...] = ("sobel", "simple", "none")
+ALPHA_MODES: tuple[str, ...] = ("rescaled", "literal")
 
 # Weight of the edge-energy channel appended to the unit-norm feature in the Sobel-guided second
 # clustering. At 1.0 a token on the strongest edge and a flat token with the same feature
@@ -77,6 +79,8 @@ class LVTPParams:
     entropy: "mtsallis" (Eq. 3-4), "shannon" (Eq. 1) or "none" (plain features), Table 3.
     second:  "sobel" (Sobel-guided), "simple" (same as the first clustering) or "none" (prune
              every pending token), Table 4.
+    alpha_mode: Eq. 4's weight: "rescaled" (ours, ``r / (1 + r)`` with r = RMS / median RMS) or
+             "literal" (the paper's ``||F||_2 / sqrt(D)``, clamped to [0, 1]), for the ablation.
     """
 
     q1: float = 1.5
@@ -88,6 +92,7 @@ class LVTPParams:
     iters: int = 10
     entropy: EntropyMode = "mtsallis"
     second: SecondMode = "sobel"
+    alpha_mode: AlphaMode = "rescaled"
 
     def __post_init__(self) -> None:
         validate_params(self, {"q1": (None, MAX_Q1), "q2": (None, None), "rate": (0.0, None), "drop": (0.0, 0.5)})
@@ -120,6 +125,8 @@ class LVTPParams:
             raise ValueError(f"entropy must be one of {ENTROPY_MODES}, got {self.entropy!r}")
         if self.second not in SECOND_MODES:
             raise ValueError(f"second must be one of {SECOND_MODES}, got {self.second!r}")
+        if self.alpha_mode not in ALPHA_MODES:
+            raise ValueError(f"alpha_mode must be one of {ALPHA_MODES}, got {self.alpha_mode!r}")
 
 
 # --------------------------------------------------------------------------- Eq. 1-2: entropy
@@ -204,6 +211,16 @@ def token_rms(tokens: Tensor) -> Tensor:
     return x.norm(dim=-1) / math.sqrt(x.shape[-1])
 
 
+def token_alpha_literal(tokens: Tensor) -> Tensor:
+    """alpha of Eq. 4 as printed: ``||F||_2 / sqrt(D)`` clamped to [0, 1]. Nk x C -> Nk.
+
+    Kept beside :func:`token_alpha` for the ablation (``alpha_mode="literal"``): on ViT features
+    the RMS is mostly above 1, so this saturates at alpha = 1 (S = S_q1 alone) for most tokens;
+    the bench reports how many (``alpha_sat``).
+    """
+    return token_rms(tokens).clamp(0.0, 1.0)
+
+
 def token_alpha(tokens: Tensor) -> Tensor:
     """alpha of Eq. 4, bounded to [0, 1): ``r / (1 + r)`` with ``r = rms / median(rms)``.
 
@@ -223,7 +240,9 @@ def token_alpha(tokens: Tensor) -> Tensor:
     return r / (1.0 + r)
 
 
-def multiscale_tsallis(tokens: Tensor, q1: float, q2: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def multiscale_tsallis(
+    tokens: Tensor, q1: float, q2: float, alpha_mode: str = "rescaled"
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Multi-scale Tsallis entropy (Eq. 3) with the dynamic weight of Eq. 4.
 
     tokens: Nk x C. Returns (S, S_q1, S_q2, alpha), each Nk, all in [0, 1];
@@ -240,7 +259,7 @@ def multiscale_tsallis(tokens: Tensor, q1: float, q2: float) -> tuple[Tensor, Te
     c = p.shape[-1]
     s1 = _tsallis_from_log(p, logp, q1) / max(tsallis_max(c, q1), 1e-12)
     s2 = _tsallis_from_log(p, logp, q2) / max(tsallis_max(c, q2), 1e-12)
-    alpha = token_alpha(tokens)
+    alpha = token_alpha_literal(tokens) if alpha_mode == "literal" else token_alpha(tokens)
     return alpha * s1 + (1.0 - alpha) * s2, s1, s2, alpha
 
 
@@ -434,7 +453,7 @@ def second_pass(
 
 def _score_and_weights(x: Tensor, p: LVTPParams) -> tuple[dict[str, Tensor], Tensor, Tensor | None]:
     """Entropy diagnostics, the per-token score that ranks clusters, and the Eq. 5 weights."""
-    s, s1, s2, alpha = multiscale_tsallis(x, p.q1, p.q2)
+    s, s1, s2, alpha = multiscale_tsallis(x, p.q1, p.q2, p.alpha_mode)
     diag = {"entropy_q1": s1, "entropy_q2": s2, "entropy": s, "alpha": alpha}
     if p.entropy == "mtsallis":
         score = s
