@@ -32,6 +32,8 @@ KNOWN_CONTROLS: dict[tuple[str, str], dict[str, Any]] = {
     ("lvtp", "second"): dict(label="second pass (ablation: sobel = the paper's)", advanced=True),
     ("random", "rate"): dict(kind="slider", minimum=0.0, maximum=0.95, step=0.05, label="rate — share of tokens removed"),
     ("evit", "rate"): dict(kind="slider", minimum=0.0, maximum=0.95, step=0.05, label="rate — share of tokens removed"),
+    ("tome", "rate"): dict(kind="slider", minimum=0.0, maximum=0.95, step=0.05, label="rate — share of tokens merged away",
+                           info="Each merge folds a token into its most similar partner; the group is decoded as one."),
     ("dtop", "threshold"): dict(kind="slider", minimum=0.5, maximum=1.0, step=0.01, label="threshold — exit confidence",
                                 info="A token whose top-class probability reaches this leaves with its early prediction."),
     ("dtop", "k"): dict(kind="slider", minimum=0, maximum=20, step=1, label="k — context tokens kept per class"),
