@@ -47,7 +47,8 @@ from tqdm import tqdm
 from .backbones.demo import DemoBackbone, DemoSegmenter, build_demo, tokens_to_map
 from .methods.matp import SPEC as MATP_SPEC
 from .methods.matp import MATPParams, matp_masks
-from .train import SceneDataset, evaluate_heads, git_commit, lr_at, model_card
+from .train import SceneDataset, lr_at
+from .train_eval import evaluate_heads, git_commit, model_card
 
 WEIGHTS_NAME = "demo_matp.safetensors"
 CONFIG_NAME = "demo_matp.json"
@@ -195,7 +196,8 @@ def pruned_forward(
         alive = alive & ~new
         candidates[i], pruned[i] = n_cand, int(new.sum())
     final = torch.where(alive[..., None], x[:, p:], frozen)
-    main = model.head(model.vit.norm(final))
+    gh, gw = pixels.shape[-2] // model.cfg.patch_size, pixels.shape[-1] // model.cfg.patch_size
+    main = model.decode_tokens(final, gh, gw)  # the mixing decoder sees the scattered-back grid
     return PrunedForward(main, aux, aux_alive, alive, candidates, pruned)
 
 
