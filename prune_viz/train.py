@@ -48,14 +48,14 @@ class TrainConfig:
     hour on 2 shared CPU cores (assets/MODEL_CARD.md has its wall time). v1 trained from
     scratch with steps 2600, batch 16, finetune_steps 250, lr 1e-3, warmup 150."""
 
-    steps: int = 900
-    batch: int = 12
+    steps: int = 360
+    batch: int = 8
     crop: int = 256
-    finetune_steps: int = 80
+    finetune_steps: int = 30
     finetune_batch: int = 4
     lr: float = 5e-4
     weight_decay: float = 0.05
-    warmup: int = 50
+    warmup: int = 30
     aux_weight: float = 0.4
     mix_depth: int = 2
     p_prune: float = 0.35
