@@ -98,14 +98,14 @@ def model_card(cfg: DemoConfig, card: dict) -> str:
         "",
     ]
     init = card.get("init")
-    if init:
+    if isinstance(init, dict):
         lines += [
             f"Warm start: every matching tensor from `{init['path']}` (sha256 `{init['sha256'][:16]}...`); "
             f"left at their initialisation: {', '.join(f'`{k}`' for k in init['fresh']) or 'none'} "
             "(the mixer starts as the identity, so training starts from the starting model's per-token decoding).",
             "",
         ]
-    else:
+    elif init is None:
         lines += ["Trained from scratch.", ""]
     if tc.get("p_prune", 0) or tc.get("p_exit", 0):
         lines += [

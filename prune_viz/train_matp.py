@@ -48,7 +48,7 @@ from .backbones.demo import DemoBackbone, DemoSegmenter, build_demo, tokens_to_m
 from .methods.matp import SPEC as MATP_SPEC
 from .methods.matp import MATPParams, matp_masks
 from .train import SceneDataset, lr_at
-from .train_eval import evaluate_heads, git_commit, model_card
+from .train_eval import evaluate_heads, git_commit, head_metrics, model_card
 
 WEIGHTS_NAME = "demo_matp.safetensors"
 CONFIG_NAME = "demo_matp.json"
@@ -364,7 +364,7 @@ def run(
         "train_seconds": round(train_s, 1),
         "val_scenes": cfg.val,
         "inference_size": model_cfg.img_size,
-        "metrics_val": evaluate_heads(tuned, "val", cfg.val, progress=progress) if cfg.val else {},
+        "metrics_val": head_metrics(evaluate_heads(tuned, "val", cfg.val, progress=progress)) if cfg.val else {},
         "matp_engine_val": evaluate_matp_engine(tuned, cfg.val, params, cfg.layers, progress=progress) if cfg.val else {},
         "matp_engine_val_init": before,
         "log_tail": log[-5:],
