@@ -204,6 +204,7 @@ def run(
     """Train (from scratch, or from the demo checkpoint ``init``), save fp16 weights + config to
     ``out``, evaluate the saved weights on val, test and shift (``cfg.val`` scenes each), write
     the model card. Returns the card dict."""
+    commit = git_commit()  # at the start: the code that trains, not HEAD when it ends
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
     model_cfg = model_cfg or DemoConfig(
@@ -263,7 +264,7 @@ def run(
     card = {
         "train_config": asdict(cfg),
         "command": " ".join(["python -m prune_viz.train"] + sys.argv[1:]),
-        "commit": git_commit(),
+        "commit": commit,
         "train_seconds": round(train_s, 1),
         "steps_done": step,
         "init": started_from,

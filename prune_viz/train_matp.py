@@ -302,6 +302,7 @@ def run(
 ) -> dict:
     """Fine-tune from ``init`` (a demo checkpoint with its .json beside it), save, evaluate.
     ``command`` is recorded in the card (default: this process's command line)."""
+    commit = git_commit()  # at the start: the code that trains, not HEAD when it ends
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
     params = params or MATPParams()
@@ -360,7 +361,7 @@ def run(
         "init": str(init),
         "train_config": asdict(cfg),
         "command": command or " ".join(["python -m prune_viz.train_matp"] + sys.argv[1:]),
-        "commit": git_commit(),
+        "commit": commit,
         "train_seconds": round(train_s, 1),
         "val_scenes": cfg.val,
         "inference_size": model_cfg.img_size,
