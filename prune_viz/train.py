@@ -1,13 +1,22 @@
 """Train the shipped demo segmenter on procedural aerial scenes (CPU is enough).
 
-    python -m prune_viz.train --out assets/        # the shipped model (~1 h on 2 cores)
+    python -m prune_viz.train --out assets/        # the shipped model (see assets/MODEL_CARD.md)
     python -m prune_viz.train --steps 20 --finetune-steps 2 --val 4 --out /tmp/tiny   # smoke run
 
 Two phases: most steps on 256 px scenes (4x cheaper than 512, and each crop takes the matching
 window of the 32 x 32 position grid, so nothing changes at inference), then a short phase on
-full 512 px scenes. Loss: cross-entropy on the main head + 0.4 x each auxiliary head, all at the
-heads' 4 px resolution against the mode label of each 4 x 4 cell. Scenes are generated on the
-fly from fixed seeds, so a run is reproducible from its config.
+full 512 px scenes. Loss: cross-entropy on the main decoder + 0.4 x each auxiliary head, all at
+the heads' 4 px resolution against the mode label of each 4 x 4 cell. Scenes are generated on
+the fly from fixed seeds, so a run is reproducible from its config.
+
+Pruning-aware training (v2): each step draws a schedule from its own seed. In ``p_prune`` of
+the steps, random token subsets (keeping 25-90 %) are dropped after 1-3 random layers; in
+``p_exit`` of the steps, the most confident tokens (20-70 %, by the auxiliary head) exit after
+1-2 auxiliary layers with the head's prediction as final. Both run through
+``DemoSegmenter.forward_pruned``: real removal, frozen features scattered back, the mixing
+decoder on top, exactly the engine's forward (tests/test_pruning_aware.py). Gradients flow into
+the frozen features (they are the decoder's input). The other steps are plain forwards.
+Auxiliary losses count the tokens alive when each head scores them.
 """
 
 from __future__ import annotations
@@ -15,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -27,22 +35,31 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from .backbones.demo import DemoBackbone, DemoConfig, DemoSegmenter, tokens_to_map
+from .backbones.demo import DemoConfig, DemoSegmenter, Step, tokens_to_map
 from .data import synthetic
-from .metrics import IGNORE, ConfusionMatrix
+from .train_eval import evaluate_heads, git_commit, head_metrics, model_card
+
+__all__ = ["TrainConfig", "SceneDataset", "cell_labels", "evaluate_heads", "git_commit", "lr_at", "model_card", "run"]
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 2600
-    batch: int = 16
+    """Defaults are the shipped v2 run: a warm start from v1 (``--init``), sized for under an
+    hour on 2 shared CPU cores (assets/MODEL_CARD.md has its wall time). v1 trained from
+    scratch with steps 2600, batch 16, finetune_steps 250, lr 1e-3, warmup 150."""
+
+    steps: int = 360
+    batch: int = 8
     crop: int = 256
-    finetune_steps: int = 250
+    finetune_steps: int = 30
     finetune_batch: int = 4
-    lr: float = 1e-3
+    lr: float = 5e-4
     weight_decay: float = 0.05
-    warmup: int = 150
+    warmup: int = 30
     aux_weight: float = 0.4
+    mix_depth: int = 2
+    p_prune: float = 0.35
+    p_exit: float = 0.15
     seed: int = 0
     val: int = 100
     threads: int = 2
@@ -93,54 +110,108 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def loss_fn(model: DemoSegmenter, pixels: torch.Tensor, target: torch.Tensor, offsets: torch.Tensor, aux_weight: float):
-    # Crops in a batch may take different position windows: group by offset.
-    total = 0.0
-    for off in torch.unique(offsets, dim=0):
-        sel = (offsets == off).all(dim=1)
-        main, aux = model(pixels[sel], offset=(int(off[0]), int(off[1])))
-        loss = F.cross_entropy(main, target[sel])
-        for logits in aux.values():
-            loss = loss + aux_weight * F.cross_entropy(logits, target[sel])
-        total = total + loss * sel.sum() / len(sel)
-    return total
+def _exit_confident(fraction: float) -> Step:
+    """A step that lets the ``fraction`` most confident tokens (by the auxiliary head's top
+    softmax over sub-cell-averaged logits, as DToP's rule) exit, and keeps the rest."""
+
+    def decide(aux: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        if aux is None:
+            raise ValueError("exit steps need an auxiliary head at their layer")
+        conf = aux.mean(-1).softmax(-1).amax(-1)  # B x Nk
+        b, nk = conf.shape
+        m = min(nk - 1, int(round(fraction * nk)))
+        order = conf.argsort(dim=1, descending=True)
+        exit_mask = torch.zeros(b, nk, dtype=torch.bool).scatter(1, order[:, :m], True)
+        return order[:, m:].sort(dim=1).values, exit_mask
+
+    return decide
 
 
-@torch.no_grad()
-def evaluate_heads(backbone: DemoBackbone, split: str = "val", n: int = 100, progress: bool = True) -> dict:
-    """mIoU and per-class IoU of the main head and every auxiliary head on ``n`` scenes of a
-    split, at the model's inference size, against the full-resolution labels."""
-    cfg = backbone.cfg
-    k = len(cfg.classes)
-    names = ["main"] + [f"aux{layer}" for layer in cfg.aux_layers]
-    cms = {name: ConfusionMatrix(k) for name in names}
-    from .backbones.demo import logits_to_labels
+def sample_schedule(
+    rng: np.random.Generator, batch: int, n: int, aux_layers: tuple[int, ...], depth: int,
+    p_prune: float = 0.35, p_exit: float = 0.15,
+) -> dict[int, Step]:
+    """One step's pruning schedule for ``DemoSegmenter.forward_pruned`` ({} = plain forward).
+    Random subsets are drawn per image; ``n`` tokens per image enter the first step."""
+    u = rng.random()
+    if u < p_exit and aux_layers:
+        k = min(len(aux_layers), int(rng.integers(1, 3)))
+        layers = sorted(int(v) for v in rng.choice(np.array(aux_layers), size=k, replace=False))
+        return {layer: _exit_confident(float(rng.uniform(0.2, 0.7))) for layer in layers}
+    if u < p_exit + p_prune:
+        cands = np.arange(2, depth - 1) if depth >= 4 else np.arange(1, depth)
+        k = min(len(cands), int(rng.integers(1, 4)))
+        steps: dict[int, Step] = {}
+        alive = n
+        for layer in sorted(int(v) for v in rng.choice(cands, size=k, replace=False)):
+            m = max(1, int(round(alive * rng.uniform(0.25, 0.9))))
+            keep = np.sort(np.argsort(rng.random((batch, alive)), axis=1)[:, :m], axis=1)
+            steps[layer] = (torch.from_numpy(keep), None)
+            alive = m
+        return steps
+    return {}
 
-    for i in tqdm(range(n), desc=f"eval {split}", disable=not progress):
-        image, gt = synthetic.split_scene(split, i, cfg.img_size)
-        prep = backbone.prepare(image)
-        main, aux = backbone.net(prep.pixels)
-        cms["main"].update(logits_to_labels(main, gt.shape), gt)
-        for layer, logits in aux.items():
-            cms[f"aux{layer}"].update(logits_to_labels(logits, gt.shape), gt)
+
+def token_targets(target: torch.Tensor, gh: int, gw: int, sub: int) -> torch.Tensor:
+    """B x (gh*sub) x (gw*sub) cell labels -> B x N x sub² (the order of the heads' sub-cells)."""
+    b = target.shape[0]
+    return target.view(b, gh, sub, gw, sub).permute(0, 1, 3, 2, 4).reshape(b, gh * gw, sub * sub)
+
+
+def loss_fn(
+    model: DemoSegmenter, pixels: torch.Tensor, target: torch.Tensor, offsets: torch.Tensor, aux_weight: float,
+    steps: dict[int, Step] | None = None,
+) -> torch.Tensor:
+    """Main CE on every cell of the final map (exited tokens: their aux logits) + ``aux_weight``
+    x each auxiliary CE over the tokens alive at that head. One position window per batch
+    (``SceneDataset`` draws one offset per batch)."""
+    off = offsets[0]
+    if not (offsets == off).all():
+        raise ValueError("a batch must share one position-grid offset")
+    cfg = model.cfg
+    gh, gw = pixels.shape[-2] // cfg.patch_size, pixels.shape[-1] // cfg.patch_size
+    out = model.forward_pruned(pixels, steps or {}, offset=(int(off[0]), int(off[1])))
+    loss = F.cross_entropy(tokens_to_map(out.logits, gh, gw), target)
+    tokens = token_targets(target, gh, gw, cfg.sub)
+    for logits, idx in out.aux.values():
+        tgt = tokens.gather(1, idx[..., None].expand(-1, -1, tokens.shape[-1]))
+        loss = loss + aux_weight * F.cross_entropy(logits.permute(0, 2, 1, 3), tgt)
+    return loss
+
+
+def warm_start(model: DemoSegmenter, init: Path) -> dict:
+    """Load every tensor of the checkpoint ``init`` whose name and shape match ``model`` (a
+    v1 demo checkpoint has no mixer: the mixer keeps its identity initialisation). Returns
+    what the card records: the file's sha256 and the tensors left at their initialisation."""
+    import hashlib
+
+    from .checkpoints import load_state_dict
+
+    state = {k: v.float() for k, v in load_state_dict(init).items()}
+    own = model.state_dict()
+    used = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(used, strict=False)
     return {
-        name: {"miou": cm.miou(), "iou": {c: float(v) for c, v in zip(cfg.classes, cm.iou())}}
-        for name, cm in cms.items()
+        "path": str(init),
+        "sha256": hashlib.sha256(Path(init).read_bytes()).hexdigest(),
+        "fresh": sorted(k for k in own if k not in used),
     }
 
 
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def run(cfg: TrainConfig, out: Path, model_cfg: DemoConfig | None = None) -> dict:
+def run(
+    cfg: TrainConfig, out: Path, model_cfg: DemoConfig | None = None, machine_note: str = "", init: Path | None = None
+) -> dict:
+    """Train (from scratch, or from the demo checkpoint ``init``), save fp16 weights + config to
+    ``out``, evaluate the saved weights on val, test and shift (``cfg.val`` scenes each), write
+    the model card. Returns the card dict."""
+    commit = git_commit()  # at the start: the code that trains, not HEAD when it ends
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
-    model_cfg = model_cfg or DemoConfig(classes=synthetic.CLASSES, palette=tuple(map(tuple, synthetic.PALETTE.tolist())))
+    model_cfg = model_cfg or DemoConfig(
+        classes=synthetic.CLASSES, palette=tuple(map(tuple, synthetic.PALETTE.tolist())), mix_depth=cfg.mix_depth
+    )
     model = DemoSegmenter(model_cfg)
+    started_from = warm_start(model, init) if init is not None else None
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "pos_embed" not in n]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "pos_embed" in n]
     opt = torch.optim.AdamW(
@@ -152,24 +223,26 @@ def run(cfg: TrainConfig, out: Path, model_cfg: DemoConfig | None = None) -> dic
     step = 0
     t0 = time.time()
     model.train()
-    bar = tqdm(total=total_steps, desc="train")
+    bar = tqdm(total=total_steps, desc="train", mininterval=30)
     for n_steps, batch, size, start in phases:
         if n_steps == 0:
             continue
         data = SceneDataset(start, n_steps * batch, size, model_cfg, cfg.seed, batch)
         loader = DataLoader(data, batch_size=batch, shuffle=False, num_workers=1, persistent_workers=False)
+        n_tokens = (size // model_cfg.patch_size) ** 2
         for pixels, target, offsets in loader:
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, total_steps, cfg)
-            loss = loss_fn(model, pixels, target, offsets, cfg.aux_weight)
+            rng = np.random.default_rng([cfg.seed, 7, step])  # the step's own schedule: reproducible
+            steps = sample_schedule(rng, len(pixels), n_tokens, model_cfg.aux_layers, model_cfg.depth, cfg.p_prune, cfg.p_exit)
+            loss = loss_fn(model, pixels, target, offsets, cfg.aux_weight, steps)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             step += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}", size=size)
-            if step % 50 == 0 or step == total_steps:
+            if step % 25 == 0 or step == total_steps:
                 log.append({"step": step, "loss": round(loss.item(), 4), "lr": lr_at(step, total_steps, cfg), "size": size, "elapsed_s": round(time.time() - t0, 1)})
                 print(json.dumps(log[-1]), flush=True)
     bar.close()
@@ -185,18 +258,22 @@ def run(cfg: TrainConfig, out: Path, model_cfg: DemoConfig | None = None) -> dic
     # Evaluate what ships: the fp16 weights loaded back exactly as the app loads them.
     from .backbones.demo import build_demo
 
-    card_cfg = replace(model_cfg, extra={})
-    (out / "demo_segmenter.json").write_text(card_cfg.to_json())
+    (out / "demo_segmenter.json").write_text(replace(model_cfg, extra={}).to_json())
     backbone = build_demo(weights, out / "demo_segmenter.json")
-    metrics = evaluate_heads(backbone, "val", cfg.val)
+    splits = {split: evaluate_heads(backbone, split, cfg.val) for split in ("val", "test", "shift")}
     card = {
         "train_config": asdict(cfg),
         "command": " ".join(["python -m prune_viz.train"] + sys.argv[1:]),
-        "commit": git_commit(),
+        "commit": commit,
         "train_seconds": round(train_s, 1),
+        "steps_done": step,
+        "init": started_from,
+        "machine_note": machine_note,
         "val_scenes": cfg.val,
         "inference_size": model_cfg.img_size,
-        "metrics_val": metrics,
+        "metrics_val": head_metrics(splits["val"]),
+        "splits": {name: {"main": m["main"], "class_shares": m["class_shares"]} for name, m in splits.items()},
+        "heads_by_split": {name: {h: round(v["miou"], 4) for h, v in head_metrics(m).items()} for name, m in splits.items()},
         "log_tail": log[-5:],
     }
     final_cfg = replace(model_cfg, extra=card)
@@ -205,47 +282,19 @@ def run(cfg: TrainConfig, out: Path, model_cfg: DemoConfig | None = None) -> dic
     return card
 
 
-def model_card(cfg: DemoConfig, card: dict) -> str:
-    m = card["metrics_val"]
-    heads = list(m)
-    lines = [
-        "# Demo segmenter (shipped with prune_viz)",
-        "",
-        f"A plain timm ViT (patch {cfg.patch_size}, {cfg.depth} blocks, width {cfg.embed_dim}, {cfg.num_heads} heads) "
-        f"with a per-token head and auxiliary heads after blocks {list(cfg.aux_layers)}, trained from scratch on "
-        "procedural aerial scenes (`prune_viz/data/synthetic.py`). Input "
-        f"{cfg.img_size} x {cfg.img_size} ({cfg.img_size // cfg.patch_size} x {cfg.img_size // cfg.patch_size} tokens).",
-        "",
-        "Numbers below are written by the training command from its own evaluation of the saved (fp16) weights;"
-        " `python -m prune_viz bench --backbone demo --methods none --split val --n 100` reproduces the main-head mIoU.",
-        "",
-        f"Command: `{card['command']}`  ",
-        f"Commit: `{card['commit']}`  ",
-        f"Training time: {card['train_seconds'] / 60:.1f} min on {card['train_config']['threads']} CPU threads  ",
-        f"Validation: {card['val_scenes']} val scenes at {card['inference_size']} px",
-        "",
-        "| head | mIoU | " + " | ".join(cfg.classes) + " |",
-        "|---" * (len(cfg.classes) + 2) + "|",
-    ]
-    for head in heads:
-        ious = " | ".join(f"{m[head]['iou'][c]:.3f}" for c in cfg.classes)
-        lines.append(f"| {head} | {m[head]['miou']:.3f} | {ious} |")
-    lines += ["", "Classes and colours:", ""]
-    lines += [f"- {i}: {c} rgb{tuple(cfg.palette[i])}" for i, c in enumerate(cfg.classes)]
-    lines += ["", "Training config:", "", "```json", json.dumps(card["train_config"], indent=2), "```", ""]
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m prune_viz.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     defaults = TrainConfig()
     for name, value in asdict(defaults).items():
         p.add_argument("--" + name.replace("_", "-"), type=type(value), default=value)
     p.add_argument("--out", type=Path, default=Path("assets"))
+    p.add_argument("--init", type=Path, default=None, help="warm start from this demo checkpoint (default: from scratch)")
+    p.add_argument("--machine-note", default="", help="free text for the card, e.g. how loaded the machine was")
     args = p.parse_args(argv)
     cfg = TrainConfig(**{k: getattr(args, k) for k in asdict(defaults)})
-    card = run(cfg, args.out)
+    card = run(cfg, args.out, machine_note=args.machine_note, init=args.init)
     print(json.dumps({h: round(v["miou"], 4) for h, v in card["metrics_val"].items()}))
+    print(json.dumps({s: round(v["main"]["miou"], 4) for s, v in card["splits"].items()}))
     return 0
 
 

@@ -47,7 +47,8 @@ from tqdm import tqdm
 from .backbones.demo import DemoBackbone, DemoSegmenter, build_demo, tokens_to_map
 from .methods.matp import SPEC as MATP_SPEC
 from .methods.matp import MATPParams, matp_masks
-from .train import SceneDataset, evaluate_heads, git_commit, lr_at, model_card
+from .train import SceneDataset, lr_at
+from .train_eval import evaluate_heads, git_commit, head_metrics, model_card
 
 WEIGHTS_NAME = "demo_matp.safetensors"
 CONFIG_NAME = "demo_matp.json"
@@ -195,7 +196,8 @@ def pruned_forward(
         alive = alive & ~new
         candidates[i], pruned[i] = n_cand, int(new.sum())
     final = torch.where(alive[..., None], x[:, p:], frozen)
-    main = model.head(model.vit.norm(final))
+    gh, gw = pixels.shape[-2] // model.cfg.patch_size, pixels.shape[-1] // model.cfg.patch_size
+    main = model.decode_tokens(final, gh, gw)  # the mixing decoder sees the scattered-back grid
     return PrunedForward(main, aux, aux_alive, alive, candidates, pruned)
 
 
@@ -300,6 +302,7 @@ def run(
 ) -> dict:
     """Fine-tune from ``init`` (a demo checkpoint with its .json beside it), save, evaluate.
     ``command`` is recorded in the card (default: this process's command line)."""
+    commit = git_commit()  # at the start: the code that trains, not HEAD when it ends
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
     params = params or MATPParams()
@@ -358,11 +361,11 @@ def run(
         "init": str(init),
         "train_config": asdict(cfg),
         "command": command or " ".join(["python -m prune_viz.train_matp"] + sys.argv[1:]),
-        "commit": git_commit(),
+        "commit": commit,
         "train_seconds": round(train_s, 1),
         "val_scenes": cfg.val,
         "inference_size": model_cfg.img_size,
-        "metrics_val": evaluate_heads(tuned, "val", cfg.val, progress=progress) if cfg.val else {},
+        "metrics_val": head_metrics(evaluate_heads(tuned, "val", cfg.val, progress=progress)) if cfg.val else {},
         "matp_engine_val": evaluate_matp_engine(tuned, cfg.val, params, cfg.layers, progress=progress) if cfg.val else {},
         "matp_engine_val_init": before,
         "log_tail": log[-5:],

@@ -46,4 +46,18 @@ def test_model_card_numbers_come_from_the_evaluation():
     for head in heads.values():
         ious = [v for v in head["iou"].values() if not np.isnan(v)]
         assert abs(np.mean(ious) - head["miou"]) < 1e-9
+        lo, hi = head["ci95"]
+        assert 0 <= lo <= head["miou"] <= hi <= 1
     assert os.path.exists(DEMO_CONFIG.with_name("MODEL_CARD.md"))
+
+
+def test_shipped_model_is_v2_and_shift_shows_a_drop():
+    """The shipped decoder mixes tokens, and the shift split is measurably harder: its mIoU lies
+    below the lower end of val's bootstrap CI."""
+    cfg = json.loads(DEMO_CONFIG.read_text())
+    assert cfg["mix_depth"] >= 1
+    splits = cfg["extra"]["splits"]
+    assert set(splits) == {"val", "test", "shift"}
+    for split in splits.values():
+        assert abs(sum(split["class_shares"].values()) - 1.0) < 1e-6
+    assert splits["shift"]["main"]["miou"] < splits["val"]["main"]["ci95"][0]

@@ -17,8 +17,13 @@ CLASSES = ("a", "b", "c")
 @pytest.fixture(scope="module")
 def demo():
     torch.manual_seed(0)
-    cfg = DemoConfig(classes=CLASSES, palette=((0, 0, 0), (255, 0, 0), (0, 255, 0)), img_size=128, depth=4, aux_layers=(1, 2))
-    return DemoBackbone(DemoSegmenter(cfg).eval())
+    cfg = DemoConfig(
+        classes=CLASSES, palette=((0, 0, 0), (255, 0, 0), (0, 255, 0)), img_size=128, depth=4, aux_layers=(1, 2), mix_depth=2
+    )
+    net = DemoSegmenter(cfg)
+    for pw in net.mixer.pw:  # the mixer starts as the identity: make it mix
+        torch.nn.init.normal_(pw.weight, std=0.05)
+    return DemoBackbone(net.eval())
 
 
 @pytest.fixture(scope="module")

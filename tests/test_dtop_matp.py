@@ -272,8 +272,12 @@ def test_specs_and_default_layers() -> None:
 @pytest.fixture(scope="module")
 def demo() -> DemoBackbone:
     torch.manual_seed(0)
-    cfg = DemoConfig(classes=CLASSES, palette=((0, 0, 0), (255, 0, 0), (0, 255, 0)), img_size=128, depth=4, aux_layers=(1, 2))
-    return DemoBackbone(DemoSegmenter(cfg).eval())
+    cfg = DemoConfig(
+        classes=CLASSES, palette=((0, 0, 0), (255, 0, 0), (0, 255, 0)), img_size=128, depth=4, aux_layers=(1, 2), mix_depth=1
+    )
+    net = DemoSegmenter(cfg)
+    torch.nn.init.normal_(net.mixer.pw[0].weight, std=0.05)  # a mixer that mixes (it starts as the identity)
+    return DemoBackbone(net.eval())
 
 
 @pytest.fixture(scope="module")
@@ -287,12 +291,14 @@ def test_dtop_composes_exited_and_final_predictions(demo: DemoBackbone, image: n
     exit_layer = np.where(trace.exited, trace.drop_layer, 0).ravel()
     assert (exit_layer == 1).any() and (exit_layer == 2).any(), "the test needs exits at both layers"
     # Re-run the forward by hand with the engine's kept sets: each exited token's final logits are
-    # the aux head's at its exit layer, every other token's the main head's after the last block.
+    # the aux head's at its exit layer; every other token's come from the mixing decoder run on
+    # the whole grid, exited tokens' frozen features included as context.
     prep = demo.prepare(image)
     net = demo.net
     x = net.embed(prep.pixels)
     alive = torch.arange(64)
     expected = torch.empty(64, 3)
+    full = torch.empty(1, 64, x.shape[-1])
     for layer, block in enumerate(net.vit.blocks, start=1):
         x = block(x)
         if layer in (1, 2):
@@ -300,9 +306,11 @@ def test_dtop_composes_exited_and_final_predictions(demo: DemoBackbone, image: n
             kept = trace.kept_per_step[layer - 1]
             leaving = ~torch.isin(alive, kept)
             expected[alive[leaving]] = aux[leaving]
+            full[:, alive[leaving]] = x[:, 1:][:, leaving]
             x = torch.cat([x[:, :1], x[:, 1:][:, ~leaving]], dim=1)
             alive = alive[~leaving]
-    expected[alive] = net.head(net.vit.norm(x[0, 1:])).mean(-1)
+    full[:, alive] = x[:, 1:]
+    expected[alive] = net.decode_tokens(full, 8, 8)[0, alive].mean(-1)
     assert torch.allclose(trace.seg.token_logits, expected, atol=1e-5)
     assert trace.exited.ravel()[alive.numpy()].sum() == 0 and trace.exited.sum() == 64 - alive.numel()
 

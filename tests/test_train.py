@@ -10,14 +10,28 @@ from prune_viz.train import TrainConfig, cell_labels, run
 
 
 def test_two_runs_of_the_same_config_give_identical_weights(tmp_path):
-    cfg = TrainConfig(steps=2, batch=2, crop=64, finetune_steps=1, finetune_batch=1, warmup=1, val=1, threads=1)
-    small = DemoConfig(classes=synthetic.CLASSES, palette=tuple(map(tuple, synthetic.PALETTE.tolist())), img_size=128, depth=2, aux_layers=(1,))
+    """Pruning-aware steps included (p_prune + p_exit = 1: every step prunes or exits)."""
+    cfg = TrainConfig(
+        steps=2, batch=2, crop=64, finetune_steps=1, finetune_batch=1, warmup=1, val=2, threads=1, p_prune=0.5, p_exit=0.5
+    )
+    small = DemoConfig(
+        classes=synthetic.CLASSES, palette=tuple(map(tuple, synthetic.PALETTE.tolist())), img_size=128, depth=4,
+        aux_layers=(1, 2), mix_depth=1,
+    )
     cards = [run(cfg, tmp_path / name, small) for name in ("a", "b")]
     a = load_file(str(tmp_path / "a" / "demo_segmenter.safetensors"))
     b = load_file(str(tmp_path / "b" / "demo_segmenter.safetensors"))
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+    assert any(k.startswith("mixer.") for k in a)
     assert json.dumps(cards[0]["metrics_val"]) == json.dumps(cards[1]["metrics_val"])  # NaN-safe
-    assert (tmp_path / "a" / "MODEL_CARD.md").read_text().count("| main |") == 1
+    card_md = (tmp_path / "a" / "MODEL_CARD.md").read_text()
+    assert card_md.count("| main |") == 1 and "| shift |" in card_md
+    assert set(cards[0]["splits"]) == {"val", "test", "shift"}
+
+    # A warm start from run a's weights records the file and leaves nothing fresh.
+    warm = run(TrainConfig(steps=1, batch=2, crop=64, finetune_steps=0, warmup=1, val=1, threads=1), tmp_path / "c", small,
+               init=tmp_path / "a" / "demo_segmenter.safetensors")
+    assert warm["init"]["fresh"] == [] and len(warm["init"]["sha256"]) == 64
 
 
 def test_cell_labels_take_the_majority_of_each_cell():

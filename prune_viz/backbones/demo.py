@@ -1,19 +1,31 @@
-"""The shipped demo segmenter: a plain timm ViT (patch 16) with a light per-token head and
+"""The shipped demo segmenter: a plain timm ViT (patch 16), a small token-mixing decoder and
 auxiliary heads after configurable blocks (DToP's stage boundaries, MATP's scorers).
 
-Every head is per-token: LayerNorm (the ViT's final norm for the main head) + one Linear that
-predicts K logits for each of the s x s sub-cells of the token's 16 x 16 patch (s = 4 gives a
-4 px logit grid, pixel-shuffled then bilinearly upsampled). Because no head mixes tokens, a token
-that exits early (DToP) can take its auxiliary prediction as final without touching its
-neighbours, and the pruned and unpruned maps differ exactly where tokens were treated differently.
+Heads: LayerNorm (the ViT's final norm for the main decoder) + one Linear that predicts K logits
+for each of the s x s sub-cells of the token's 16 x 16 patch (s = 4 gives a 4 px logit grid,
+pixel-shuffled then bilinearly upsampled).
+
+Main decoder (v2): before its per-token head, ``mix_depth`` residual stages of a depthwise 3 x 3
+convolution + GELU + pointwise Linear run on the gh x gw token grid, *after* the engine scattered
+pruned tokens back with the features they had when dropped. A pruned token's prediction can so
+borrow from its neighbours (which ran to the end), and each token's prediction depends on its
+(2 x mix_depth + 1)^2 neighbourhood. Auxiliary heads stay per-token, so a token that exits early
+(DToP) has a prediction of its own; it is final (see ``decode_tokens``), and its frozen features
+still serve as context for its neighbours in the mixing stages.
+
+``DemoSegmenter.forward_pruned`` is the batched training forward with real token removal after
+chosen layers (the engine's semantics: gather kept tokens, freeze the others, scatter back,
+decode; exited tokens take their auxiliary logits), used for pruning-aware training.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -21,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..checkpoints import CheckpointError, load_state_dict
-from ..flops import linear_macs
+from ..flops import conv_macs, linear_macs
 from .base import Prepared, Segmentation
 from .vit import TimmViT, resize_rgb
 
@@ -43,6 +55,7 @@ class DemoConfig:
     # 3, 6, 9: DToP's stage boundaries; 8 as well so MATP can prune at its paper's layers 3, 6, 8.
     aux_layers: tuple[int, ...] = (3, 6, 8, 9)
     sub: int = 4  # sub-cells per patch side predicted by each head
+    mix_depth: int = 0  # token-mixing stages in the main decoder (0 = v1's per-token head)
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     extra: dict = field(default_factory=dict)  # training config, metrics: carried, not used
@@ -77,8 +90,57 @@ class TokenHead(nn.Module):
         return out.view(*tokens.shape[:-1], self.num_classes, self.sub * self.sub)
 
 
+class GridMixer(nn.Module):
+    """Residual token mixing on the token grid: B x N x C (row-major gh x gw) -> B x N x C.
+
+    Each stage: x + Linear(GELU(depthwise 3x3 conv(x))). Zero padding at the border (a border
+    token has fewer neighbours, as in any conv decoder)."""
+
+    def __init__(self, dim: int, depth: int):
+        super().__init__()
+        self.dw = nn.ModuleList(nn.Conv2d(dim, dim, 3, padding=1, groups=dim) for _ in range(depth))
+        self.pw = nn.ModuleList(nn.Linear(dim, dim) for _ in range(depth))
+        for pw in self.pw:  # start as the identity: a warm start keeps its per-token decoding
+            nn.init.zeros_(pw.weight)
+            nn.init.zeros_(pw.bias)
+
+    def forward(self, tokens: Tensor, gh: int, gw: int) -> Tensor:
+        b, n, c = tokens.shape
+        x = tokens
+        for dw, pw in zip(self.dw, self.pw):
+            grid = x.transpose(1, 2).reshape(b, c, gh, gw)
+            x = x + pw(F.gelu(dw(grid).flatten(2).transpose(1, 2)))
+        return x
+
+    def macs(self, gh: int, gw: int) -> int:
+        """Multiply-adds for one image (the depthwise convs count every output position)."""
+        return sum(conv_macs(dw, gh, gw) for dw in self.dw) + linear_macs(self.pw, gh * gw)
+
+
+# One pruning step of forward_pruned: (keep B x Nk' positions, exit B x Nk bool or None), or a
+# callable from the layer's auxiliary logits (B x Nk x K x s², or None) to that pair.
+Step = tuple[Tensor, "Tensor | None"] | Callable[["Tensor | None"], tuple[Tensor, "Tensor | None"]]
+
+
+@dataclass
+class PrunedOutput:
+    """What :meth:`DemoSegmenter.forward_pruned` produced.
+
+    logits:  B x N x K x s² final per-token logits (decoder on the scattered-back grid, exited
+             tokens replaced by their auxiliary logits)
+    aux:     layer -> (B x Nk x K x s² auxiliary logits, B x Nk global indices of those tokens)
+    alive:   B x Nf global indices of the tokens that ran through every block
+    exited:  B x N bool, tokens that exited with an auxiliary prediction
+    """
+
+    logits: Tensor
+    aux: dict[int, tuple[Tensor, Tensor]]
+    alive: Tensor
+    exited: Tensor
+
+
 class DemoSegmenter(nn.Module):
-    """timm VisionTransformer + main head + auxiliary heads."""
+    """timm VisionTransformer + token-mixing main decoder + auxiliary heads."""
 
     def __init__(self, cfg: DemoConfig):
         super().__init__()
@@ -96,7 +158,8 @@ class DemoSegmenter(nn.Module):
             dynamic_img_size=True,
         )
         k = len(cfg.classes)
-        self.head = TokenHead(cfg.embed_dim, k, cfg.sub, norm=False)  # after vit.norm
+        self.mixer = GridMixer(cfg.embed_dim, cfg.mix_depth) if cfg.mix_depth > 0 else None
+        self.head = TokenHead(cfg.embed_dim, k, cfg.sub, norm=False)  # after vit.norm (+ mixer)
         self.aux_heads = nn.ModuleDict({str(layer): TokenHead(cfg.embed_dim, k, cfg.sub) for layer in cfg.aux_layers})
 
     def embed(self, pixels: Tensor, offset: tuple[int, int] = (0, 0)) -> Tensor:
@@ -117,6 +180,18 @@ class DemoSegmenter(nn.Module):
         cls = (vit.cls_token + vit.pos_embed[:, :1]).expand(b, -1, -1)
         return vit.norm_pre(torch.cat([cls, patches], dim=1))
 
+    def decode_tokens(self, patch_grid: Tensor, gh: int, gw: int) -> Tensor:
+        """Main decoder: B x N x C block features on the full gh x gw grid (pruned tokens
+        scattered back) -> B x N x K x s² logits."""
+        x = self.vit.norm(patch_grid)
+        if self.mixer is not None:
+            x = self.mixer(x, gh, gw)
+        return self.head(x)
+
+    def decode_macs(self, gh: int, gw: int) -> int:
+        mix = self.mixer.macs(gh, gw) if self.mixer is not None else 0
+        return mix + linear_macs(self.head, gh * gw)
+
     def forward(self, pixels: Tensor, offset: tuple[int, int] = (0, 0)) -> tuple[Tensor, dict[int, Tensor]]:
         """Training forward: B x 3 x H x W -> (main logits B x K x H/4 x W/4, {layer: aux logits})."""
         x = self.embed(pixels, offset)
@@ -126,8 +201,70 @@ class DemoSegmenter(nn.Module):
             x = block(x)
             if str(i) in self.aux_heads:
                 aux[i] = tokens_to_map(self.aux_heads[str(i)](x[:, 1:]), gh, gw)
-        main = tokens_to_map(self.head(self.vit.norm(x[:, 1:])), gh, gw)
+        main = tokens_to_map(self.decode_tokens(x[:, 1:], gh, gw), gh, gw)
         return main, aux
+
+    def forward_pruned(
+        self,
+        pixels: Tensor,
+        steps: dict[int, Step],
+        offset: tuple[int, int] = (0, 0),
+    ) -> PrunedOutput:
+        """Forward of B x 3 x H x W ``pixels`` with tokens really removed, as the engine does.
+
+        steps: pruning layer (1-based) -> (keep, exit). ``keep`` is B x Nk' long: positions,
+        within the Nk tokens alive before this step, of the tokens that go on (the same count
+        for every image, so the batch stays one tensor). ``exit`` is None or B x Nk bool: which
+        of the leaving tokens exit with the auxiliary head's prediction of this layer (the
+        layer must have a head); the others are pruned. A step may instead be a callable that
+        gets this layer's auxiliary logits (B x Nk x K x s², detached; None without a head) and
+        returns (keep, exit): decisions that depend on the features, as DToP's do. Leaving
+        tokens freeze their features; the decoder sees them scattered back beside the tokens
+        that ran to the end.
+        """
+        x = self.embed(pixels, offset)
+        b, c = x.shape[0], x.shape[-1]
+        gh, gw = pixels.shape[-2] // self.cfg.patch_size, pixels.shape[-1] // self.cfg.patch_size
+        n = gh * gw
+        idx = torch.arange(n).expand(b, n)  # global index of each alive token
+        full = x.new_zeros(b, n, c)
+        exit_logits: Tensor | None = None
+        exited = torch.zeros(b, n, dtype=torch.bool)
+        aux: dict[int, tuple[Tensor, Tensor]] = {}
+        for i, block in enumerate(self.vit.blocks, start=1):
+            x = block(x)
+            head = self.aux_heads[str(i)] if str(i) in self.aux_heads else None
+            if head is not None:
+                aux[i] = (head(x[:, 1:]), idx)
+            if i not in steps:
+                continue
+            step = steps[i]
+            keep, exit_mask = step(None if head is None else aux[i][0].detach()) if callable(step) else step
+            patches = x[:, 1:]
+            # Write every alive token's current features: the kept ones are overwritten later.
+            full = full.scatter(1, idx[..., None].expand(-1, -1, c), patches)
+            if exit_mask is not None:
+                if head is None:
+                    raise ValueError(f"tokens can only exit after a layer with an auxiliary head, not {i}")
+                leaving = torch.ones_like(exit_mask)
+                leaving.scatter_(1, keep, False)
+                ex = exit_mask & leaving
+                logits = aux[i][0]
+                if exit_logits is None:
+                    exit_logits = logits.new_zeros(b, n, *logits.shape[2:])
+                sel = ex.view(b, -1, 1, 1)
+                current = exit_logits.gather(1, idx.view(b, -1, 1, 1).expand(-1, -1, *logits.shape[2:]))
+                exit_logits = exit_logits.scatter(
+                    1, idx.view(b, -1, 1, 1).expand(-1, -1, *logits.shape[2:]), torch.where(sel, logits, current)
+                )
+                exited = exited.scatter(1, idx, exited.gather(1, idx) | ex)
+            x = torch.cat([x[:, :1], patches.gather(1, keep[..., None].expand(-1, -1, c))], dim=1)
+            idx = idx.gather(1, keep)
+        full = full.scatter(1, idx[..., None].expand(-1, -1, c), x[:, 1:])
+        logits = self.decode_tokens(full, gh, gw)
+        if exit_logits is not None:
+            logits = torch.where(exited[..., None, None], exit_logits, logits)
+        return PrunedOutput(logits, aux, idx, exited)
 
 
 def tokens_to_map(logits: Tensor, gh: int, gw: int) -> Tensor:
@@ -176,8 +313,12 @@ class DemoBackbone(TimmViT):
         return linear_macs(self.net.aux_heads[str(layer)], n_tokens) if str(layer) in self.net.aux_heads else 0
 
     def token_logits(self, patch_grid: Tensor, exit_logits: Tensor | None = None, exited: Tensor | None = None) -> Tensor:
-        """1 x N x C -> N x K x s² main-head logits, exited tokens replaced by their exit logits."""
-        logits = self.net.head(self.net.vit.norm(patch_grid))[0]
+        """1 x N x C (the full grid, pruned tokens scattered back) -> N x K x s² main-decoder
+        logits, exited tokens replaced by their exit logits. The mixing stages see every token,
+        exited ones included (their frozen features are context); an exited token's own
+        prediction stays the auxiliary one, as in DToP (docs/methods/dtop.md)."""
+        g = math.isqrt(patch_grid.shape[1])  # prepare() always gives a square grid
+        logits = self.net.decode_tokens(patch_grid, g, g)[0]
         if exit_logits is not None and exited is not None:
             logits = torch.where(exited[:, None, None], exit_logits.to(logits.dtype), logits)
         return logits
@@ -194,7 +335,7 @@ class DemoBackbone(TimmViT):
         )
 
     def decode_macs(self, prep: Prepared) -> int:
-        return linear_macs(self.net.head, prep.grid[0] * prep.grid[1])
+        return self.net.decode_macs(*prep.grid)
 
 
 def logits_to_labels(logit_map: Tensor, out_hw: tuple[int, int]) -> np.ndarray:

@@ -70,12 +70,18 @@ SCENE_KINDS: tuple[str, ...] = (
     "fields",
     "parking",
 )
-_KIND_PROBS = (0.5, 0.1, 0.1, 0.1, 0.1, 0.1)
+# Built-up kinds are drawn more often than in v1 so the class shares come near Potsdam's
+# (impervious and building ~25 % each, cars ~2 %) instead of a grass-dominated mix.
+_KIND_PROBS = (0.36, 0.24, 0.16, 0.08, 0.06, 0.10)
+
+# Only in the shift split: a layout mix the training generator never produces.
+SHIFT_KINDS: tuple[str, ...] = ("town_river",)
 
 SPLIT_SEEDS: dict[str, range] = {
     "train": range(0, 10_000_000),
     "val": range(10_000_000, 10_100_000),
     "test": range(20_000_000, 20_100_000),
+    "shift": range(30_000_000, 30_100_000),
 }
 
 _SHIFT = 3  # fixed-point bits for cv2 coordinates
@@ -1325,6 +1331,171 @@ def _gen_parking(sc: _Scene) -> None:
     _all_road_cars(sc, (20, 80))
 
 
+def _gen_town_river(sc: _Scene) -> None:
+    """Shift split only: an inner-city grid cut by a broad river with wooded banks (no
+    training kind puts dense blocks and a river in one view)."""
+    rng = sc.rng
+    _gen_dense(sc)
+    _river(sc, rng.uniform(40, 90) * sc.scale)
+    sc.shade[sc.lab == WATER] = 0  # the river replaced what cast those shadows
+    _groves(sc, int(rng.binomial(max(1, round(2 * sc.area)), 0.5)), (12, 30))
+
+
+# ----------------------------------------------------------------------------------------
+# Hard details (v2): thin structures and objects smaller than a token
+# ----------------------------------------------------------------------------------------
+
+_THIN_ON = np.array([0, 0, 1, 0, 0, 0, 1], dtype=bool)  # only over open ground
+_PATH_COLOURS = ((176, 168, 150), (150, 146, 138), (196, 186, 160))
+_BALLAST = (128, 118, 108)
+
+
+def _overlay(sc: _Scene, mask: np.ndarray, label: int, colour: tuple[int, int, int]) -> int:
+    """Paint ``label`` / ``colour`` where the scratch ``mask`` (H x W uint8) is set and the
+    ground is open (``_THIN_ON``): thin structures pass under every object drawn before them,
+    so image and labels agree on occlusion. Returns the number of pixels painted."""
+    where = mask.astype(bool) & _THIN_ON[sc.lab]
+    sc.lab[where] = label
+    sc.img[where] = colour
+    return int(where.sum())
+
+
+def _wiggly_line(sc: _Scene, straight: bool) -> np.ndarray:
+    """A curve across the view (N x 2): straight-ish in the layout frame or free-form."""
+    rng = sc.rng
+    c, R = sc.centre, sc.reach
+    ang = sc.theta + rng.integers(2) * np.pi / 2 if straight else rng.uniform(0, np.pi)
+    off = rng.uniform(-0.45, 0.45) * sc.size
+    dx, dy = math.cos(ang), math.sin(ang)
+    px, py = c - dy * off, c + dx * off
+    k = (rng.normal(0, 0.02, 2) if straight else rng.normal(0, 0.35, 2)) * R
+    return _bezier(
+        (px - R * dx, py - R * dy),
+        (px - R / 3 * dx - dy * k[0], py - R / 3 * dy + dx * k[0]),
+        (px + R / 3 * dx - dy * k[1], py + R / 3 * dy + dx * k[1]),
+        (px + R * dx, py + R * dy),
+        80,
+    )
+
+
+def _thin(sc: _Scene, pts: np.ndarray, width: int) -> np.ndarray:
+    """Scratch H x W uint8 mask of a ``width`` px polyline (1 px = a single LINE_8 stroke)."""
+    mask = np.zeros_like(sc.lab)
+    cv2.polylines(mask, [_fix(pts)], False, 1, int(width), cv2.LINE_8, _SHIFT)
+    return mask
+
+
+def _thin_structures(sc: _Scene, kind: str) -> None:
+    """Footpaths (impervious), streams (water), rail lines (ballast = clutter, with rails in
+    the image only) and field boundaries / ditches (bare soil = clutter), 1-3 px wide. Much
+    thinner than a 16 px token and than the head's 4 px cells: a per-cell target rarely sees
+    them, so they stay hard for every model and are exactly what coarse pruning loses."""
+    rng = sc.rng
+    a = sc.area
+    rural = kind in ("fields", "mixed", "water")
+    for _ in range(int(rng.poisson((1.2 if rural else 0.4) * a))):  # footpaths
+        width = int(rng.choice((1, 2, 3), p=(0.3, 0.45, 0.25)))
+        _overlay(sc, _thin(sc, _wiggly_line(sc, False), width), IMPERVIOUS, _jitter(rng, _pick(rng, _PATH_COLOURS), 8))
+    if rng.random() < (0.35 if rural else 0.1):  # a stream
+        if _overlay(sc, _thin(sc, _wiggly_line(sc, False), int(rng.choice((2, 3)))), WATER, _jitter(rng, _pick(rng, _WATER), 6)):
+            sc.has_water = True
+    if rng.random() < 0.12:  # a single-track rail line: 3 px ballast bed, two dark 1 px rails
+        pts = _wiggly_line(sc, True)
+        bed = _thin(sc, pts, 3)
+        if _overlay(sc, bed, CLUTTER, _jitter(rng, _BALLAST, 8)):
+            n = _normals(pts)
+            for side in (-1.0, 1.0):
+                rail = _thin(sc, pts + side * n, 1) & bed
+                sc.img[rail.astype(bool) & (sc.lab == CLUTTER)] = (62, 60, 58)
+    n_bounds = int(rng.poisson(4 * a)) if kind == "fields" else int(rng.poisson(0.8 * a))
+    for _ in range(n_bounds):  # field boundaries, ditches, tracks: straight in the layout frame
+        width = int(rng.choice((1, 2), p=(0.6, 0.4)))
+        _overlay(sc, _thin(sc, _wiggly_line(sc, True), width), CLUTTER, _jitter(rng, _pick(rng, _SOIL), 10))
+
+
+def _small_objects(sc: _Scene, kind: str) -> None:
+    """Objects smaller than a token on open ground: garden sheds (buildings, 4-10 px) with
+    their shadows, and young / single trees with 4-10 px crowns."""
+    rng = sc.rng
+    a = sc.area
+    n_sheds = int(rng.poisson((1.0 if kind == "dense_buildings" else 3.0) * a))
+    for _ in range(n_sheds):
+        x, y = rng.uniform(0, sc.size, 2)
+        hl, hw = rng.uniform(2, 5, 2)
+        ang = sc.theta + rng.normal(0, 0.2)
+        ux, uy = math.cos(ang), math.sin(ang)
+        if not _rect_is_free(sc, x, y, ux, uy, hl + 1, hw + 1, _THIN_ON):
+            continue
+        pts = _rect(x, y, ux, uy, hl, hw)
+        _cast_shadow(sc, pts, rng.uniform(2, 4))
+        _fill(sc, pts, BUILDING, _jitter(rng, _pick(rng, _ROOFS), 14))
+        cv2.fillPoly(sc.shade, [_fix(pts)], 0, cv2.LINE_8, _SHIFT)
+    n_trees = int(rng.poisson(6 * a))
+    xs, ys = rng.uniform(0, sc.size, n_trees), rng.uniform(0, sc.size, n_trees)
+    _trees(sc, xs, ys, rng.uniform(2, 5, n_trees), _jitter(rng, _pick(rng, _TREE_DARK), 5))
+
+
+# ----------------------------------------------------------------------------------------
+# Domains: the generator settings behind each split
+# ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SceneStyle:
+    """Generator settings that make a domain. Train, val and test share ``TRAIN_STYLE`` (i.i.d.
+    draws); the ``shift`` split uses ``SHIFT_STYLE``: another season, a ground sampling distance
+    of 0.5-2x the training one, a lower sun, more haze, and a layout kind training never saw.
+
+    kinds / kind_probs: scene kinds and their probabilities; season: "summer" or "autumn"
+    (recolours vegetation and water); gsd: range of the ground-sampling factor (2 = each pixel
+    covers twice the ground, objects look half as big); shadow_len: cast-shadow length per unit
+    height; haze_p: probability of haze / cloud patches.
+    """
+
+    name: str
+    kinds: tuple[str, ...]
+    kind_probs: tuple[float, ...]
+    season: str = "summer"
+    gsd: tuple[float, float] = (1.0, 1.0)
+    shadow_len: tuple[float, float] = (0.5, 1.1)
+    haze_p: float = 0.25
+
+
+TRAIN_STYLE = SceneStyle("train", SCENE_KINDS, _KIND_PROBS)
+SHIFT_STYLE = SceneStyle(
+    "shift",
+    SCENE_KINDS + SHIFT_KINDS,
+    (0.2, 0.14, 0.1, 0.1, 0.08, 0.1, 0.28),
+    season="autumn",
+    gsd=(0.5, 2.0),
+    shadow_len=(1.1, 2.0),
+    haze_p=0.5,
+)
+
+# Autumn gains per class (RGB), applied to the base colours before texture: yellow-brown
+# grass, orange-brown crowns, darker wet soil, greener water. Impervious / roofs / cars keep
+# theirs, as in a real seasonal pair of tiles.
+_AUTUMN_GAINS = np.array(
+    [
+        (1.0, 1.0, 1.0),
+        (1.0, 1.0, 1.0),
+        (1.22, 0.95, 0.7),
+        (2.1, 1.15, 0.8),
+        (1.0, 1.0, 1.0),
+        (0.85, 1.05, 0.85),
+        (0.82, 0.82, 0.85),
+    ],
+    dtype=np.float32,
+)
+
+
+def _season(sc: _Scene, season: str) -> None:
+    if season == "summer":
+        return
+    gains = _AUTUMN_GAINS[sc.lab]  # H x W x 3
+    sc.img[:] = np.clip(sc.img * gains, 0, 255).astype(np.uint8)
+
+
 _GENERATORS: dict[str, Callable[[_Scene], None]] = {
     "mixed": _gen_mixed,
     "dense_buildings": _gen_dense,
@@ -1332,6 +1503,7 @@ _GENERATORS: dict[str, Callable[[_Scene], None]] = {
     "water": _gen_water,
     "fields": _gen_fields,
     "parking": _gen_parking,
+    "town_river": _gen_town_river,
 }
 
 
@@ -1384,6 +1556,15 @@ def _render(sc: _Scene) -> np.ndarray:
     bias = float(128.0 * (1 - contrast) + bright)
     shadow = rng.uniform(0.42, 0.62) * np.array([0.92, 1.0, 1.12])
 
+    # A linear illumination gradient across the tile (sun-facing slope, vignetting, a mosaic
+    # seam): the same class is brighter on one side than on the other.
+    g_ang = rng.uniform(0, 2 * np.pi)
+    g_amp = rng.uniform(0.0, 0.25)
+    ramp = np.linspace(-0.5, 0.5, n, dtype=np.float32)
+    illum = np.float32(1.0) + np.float32(g_amp) * (
+        np.float32(math.cos(g_ang)) * ramp[None, :] + np.float32(math.sin(g_ang)) * ramp[:, None]
+    )
+
     shade = cv2.max(sc.shade, sc.low_shade)
     planes = cv2.split(sc.img)
     out = []
@@ -1394,8 +1575,36 @@ def _render(sc: _Scene) -> np.ndarray:
         factor = np.zeros(256, np.float32)
         factor[0], factor[1] = gains[c], gains[c] * shadow[c]
         p *= cv2.LUT(shade, factor)
+        p *= illum
         out.append(cv2.add(p, bias, dtype=cv2.CV_8U))  # saturating cast to uint8
     return cv2.GaussianBlur(cv2.merge(out), (3, 3), rng.uniform(0.45, 0.8))
+
+
+def _degrade(rng: np.random.Generator, img: np.ndarray, haze_p: float) -> np.ndarray:
+    """Atmosphere and sensor on the final H x W x 3 uint8 image (labels untouched, as in real
+    annotated tiles): haze / thin cloud patches, cloud shadows, Gaussian sensor noise, and JPEG
+    compression artefacts (blocking, ringing, chroma smear)."""
+    n = img.shape[0]
+    out = img.astype(np.float32)
+    if rng.random() < haze_p:  # haze / thin clouds: a bright veil over soft-edged patches
+        field_ = _smooth_noise(rng, n, max(2, n // 128))
+        alpha = np.clip((field_ - rng.uniform(0.0, 0.8)) * 0.6, 0.0, rng.uniform(0.3, 0.65))
+        veil = np.array(_jitter(rng, (214, 216, 222), 10), np.float32)
+        out = out * (1.0 - alpha[..., None]) + veil * alpha[..., None]
+    if rng.random() < 0.2:  # cloud shadows: dark soft patches
+        field_ = _smooth_noise(rng, n, max(2, n // 160))
+        dark = np.clip((field_ - 0.6) * 0.5, 0.0, rng.uniform(0.2, 0.4))
+        out *= (1.0 - dark)[..., None]
+    sigma = rng.uniform(0.0, 5.0)
+    if sigma > 0.5:
+        out += rng.standard_normal(out.shape, dtype=np.float32) * np.float32(sigma)
+    img = np.clip(out, 0, 255).astype(np.uint8)
+    if rng.random() < 0.7:
+        q = int(rng.integers(25, 91))
+        ok, buf = cv2.imencode(".jpg", img[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, q])
+        if ok:
+            img = np.ascontiguousarray(cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1])
+    return img
 
 
 # ----------------------------------------------------------------------------------------
@@ -1404,50 +1613,67 @@ def _render(sc: _Scene) -> np.ndarray:
 
 
 def make_scene(
-    seed: int, size: int = 512, kind: str | None = None
+    seed: int, size: int = 512, kind: str | None = None, style: SceneStyle | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Generate one aerial scene.
 
     Args:
-      seed: non-negative integer; the scene is a pure function of (seed, size, kind).
-      size: side length in pixels (square). Ground resolution is fixed: a larger size shows a
-        larger area with the same object sizes.
-      kind: one of ``SCENE_KINDS``, or None to draw it from the seed (half "mixed", the others
-        10 % each). The kind is drawn from the seed either way, so ``make_scene(s)`` equals
+      seed: non-negative integer; the scene is a pure function of (seed, size, kind, style).
+      size: side length in pixels (square). Ground resolution is fixed (up to the style's
+        ground-sampling factor): a larger size shows a larger area with the same object sizes.
+      kind: one of the style's kinds (``SCENE_KINDS``, plus ``SHIFT_KINDS`` for the shift
+        style), or None to draw it from the seed with the style's probabilities. The kind is
+        drawn from the seed either way, so ``make_scene(s)`` equals
         ``make_scene(s, kind=<the kind it drew>)``.
+      style: the domain's generator settings; ``TRAIN_STYLE`` when None.
 
     Returns:
       image: size x size x 3 uint8 RGB.
       labels: size x size uint8, class ids into ``CLASSES`` (0..6).
     """
+    style = style or TRAIN_STYLE
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < _MIN_SIZE:
         raise ValueError(f"size must be an integer >= {_MIN_SIZE}, got {size!r}")
-    if kind is not None and kind not in _GENERATORS:
-        raise ValueError(f"unknown scene kind {kind!r}; choose one of {SCENE_KINDS} or None")
+    if kind is not None and kind not in style.kinds:
+        raise ValueError(f"unknown scene kind {kind!r}; choose one of {style.kinds} or None")
     size = int(size)
     rng = np.random.default_rng(int(seed))
-    drawn = SCENE_KINDS[int(rng.choice(len(SCENE_KINDS), p=_KIND_PROBS))]
+    drawn = style.kinds[int(rng.choice(len(style.kinds), p=style.kind_probs))]
+    kind = kind or drawn
     sun_angle = rng.uniform(0, 2 * np.pi)
+    # Draw the scene at size x gsd and resample to size: a coarser sensor sees more ground
+    # with smaller objects; a finer one less ground with bigger objects.
+    gsd = rng.uniform(*style.gsd)
+    gen = max(_MIN_SIZE, int(round(size * gsd)))
     sc = _Scene(
         rng=rng,
-        size=size,
+        size=gen,
         scale=rng.uniform(0.8, 1.2),
         theta=rng.uniform(0, np.pi),
         sun=(math.cos(sun_angle), math.sin(sun_angle)),
-        shadow_len=rng.uniform(0.5, 1.1),
-        img=np.empty((size, size, 3), np.uint8),
-        lab=np.empty((size, size), np.uint8),
-        shade=np.zeros((size, size), np.uint8),
-        low_shade=np.zeros((size, size), np.uint8),
+        shadow_len=rng.uniform(*style.shadow_len),
+        img=np.empty((gen, gen, 3), np.uint8),
+        lab=np.empty((gen, gen), np.uint8),
+        shade=np.zeros((gen, gen), np.uint8),
+        low_shade=np.zeros((gen, gen), np.uint8),
     )
-    _GENERATORS[kind or drawn](sc)
-    return _render(sc), sc.lab
+    _GENERATORS[kind](sc)
+    _thin_structures(sc, kind)
+    _small_objects(sc, kind)
+    _season(sc, style.season)
+    image, labels = _render(sc), sc.lab
+    if gen != size:
+        interp = cv2.INTER_AREA if gen > size else cv2.INTER_LINEAR
+        image = cv2.resize(image, (size, size), interpolation=interp)
+        labels = cv2.resize(labels, (size, size), interpolation=cv2.INTER_NEAREST)
+    return _degrade(rng, image, style.haze_p), labels
 
 
 def split_scene(split: str, index: int, size: int = 512) -> tuple[np.ndarray, np.ndarray]:
-    """The ``index``-th scene of a split: ``make_scene(SPLIT_SEEDS[split][index], size)``.
+    """The ``index``-th scene of a split: ``make_scene(SPLIT_SEEDS[split][index], size, style=...)``
+    with ``SHIFT_STYLE`` for the ``shift`` split and ``TRAIN_STYLE`` for train, val and test.
 
     Raises ValueError for an unknown split or an index outside ``range(len(SPLIT_SEEDS[split]))``
     (negative indices are refused rather than counted from the end)."""
@@ -1462,4 +1688,4 @@ def split_scene(split: str, index: int, size: int = 512) -> tuple[np.ndarray, np
         raise ValueError(
             f"index must be an integer in [0, {len(seeds)}) for split {split!r}, got {index!r}"
         )
-    return make_scene(seeds[int(index)], size)
+    return make_scene(seeds[int(index)], size, style=SHIFT_STYLE if split == "shift" else TRAIN_STYLE)
