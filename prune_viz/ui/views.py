@@ -11,17 +11,24 @@ import numpy as np
 from .. import viz
 from ..analysis import Analysis
 from ..engine import StepRecord
-from ..methods.base import KEPT, PENDING_KEPT, STATUS_LABELS, STATUSES
+from ..methods.base import EXITED, KEPT, PENDING_KEPT, PRUNED, STATUS_LABELS, STATUSES
 from ..metrics import match_segments
 from .charts import charts, histogram_figure
 from .tables import metrics_rows, readout_markdown, report_summary, scalar_rows
-from .texts import diag_info
+from .texts import NO_SIGNALS, diag_info
 
 
 CATEGORICAL = {"cluster1", "cluster2", "predicted_class", "retained"}
 
 
 ROBUST = {"sobel", "edge_energy"}  # a few strong edges would flatten the colour scale: clip at the 99th percentile
+
+# Signals with a natural range are drawn on it, so maps compare across methods, layers and runs;
+# the others on their 2nd-98th percentile (one outlier, e.g. an attention sink, would otherwise
+# set a linear scale and leave the map uniform), and the bar says so.
+FIXED_RANGE: dict[str, tuple[float, float]] = {
+    "confidence": (0.0, 1.0), "alpha": (0.0, 1.0), "weight": (0.0, 1.0), "relation": (-1.0, 1.0),
+}
 
 
 # Which diagnostics each method-specific tab shows (in this order); anything a method returns
@@ -69,8 +76,34 @@ def class_legend_html(seg) -> str:
     return "<div>" + " ".join(items) + "</div>"
 
 
-def token_map_view(analysis: Analysis, layer: int, num_blocks: int, patch: int) -> tuple[np.ndarray, str]:
-    """Token map after block ``layer`` and a caption counting each status."""
+def resize_note(analysis: Analysis) -> str:
+    """'The model saw it resized 720 x 480 → 512 x 512 px' when it did ('' otherwise)."""
+    prep = analysis.baseline.prep
+    (oh, ow), (vh, vw) = prep.orig_hw, prep.valid_hw
+    if (oh, ow) == (vh, vw):
+        return ""
+    how = "squashed" if abs(ow / oh - vw / vh) > 0.01 else "scaled"
+    return (f" The model saw the image {how}: {ow} x {oh} → {vw} x {vh} px; the maps are drawn back at "
+            f"the image's {ow}:{oh} shape.")
+
+
+def at_image_aspect(rgb: np.ndarray, orig_hw: tuple[int, int]) -> np.ndarray:
+    """A map of the model input (any aspect) stretched back to the original image's aspect,
+    keeping its width (nearest neighbour: token edges stay sharp)."""
+    h, w = rgb.shape[:2]
+    target_h = max(1, round(w * orig_hw[0] / orig_hw[1]))
+    if abs(target_h - h) <= 1:
+        return rgb
+    return cv2.resize(rgb, (w, target_h), interpolation=cv2.INTER_NEAREST)
+
+
+def map_scale(img: np.ndarray) -> int:
+    """Small model inputs (timm at 224 px) are drawn larger, token for token."""
+    return max(1, -(-480 // img.shape[1]))
+
+
+def token_map_view(analysis: Analysis, layer: int, num_blocks: int, patch: int, show_image: bool = True) -> tuple[np.ndarray, str]:
+    """Token map after block ``layer`` (at the image's aspect) and a caption counting each status."""
     trace = analysis.trace
     img = analysis.model_image
     grid = trace.status_at(layer)
@@ -89,18 +122,20 @@ def token_map_view(analysis: Analysis, layer: int, num_blocks: int, patch: int) 
         tail = f" — no pruning yet (first pruning layer: {trace.plan_layers[0]})."
     else:
         tail = " — no decision at this layer; grey tokens were removed earlier."
-    k = max(1, -(-480 // img.shape[1]))  # small model inputs (timm at 224 px) drawn larger, token for token
+    k = map_scale(img)
     if k > 1:
         img = np.repeat(np.repeat(img, k, axis=0), k, axis=1)
-    return viz.token_status_map(img, grid, patch * k), head + tail
+    drawn = viz.token_status_map(img, grid, patch * k, show_image=show_image)
+    return at_image_aspect(drawn, analysis.baseline.prep.orig_hw), head + tail + resize_note(analysis)
 
 
 def depth_view(analysis: Analysis, num_blocks: int, patch: int, width: int = 420) -> np.ndarray:
-    """Token depth / exit stages: the last block each token went through."""
+    """Token depth / exit stages: the last block each token went through (one fixed colour per
+    depth, :func:`viz.depth_colour`, the same in every method and run)."""
     trace = analysis.trace
     img, patch = scaled_model_image(analysis, width, patch)
     layers = sorted({int(v) for v in np.unique(trace.drop_layer)})
-    colours = dict(zip(layers, viz.discrete_colours(len(layers), "viridis")))
+    colours = {layer: viz.depth_colour(layer, num_blocks) for layer in layers}
     cats = []
     for layer in layers:
         if layer >= num_blocks:
@@ -112,6 +147,7 @@ def depth_view(analysis: Analysis, num_blocks: int, patch: int, width: int = 420
     body = viz.category_overlay(img, trace.drop_layer.astype(np.int32), patch, colours)
     title = ("Exit stages: where each token left (its prediction was fixed there)" if trace.exited.any()
              else "Token depth: the last block each token went through")
+    body = at_image_aspect(body, analysis.baseline.prep.orig_hw)
     return viz.titled_panel(body, title, viz.colorbar(width, categories=cats), width=width)
 
 
@@ -122,9 +158,24 @@ def scaled_model_image(analysis: Analysis, width: int, patch: int) -> tuple[np.n
     return resize(img, (max(1, round(img.shape[0] * scale)), width)), patch * scale
 
 
+def cluster_fates(ids: np.ndarray, status_grid: np.ndarray) -> dict[int, str]:
+    """Cluster id -> what became of its tokens at this step ("kept", "pruned", "mixed": some of
+    each, e.g. pending tokens split by the second pass), for the legend's cut-offs."""
+    out = {}
+    for c in np.unique(ids[ids >= 0]):
+        st = status_grid[ids == c]
+        gone = np.isin(st, (PRUNED, EXITED))
+        out[int(c)] = "kept" if not gone.any() else ("pruned" if gone.all() else "mixed")
+    return out
+
+
 def _diag_panel(name: str, value: np.ndarray, img: np.ndarray, patch: float, grid: tuple[int, int], seg_classes, width: int,
-                method: str = "") -> np.ndarray:
+                method: str = "", status_grid: np.ndarray | None = None) -> np.ndarray:
     title, unit = diag_info(method, name)
+    fates = None
+    if name in ("cluster1", "cluster2") and status_grid is not None:
+        fates = cluster_fates(np.where(np.isfinite(value), value, -1).astype(np.int32), status_grid)
+        unit = "cluster rank: what became of its tokens here"
     if value.shape == grid:
         if name in CATEGORICAL:
             ids = np.where(np.isfinite(value), value, -1).astype(np.int32)
@@ -139,13 +190,19 @@ def _diag_panel(name: str, value: np.ndarray, img: np.ndarray, patch: float, gri
             else:
                 cols = viz.discrete_colours(len(present), "viridis")
                 colours = dict(zip(present, cols))
-                cats = [(str(c), colours[c]) for c in present]
+                cats = [(f"{c}{(' ' + fates[c]) if fates and c in fates else ''}", colours[c]) for c in present]
             body = viz.category_overlay(img, ids, patch, colours)
             return viz.titled_panel(body, title, viz.colorbar(width, categories=cats, label=unit), width=width)
-        hi = float(np.nanpercentile(value, 99)) if name in ROBUST else None
-        body, lo, hi = viz.value_overlay(img, value, patch, "viridis", vmax=hi)
-        if name in ROBUST:
+        if name in FIXED_RANGE:
+            lo, hi = FIXED_RANGE[name]
+            unit += " (fixed scale)"
+        elif name in ROBUST:
+            lo, hi = float(np.nanmin(value)), float(np.nanpercentile(value, 99))
             unit += " (top 1 % clipped)"
+        else:
+            lo, hi = (float(v) for v in np.nanpercentile(value, (2, 98)))
+            unit += " (scale: 2nd-98th percentile of this layer's tokens)"
+        body, lo, hi = viz.value_overlay(img, value, patch, "viridis", vmin=lo, vmax=hi)
     else:  # pixel-level map (e.g. Sobel) over the model input (padding cropped), scaled like the image
         full_h, full_w = round(grid[0] * patch), round(grid[1] * patch)
         v = resize(value.astype(np.float32), (full_h, full_w))[: img.shape[0], : img.shape[1]]
@@ -167,7 +224,8 @@ def diagnostics_panels(
         value = step.diagnostics.get(name)
         if not isinstance(value, np.ndarray) or value.ndim != 2 or not np.isfinite(value).any():
             continue
-        panels.append(_diag_panel(name, value, img, patch, analysis.trace.grid, classes, width, analysis.trace.method))
+        panels.append(_diag_panel(name, value, img, patch, analysis.trace.grid, classes, width, analysis.trace.method,
+                                  step.status_grid))
     if not panels:
         return None
     return viz.tile(panels, ncols)
@@ -186,10 +244,10 @@ def tabs_for(method: str, diagnostics: dict[str, Any] | None = None) -> dict[str
     return tabs
 
 
-def layer_views(analysis: Analysis, layer: int, num_blocks: int, patch: int) -> dict[str, Any]:
+def layer_views(analysis: Analysis, layer: int, num_blocks: int, patch: int, show_image: bool = True) -> dict[str, Any]:
     """Everything that follows the layer slider: token map, caption, method tabs, histogram."""
     trace = analysis.trace
-    token_img, caption = token_map_view(analysis, int(layer), num_blocks, patch)
+    token_img, caption = token_map_view(analysis, int(layer), num_blocks, patch, show_image)
     out: dict[str, Any] = {"token_map": token_img, "token_caption": caption}
     step = trace.step_at(int(layer))
     tabs = tabs_for(trace.method, step.diagnostics if step is not None else {})
@@ -198,10 +256,15 @@ def layer_views(analysis: Analysis, layer: int, num_blocks: int, patch: int) -> 
         out[tab] = diagnostics_panels(analysis, step, names, patch) if names and step is not None else None
     out["tabs"] = {tab: tab in tabs for tab in VIEW_TABS}
     out["histogram"] = histogram_figure(step, trace.method) if step is not None else None
-    if step is not None and step.layer != int(layer):
+    if step is not None and step.layer > int(layer):
+        out["panel_note"] = (f"Nothing is pruned before layer {step.layer}: the method signals shown are those of the "
+                             f"first pruning layer, {step.layer}.")
+    elif step is not None and step.layer != int(layer):
         out["panel_note"] = f"Method signals shown for pruning layer {step.layer} (the last one at or before layer {layer})."
     else:
         out["panel_note"] = f"Method signals at pruning layer {layer}." if step is not None else "This method has no per-token signals."
+    if not tabs or all(out[t] is None for t in VIEW_TABS):
+        out["panel_note"] = NO_SIGNALS.get(trace.method, out["panel_note"])
     return out
 
 
@@ -233,9 +296,10 @@ def resize(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     return cv2.resize(image, (hw[1], hw[0]), interpolation=cv2.INTER_AREA)
 
 
-def full_views(analysis: Analysis, image: np.ndarray, layer: int, num_blocks: int, patch: int) -> dict[str, Any]:
+def full_views(analysis: Analysis, image: np.ndarray, layer: int, num_blocks: int, patch: int,
+               show_image: bool = True) -> dict[str, Any]:
     """Every view of one analysis (what the first run and each re-run draw)."""
-    out = layer_views(analysis, layer, num_blocks, patch)
+    out = layer_views(analysis, layer, num_blocks, patch, show_image)
     seg = segmentation_views(analysis, image)
     out["seg"] = seg
     out["depth"] = depth_view(analysis, num_blocks, patch)
