@@ -136,3 +136,41 @@ def test_glossary_covers_the_terms():
                  "early exit", "merging"):
         assert term in glossary.GLOSSARY
     assert "Tsallis entropy" in glossary.glossary_markdown()
+
+
+# ----------------------------------------------------------------------------- the app's endpoints
+
+
+def _call(client, *args, api_name):
+    from gradio_client import handle_file
+
+    args = [handle_file(str(a)) if isinstance(a, Path) else a for a in args]
+    return client.predict(*args, api_name=api_name)
+
+
+def test_inspect_token_endpoint(client, scene):
+    out = _call(client, scene / "scene.png", "demo", "lvtp", "6", "{}", 0, None, 3, 4, api_name="/inspect_token")
+    assert out["row"] == 3 and out["col"] == 4
+    assert out["status"] in ("kept to the end", "pruned") and out["rule"].endswith(".")
+    assert "6" in out["signals"]["entropy"] and out["decided_at_layer"] in (None, 6)
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="outside"):
+        _call(client, scene / "scene.png", "demo", "lvtp", "6", "{}", 0, None, 500, 0, api_name="/inspect_token")
+
+
+def test_animate_endpoint_writes_a_gif(client, scene):
+    from PIL import Image
+
+    path = _call(client, scene / "scene.png", "demo", "random", "3", "{}", 0, None, api_name="/animate")
+    with Image.open(path) as gif:
+        assert gif.format == "GIF" and gif.n_frames >= 4
+
+
+def test_choosing_matp_on_the_demo_switches_to_its_weights(app_module):
+    from prune_viz.webapp import handlers
+
+    out = dict(zip(handlers.SETUP_OUT, handlers.on_method(None, "demo", None, "matp")))
+    assert out["backbone"].value == "demo_matp" and "demo_matp" in out["method_info"]
+    out = dict(zip(handlers.SETUP_OUT, handlers.on_method(None, "demo", None, "lvtp")))
+    assert not hasattr(out["backbone"], "choices")  # left as it is

@@ -10,6 +10,9 @@ from ..methods import get_method
 BACKBONE_NOTES: dict[str, str] = {
     "demo": "ViT-Tiny-shaped segmenter trained by this project on synthetic aerial scenes "
     "(7 classes, 512 x 512 input, 32 x 32 = 1024 tokens). About 0.1 s per forward on 2 CPU cores.",
+    "demo_matp": "The demo segmenter fine-tuned with MATP's pruning in the loop (its auxiliary heads and "
+    "features learnt to live with MATP's decisions; assets/MODEL_CARD_MATP.md). Use it with matp; other methods "
+    "run on it too. Same size and speed as demo.",
     "sam_vit_b": "SAM ViT-B image encoder, 64 x 64 = 4096 tokens at 1024 px. **About 10 s per forward "
     "on 2 CPU cores** (a run needs two: unpruned and pruned); 512 px input is about 4x faster.",
     "sam_vit_l": "SAM ViT-L image encoder. **Roughly 30 s per forward on 2 CPU cores** at 1024 px (about 3x ViT-B's MACs).",

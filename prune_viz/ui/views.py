@@ -15,6 +15,7 @@ from ..methods.base import EXITED, KEPT, PENDING_KEPT, PRUNED, STATUS_LABELS, ST
 from ..metrics import match_segments
 from .charts import charts, histogram_figure
 from .tables import metrics_rows, readout_markdown, report_summary, scalar_rows
+from .lesson import kept_by_class_line
 from .texts import NO_SIGNALS, diag_info
 
 
@@ -95,6 +96,21 @@ def at_image_aspect(rgb: np.ndarray, orig_hw: tuple[int, int]) -> np.ndarray:
     if abs(target_h - h) <= 1:
         return rgb
     return cv2.resize(rgb, (w, target_h), interpolation=cv2.INTER_NEAREST)
+
+
+def token_map_geometry(analysis: Analysis) -> tuple[tuple[int, int], tuple[float, float]]:
+    """(H, W) of the token map as drawn, and the share of the token grid it covers (height,
+    width; below 1 where the model input was padded): what a click is mapped back with."""
+    img = analysis.model_image
+    k = map_scale(img)
+    w = img.shape[1] * k
+    h = img.shape[0] * k
+    oh, ow = analysis.baseline.prep.orig_hw
+    target_h = max(1, round(w * oh / ow))
+    gh, gw = analysis.trace.grid
+    patch = analysis.baseline.prep.image01.shape[1] / gh
+    valid = (img.shape[0] / (gh * patch), img.shape[1] / (gw * patch))
+    return (h if abs(target_h - h) <= 1 else target_h, w), valid
 
 
 def map_scale(img: np.ndarray) -> int:
@@ -248,7 +264,8 @@ def layer_views(analysis: Analysis, layer: int, num_blocks: int, patch: int, sho
     """Everything that follows the layer slider: token map, caption, method tabs, histogram."""
     trace = analysis.trace
     token_img, caption = token_map_view(analysis, int(layer), num_blocks, patch, show_image)
-    out: dict[str, Any] = {"token_map": token_img, "token_caption": caption}
+    per_class = kept_by_class_line(analysis)
+    out: dict[str, Any] = {"token_map": token_img, "token_caption": caption + (f"\n\n{per_class}" if per_class else "")}
     step = trace.step_at(int(layer))
     tabs = tabs_for(trace.method, step.diagnostics if step is not None else {})
     for tab in VIEW_TABS:
