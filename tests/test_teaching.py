@@ -109,6 +109,7 @@ def test_force_keep_reruns_from_the_cache_and_changes_macs(demo, water):
     assert after.report["macs"]["pruned"] > before.report["macs"]["pruned"]
     assert "What if token" in text and "MMACs" in text
     assert inspect.inspect_token(after, r, c).status == "kept to the end"
+    assert "You forced it to stay" in inspect.inspect_token(after, r, c).rule
     # the engine hook alone: the same kept set plus that token
     baseline = run_baseline(demo, water)
     forced = run_pruned(demo, water, inspect.forced_plan(plan, before.trace, r, c, keep=True), baseline=baseline)

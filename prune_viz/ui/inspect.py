@@ -94,6 +94,13 @@ def inspect_token(analysis: Analysis, row: Any, col: Any) -> Inspection:
     status = ("exited" if trace.exited[r, c] else "pruned") if left else "kept to the end"
     step = next((s for s in trace.steps if s.layer == dropped), None) if left else (trace.steps[-1] if trace.steps else None)
     rule = explain(trace, step, r, c) if step is not None else "No pruning step ran."
+    idx = r * grid[1] + c
+    forced = [(o["layer"], "stay" if idx in o["keep"] else "go") for o in analysis.report.get("overrides", [])
+              if idx in o["keep"] or idx in o["prune"]]
+    if forced:
+        layers = ", ".join(str(at) for at, _ in forced)
+        rule = (f"You forced it to {forced[0][1]} at layer(s) {layers}, overruling {trace.method}; "
+                "this run shows what followed. Run again to see the method's own decision.")
     return Inspection(r, c, status, dropped if left else None, rule, signals, thresholds)
 
 

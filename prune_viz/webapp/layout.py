@@ -88,7 +88,7 @@ def build_layout() -> dict[str, Any]:
         with gr.Column(scale=1, min_width=320):
             if shown:
                 c["gallery"] = gr.Gallery(value=[(str(e.image), e.name) for e in shown], label="Examples: click one",
-                                          columns=3, height="auto", allow_preview=False, elem_id="examples")
+                                          columns=3, height=250, allow_preview=False, elem_id="examples")
             c["image_file"] = gr.File(label="1 · Or your own image: PNG, JPEG, TIFF (16-bit, multi-band GeoTIFF)",
                                       file_types=[".png", ".jpg", ".jpeg", ".tif", ".tiff", ".gif", ".bmp", ".webp"],
                                       type="filepath", height=80)
@@ -172,7 +172,7 @@ def _view_tabs(c: dict[str, Any], method0: str, facts0: BackboneFacts) -> None:
                     c["show_image"] = gr.Checkbox(value=True, label="show the image under the tokens", min_width=120)
                     c["play_btn"] = gr.Button("▶ Play blocks 1→N", elem_id="play_btn", min_width=120)
                     c["gif_btn"] = gr.Button("GIF for slides", min_width=100)
-                c["gif_file"] = gr.File(label="layers.gif", interactive=False, visible=True, height=60)
+                c["gif_file"] = gr.File(label="layers.gif", interactive=False, visible=False)
                 gr.HTML(legend_html())
         with gr.Row():
             c["insp_row"] = gr.Number(label="token row (0-based)", precision=0, minimum=0, value=0, min_width=80)

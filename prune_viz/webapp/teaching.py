@@ -117,7 +117,7 @@ def on_gif(session, backbone, sam_size):
     analysis, model = _shown(session, backbone, sam_size)
     if analysis is None:
         raise gr.Error("run an analysis first", print_exception=False)
-    return str(animate.write_gif(analysis, model.num_blocks, model.patch_size))
+    return gr.File(value=str(animate.write_gif(analysis, model.num_blocks, model.patch_size)), visible=True)
 
 
 # ------------------------------------------------------------------------------ API endpoints
