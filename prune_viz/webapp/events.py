@@ -45,7 +45,7 @@ def table(c: dict[str, Any]) -> list[Row]:
         ([f"{b}.{e}" for e in ("submit", "blur") for b in BANDS] + ["stretch_lo.release", "stretch_hi.release"],
          h.on_bands, ["state", *BANDS, "stretch_lo", "stretch_hi"], h.INPUT_OUT, "latest", True),
         (["mask_file.upload", "mask_file.clear"], h.on_mask, ["state", "mask_file", "backbone", "sam_size"],
-         ["state", "mask_notices"], "latest", True),
+         ["state", "mask_notices", "mask_file"], "latest", True),
         (["backbone.input", "sam_size.input"], h.on_backbone, [*STATE_MODEL, "method"], h.SETUP_OUT, "latest", True),
         # Sliders update the live readout while they move and re-run on release; discrete
         # controls do both at once.

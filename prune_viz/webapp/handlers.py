@@ -328,11 +328,15 @@ def on_mask(session, file, backbone, sam_size):
     session = session_of(session)
     if not file:
         session.set_mask(None, None)
-        return session, "No ground-truth mask: mIoU and gamma are not shown."
+        return session, "No ground-truth mask: mIoU and gamma are not shown.", gr.skip()
     _, model = backbone_info(backbone, sam_size)
-    notices = session.set_mask(uploaded(file), model)
+    try:
+        notices = session.set_mask(uploaded(file), model)
+    except UserError as exc:  # the refused file leaves the slot; the reason stays in the notice
+        session.set_mask(None, None)
+        return session, f"**Mask {Path(str(file)).name} refused:** {cut(str(exc))} No mask is in use.", None
     head = f"Ground truth: **{Path(str(file)).name}**." if session.gt is not None else ""
-    return session, sentences(head, notices)
+    return session, sentences(head, notices), gr.skip()
 
 
 @user_errors
