@@ -20,6 +20,7 @@ from ..engine import Plan
 from ..errors import UserError
 from ..methods import get_method
 from ..params import plan_params
+from .figure import write_figure
 from .session import Session
 from .views import depth_view, diagnostics_panels, segmentation_views, tabs_for
 
@@ -74,6 +75,8 @@ def export_zip(
     for name, rgb in extra.items():
         if rgb is not None:
             viz.write_png(out / f"{name}.png", rgb)
+    # The lecture composite: token maps, legend, before / after, change map, key numbers, title.
+    write_figure(a, session.image, backbone.num_blocks, backbone.patch_size, out / "figure")
     plan = Plan(get_method(a.report["method"]), plan_params(a.report["method"], a.report["params"]),
                 tuple(a.report["layers_pruned"]), int(a.report["seed"]))
     (out / "command.txt").write_text(

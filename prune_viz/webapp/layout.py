@@ -247,7 +247,9 @@ def _view_tabs(c: dict[str, Any], method0: str, facts0: BackboneFacts) -> None:
     c["sam_tab"] = sam_tab
     with gr.Tab("Export"):
         gr.Markdown("A zip with `report.json`, the token maps and segmentations as PNG, the input the model saw "
-                    "(`input.png`, plus `mask.png`) and `command.txt`: the command line that reproduces the run.")
+                    "(`input.png`, plus `mask.png`), `command.txt`: the command line that reproduces the run, and "
+                    "`figure.png` / `.svg` / `.pdf`: one lecture-ready composite (token maps at every pruning layer, "
+                    "legend, before / after, change map, key numbers, title). The GIF of the layers is on the Tokens tab.")
         c["export_btn"] = gr.Button("Build zip", variant="primary")
         c["export_file"] = gr.File(label="Download", interactive=False)
         c["export_command"] = gr.Textbox(label="command.txt", lines=3, interactive=False)
