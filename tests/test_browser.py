@@ -86,7 +86,7 @@ def _wait_for_change(page, selector: str, before: str, timeout_s: float = 120.0)
     deadline = time.time() + timeout_s
     while time.time() < deadline:
         now = page.locator(selector).first.inner_text()
-        if now != before and "running" not in now:
+        if now != before and "running" not in now.lower():
             return now
         time.sleep(0.5)
     pytest.fail(f"{selector} did not change from {before[:200]!r}; server log: {SERVER_LOG[0].read_text(errors='replace')[-1500:]!r}")
@@ -147,12 +147,14 @@ def test_teaching_view_at_1366x768(app_url, tmp_path):
         page.locator("#inspector").get_by_text("Token (").wait_for(timeout=60_000)
         rule = page.locator("#inspector").inner_text()
         assert "random" in rule and "chance" in rule, rule  # the one-line rule of a method without signals
+        page.evaluate("document.querySelector('#token_map').scrollIntoView()")
         page.screenshot(path=str(out / "inspector.png"), full_page=False)
         page.locator("#force_keep").click()
         page.locator("#inspector").get_by_text("What if token").wait_for(timeout=120_000)
         after = _wait_for_change(page, "#readout", readout) if page.locator("#readout").inner_text() == readout else \
             page.locator("#readout").inner_text()
         assert after != readout
+        page.evaluate("document.querySelector('#token_map').scrollIntoView()")
         page.screenshot(path=str(out / "inspector_force_keep.png"), full_page=False)
 
         # Play the layers.
@@ -160,14 +162,31 @@ def test_teaching_view_at_1366x768(app_url, tmp_path):
         page.locator("#token_caption").get_by_text("Block 3 of 12").wait_for(timeout=60_000)
         page.screenshot(path=str(out / "play.png"), full_page=False)
         page.locator("#token_caption").get_by_text("Block 12 of 12").wait_for(timeout=60_000)
+        with page.expect_download(timeout=120_000) as gif:
+            page.get_by_role("button", name="GIF for slides").click()
+            page.locator("#gif_file a").first.click(timeout=120_000)
+        gif.value.save_as(str(out / "layers.gif"))
+        assert (out / "layers.gif").read_bytes()[:3] == b"GIF"
 
         # MATP brings its own fine-tuned weights.
         before = page.locator("#readout").inner_text()
         _choose(page, "3 · Pruning method", "matp")
         page.get_by_text("Switched the backbone to").first.wait_for(timeout=60_000)
         _wait_for_change(page, "#readout", before)
+        page.locator("#readout").get_by_text("measured on this run").wait_for(timeout=120_000)
         assert page.get_by_label("2 · Backbone").first.input_value().startswith("demo_matp")
         page.locator("#glossary").click()
         time.sleep(1)
         page.screenshot(path=str(out / "glossary_matp.png"), full_page=False)
+
+        # The lecture composite, from the export zip.
+        import zipfile
+
+        page.get_by_role("tab", name="Export").first.click()
+        with page.expect_download(timeout=180_000) as zipped:
+            page.get_by_role("button", name="Build zip").click()
+            page.locator("#export_file a").first.click(timeout=180_000)
+        zipped.value.save_as(str(tmp_path / "run.zip"))
+        with zipfile.ZipFile(tmp_path / "run.zip") as z:
+            (out / "lecture_figure.png").write_bytes(z.read("prune_viz_run/figure.png"))
         browser.close()

@@ -83,7 +83,7 @@ def lecture_figure(analysis: Analysis, image: np.ndarray, num_blocks: int, patch
 
 
 def write_figure(analysis: Analysis, image: np.ndarray, num_blocks: int, patch: int, stem: Path,
-                 formats: tuple[str, ...] = FORMATS, dpi: int = 150) -> list[Path]:
+                 formats: tuple[str, ...] = FORMATS, dpi: int = 120) -> list[Path]:
     """``stem``.png / .svg / .pdf; returns the paths written."""
     import matplotlib.pyplot as plt
 

@@ -11,7 +11,7 @@ import numpy as np
 from .. import viz
 from ..analysis import Analysis
 from ..engine import StepRecord
-from ..methods.base import EXITED, KEPT, PENDING_KEPT, PRUNED, STATUS_LABELS, STATUSES
+from ..methods.base import EXITED, GONE, KEPT, PENDING_KEPT, PRUNED, STATUS_LABELS, STATUSES
 from ..metrics import match_segments
 from .charts import charts, histogram_figure
 from .tables import metrics_rows, readout_markdown, report_summary, scalar_rows
@@ -51,14 +51,30 @@ VIEW_TABS = ("entropy", "edges", "clusters", "exits", "facets", "signals")
 STATUS_ORDER = tuple(s.code for s in STATUSES)
 
 
+def _swatch_css(code: int) -> str:
+    """A legend swatch drawn the way the map draws the status over an image (outline, tint,
+    hatching), in the same colour."""
+    r, g_, b = viz.STATUS_COLOURS[code]
+    c = f"rgb({r},{g_},{b})"
+    _, kind = viz.STATUS_STYLE[code]
+    if kind == "outline":
+        fill = f"rgba({r},{g_},{b},{viz.STATUS_STYLE[code][0]})"
+        return f"background:{fill};border:3px solid {c}"
+    line = "#787878" if code == GONE else "#fff"
+    hatch = f"repeating-linear-gradient(45deg,{line} 0 1px,{c} 1px 5px)"
+    if kind == "cross":
+        hatch = f"repeating-linear-gradient(-45deg,{line} 0 1px,transparent 1px 5px),{hatch}"
+    return f"background:{hatch};border:1px solid #333"
+
+
 def legend_html() -> str:
-    """Token-status legend with the same colours as the maps (Okabe-Ito, colour-blind safe)."""
+    """Token-status legend drawn like the maps (Okabe-Ito colours, colour-blind safe; outline,
+    tint or hatching over the image, flat colours when the image is hidden)."""
     items = []
     for status in STATUSES:
-        r, g_, b = viz.STATUS_COLOURS[status.code]
         items.append(
             f"<span style='display:inline-flex;align-items:center;margin-right:14px;white-space:nowrap'>"
-            f"<span style='width:14px;height:14px;background:rgb({r},{g_},{b});border:1px solid #333;"
+            f"<span style='width:16px;height:16px;{_swatch_css(status.code)};box-sizing:border-box;"
             f"display:inline-block;margin-right:5px'></span><b>{status.label}</b>"
             f"&nbsp;<span style='opacity:.75'>— {status.meaning}</span></span>"
         )

@@ -172,7 +172,7 @@ def _view_tabs(c: dict[str, Any], method0: str, facts0: BackboneFacts) -> None:
                     c["show_image"] = gr.Checkbox(value=True, label="show the image under the tokens", min_width=120)
                     c["play_btn"] = gr.Button("▶ Play blocks 1→N", elem_id="play_btn", min_width=120)
                     c["gif_btn"] = gr.Button("GIF for slides", min_width=100)
-                c["gif_file"] = gr.File(label="layers.gif", interactive=False, visible=False)
+                c["gif_file"] = gr.File(label="layers.gif", interactive=False, visible=False, elem_id="gif_file")
                 gr.HTML(legend_html())
         with gr.Row():
             c["insp_row"] = gr.Number(label="token row (0-based)", precision=0, minimum=0, value=0, min_width=80)
@@ -251,5 +251,5 @@ def _view_tabs(c: dict[str, Any], method0: str, facts0: BackboneFacts) -> None:
                     "`figure.png` / `.svg` / `.pdf`: one lecture-ready composite (token maps at every pruning layer, "
                     "legend, before / after, change map, key numbers, title). The GIF of the layers is on the Tokens tab.")
         c["export_btn"] = gr.Button("Build zip", variant="primary")
-        c["export_file"] = gr.File(label="Download", interactive=False)
+        c["export_file"] = gr.File(label="Download", interactive=False, elem_id="export_file")
         c["export_command"] = gr.Textbox(label="command.txt", lines=3, interactive=False)
