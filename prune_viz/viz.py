@@ -230,7 +230,8 @@ def colorbar(
         body_h = len(rows) * (font_size + 6)
     else:
         body_h = bar_h + font_size + 2 * pad
-    height = body_h + 2 * pad + (font_size + pad if label else 0)
+    label_lines = _wrap(label, font, width - 8) if label else []  # a long unit wraps, never runs off
+    height = body_h + 2 * pad + len(label_lines) * (font_size + 3) + (pad if label_lines else 0)
     img = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(img)
     if categories:
@@ -254,8 +255,9 @@ def colorbar(
             x = x0 + frac * (x1 - x0 - 1)
             draw.line([x, pad + bar_h, x, pad + bar_h + 2], fill=(0, 0, 0))
             draw.text((x, ty), _fmt_tick(value), fill=(0, 0, 0), font=font, anchor=anchor)
-    if label:
-        draw.text((width / 2, height - pad), label, fill=(60, 60, 60), font=font, anchor="md")
+    for i, line in enumerate(label_lines):
+        y = height - pad - (len(label_lines) - 1 - i) * (font_size + 3)
+        draw.text((width / 2, y), line, fill=(60, 60, 60), font=font, anchor="md")
     return np.asarray(img)
 
 

@@ -233,7 +233,7 @@ def _diag_panel(name: str, value: np.ndarray, img: np.ndarray, patch: float, gri
             unit += " (top 1 % clipped)"
         else:
             lo, hi = (float(v) for v in np.nanpercentile(value, (2, 98)))
-            unit += " (scale: 2nd-98th percentile of this layer's tokens)"
+            unit += " · colour scale: 2nd-98th percentile of this layer's tokens"
         body, lo, hi = viz.value_overlay(img, value, patch, "viridis", vmin=lo, vmax=hi)
     else:  # pixel-level map (e.g. Sobel) over the model input (padding cropped), scaled like the image
         full_h, full_w = round(grid[0] * patch), round(grid[1] * patch)
