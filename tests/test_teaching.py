@@ -175,3 +175,20 @@ def test_choosing_matp_on_the_demo_switches_to_its_weights(app_module):
     assert out["backbone"].value == "demo_matp" and "demo_matp" in out["method_info"]
     out = dict(zip(handlers.SETUP_OUT, handlers.on_method(None, "demo", None, "lvtp")))
     assert not hasattr(out["backbone"], "choices")  # left as it is
+
+
+def test_dtop_explanation_matches_what_it_does_on_water(demo, water):
+    """The DToP text says easy tokens such as open water leave early with their prediction."""
+    from prune_viz.ui import texts
+
+    assert "open water" in texts.method_explanation("dtop")
+    a = analyze(demo, water, make_plan(demo, "dtop", None, 0, {}))
+    labels = lesson_classes(a)
+    water_id = a.baseline.seg.class_names.index("water")
+    assert a.trace.exited[labels == water_id].mean() >= 0.5
+
+
+def lesson_classes(a):
+    from prune_viz.ui.lesson import token_classes
+
+    return token_classes(a.baseline.seg.labels, a.trace.grid)
