@@ -202,7 +202,8 @@ def cluster_fates(ids: np.ndarray, status_grid: np.ndarray) -> dict[int, str]:
 
 
 def _diag_panel(name: str, value: np.ndarray, img: np.ndarray, patch: float, grid: tuple[int, int], seg_classes, width: int,
-                method: str = "", status_grid: np.ndarray | None = None) -> np.ndarray:
+                method: str = "", status_grid: np.ndarray | None = None,
+                orig_hw: tuple[int, int] | None = None) -> np.ndarray:
     title, unit = diag_info(method, name)
     fates = None
     if name in ("cluster1", "cluster2") and status_grid is not None:
@@ -224,6 +225,7 @@ def _diag_panel(name: str, value: np.ndarray, img: np.ndarray, patch: float, gri
                 colours = dict(zip(present, cols))
                 cats = [(f"{c}{(' ' + fates[c]) if fates and c in fates else ''}", colours[c]) for c in present]
             body = viz.category_overlay(img, ids, patch, colours)
+            body = at_image_aspect(body, orig_hw) if orig_hw else body
             return viz.titled_panel(body, title, viz.colorbar(width, categories=cats, label=unit), width=width)
         if name in FIXED_RANGE:
             lo, hi = FIXED_RANGE[name]
@@ -241,6 +243,7 @@ def _diag_panel(name: str, value: np.ndarray, img: np.ndarray, patch: float, gri
         body, lo, hi = viz.value_overlay(img, v, None, "cividis", vmax=float(np.percentile(v, 99)), alpha=0.9)
         unit += " (top 1 % clipped)"
     bar = viz.colorbar(width, "cividis" if value.shape != grid else "viridis", lo, hi, unit)
+    body = at_image_aspect(body, orig_hw) if orig_hw else body
     return viz.titled_panel(body, title, bar, width=width)
 
 
@@ -257,7 +260,7 @@ def diagnostics_panels(
         if not isinstance(value, np.ndarray) or value.ndim != 2 or not np.isfinite(value).any():
             continue
         panels.append(_diag_panel(name, value, img, patch, analysis.trace.grid, classes, width, analysis.trace.method,
-                                  step.status_grid))
+                                  step.status_grid, analysis.baseline.prep.orig_hw))
     if not panels:
         return None
     return viz.tile(panels, ncols)
