@@ -151,8 +151,10 @@ def explain(trace: Trace, step: StepRecord, r: int, c: int) -> str:
         if s is None or tau is None:
             return f"matp {what} it {at}."
         if code == PRUNED:
-            return (f"Its difficulty score {s:.3f} is below this image's cut-off {tau:.3f} (alpha x mean score) and its "
-                    f"prediction is certain enough, so it was pruned {at}.")
+            how = {"adaptive": "this image's cut-off {:.3f} (alpha x mean score) and its prediction entropy is below beta",
+                   "fixed": "the fixed threshold {:.3f}",
+                   "topk": "{:.3f}, the lowest score that stays under the top-k rate"}.get(p.get("criterion"), "the cut-off {:.3f}")
+            return f"Its difficulty score {s:.3f} is below {how.format(tau)}, so it was pruned {at}."
         if val("retained") == 1.0:
             return (f"Its score {s:.3f} is below the cut-off {tau:.3f}, but it is among the {int(p.get('k', 0))} most typical "
                     f"tokens of its class, kept {at} as context.")
@@ -178,6 +180,8 @@ def _explain_lvtp(step: StepRecord, r: int, c: int, code: int, p: dict[str, Any]
     if code == KEPT:
         return f"{head}: a high-entropy cluster, so it was kept {at} without a second test."
     second = int(c2[r, c]) if isinstance(c2, np.ndarray) and np.isfinite(c2[r, c]) else -1
+    if p.get("second") == "none":
+        return f"{head}: below the keep cut-off, and with second = none every such token is pruned {at}."
     if second < 0:
         return f"{head}: one of the lowest-entropy clusters, which drop = {p.get('drop', 0):.3g} removes outright, so it was pruned {at}."
     edge = step.diagnostics.get("edge_energy")
@@ -187,8 +191,13 @@ def _explain_lvtp(step: StepRecord, r: int, c: int, code: int, p: dict[str, Any]
         share = f"its edge energy is weaker than {_pct(float((edge[pend] > edge[r, c]).mean()))} of the {int(pend.sum())} pending tokens; "
     verdict = "pruned" if code == PRUNED else "kept"
     rate = float(p.get("rate", 0))
-    return (f"{head}: below the keep cut-off, so pending; {share}the 2nd pass (edge cluster {second}, "
-            f"0 = weakest edges) removes the weakest {_pct(rate)} of the pending tokens, so it was {verdict} {at}.")
+    if p.get("second") == "simple":  # the 2nd pass orders by entropy, not by edges
+        share, kind = "", "entropy cluster"
+    else:
+        kind = "edge cluster"
+    return (f"{head}: below the keep cut-off, so pending; {share}the 2nd pass removes whole {kind}s, weakest "
+            f"first, until {_pct(rate)} of the pending tokens are gone (its {kind}: {second}, 0 = weakest), "
+            f"so it was {verdict} {at}.")
 
 
 # ------------------------------------------------------------------------------ what if?
