@@ -192,3 +192,14 @@ def lesson_classes(a):
     from prune_viz.ui.lesson import token_classes
 
     return token_classes(a.baseline.seg.labels, a.trace.grid)
+
+
+def test_per_class_line_by_the_ground_truth(demo, water):
+    from prune_viz.io import load_mask
+    from prune_viz.ui import lesson
+
+    gt, _ = load_mask(str(ROOT / "examples" / "water_mask.png"), water.shape[:2], demo.num_classes, demo.palette)
+    a = analyze(demo, water, make_plan(demo, "random", "6", 0, {"rate": 0.5}), gt=gt)
+    line = lesson.kept_by_class_line(a, gt)
+    assert "ground-truth mask" in line and "water" in line
+    assert abs(sum(s * n for s, n in lesson.kept_by_class(a, gt).values()) / 1024 - 0.5) < 0.01

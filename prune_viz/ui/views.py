@@ -279,11 +279,14 @@ def tabs_for(method: str, diagnostics: dict[str, Any] | None = None) -> dict[str
     return tabs
 
 
-def layer_views(analysis: Analysis, layer: int, num_blocks: int, patch: int, show_image: bool = True) -> dict[str, Any]:
-    """Everything that follows the layer slider: token map, caption, method tabs, histogram."""
+def layer_views(analysis: Analysis, layer: int, num_blocks: int, patch: int, show_image: bool = True,
+                gt: np.ndarray | None = None) -> dict[str, Any]:
+    """Everything that follows the layer slider: token map, caption (with the share of each
+    class's tokens kept: by ``gt`` when given, else by the unpruned prediction), method tabs,
+    histogram."""
     trace = analysis.trace
     token_img, caption = token_map_view(analysis, int(layer), num_blocks, patch, show_image)
-    per_class = kept_by_class_line(analysis)
+    per_class = kept_by_class_line(analysis, gt)
     out: dict[str, Any] = {"token_map": token_img, "token_caption": caption + (f"\n\n{per_class}" if per_class else "")}
     step = trace.step_at(int(layer))
     tabs = tabs_for(trace.method, step.diagnostics if step is not None else {})
@@ -333,9 +336,9 @@ def resize(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
 
 
 def full_views(analysis: Analysis, image: np.ndarray, layer: int, num_blocks: int, patch: int,
-               show_image: bool = True) -> dict[str, Any]:
+               show_image: bool = True, gt: np.ndarray | None = None) -> dict[str, Any]:
     """Every view of one analysis (what the first run and each re-run draw)."""
-    out = layer_views(analysis, layer, num_blocks, patch, show_image)
+    out = layer_views(analysis, layer, num_blocks, patch, show_image, gt)
     seg = segmentation_views(analysis, image)
     out["seg"] = seg
     out["depth"] = depth_view(analysis, num_blocks, patch)

@@ -112,6 +112,12 @@ def _load(session: Session, path: str, name: str, bands=None, stretch=(2.0, 98.0
     }
 
 
+def _gt_for(session: Session, analysis) -> Any:
+    """The session's ground-truth mask when it belongs to the analysed image (per-class lines)."""
+    gt = session.gt
+    return gt if gt is not None and gt.shape == analysis.baseline.seg.labels.shape else None
+
+
 def _method_groups(method: str) -> dict[str, Any]:
     return {f"grp:{m}": gr.Group(visible=m == method) for m in METHODS}
 
@@ -144,7 +150,8 @@ def on_analyze(session, backbone, sam_size, method, layers, seed, view_layer, *p
 
 def analysis_updates(session: Session, model: Backbone, analysis, layer: int) -> dict[str, Any]:
     """Every view of ``analysis`` as component updates (after a run, or a forced re-run)."""
-    views = full_views(analysis, session.image, layer, model.num_blocks, model.patch_size, session.show_image)
+    views = full_views(analysis, session.image, layer, model.num_blocks, model.patch_size, session.show_image,
+                       _gt_for(session, analysis))
     seg = views["seg"]
     out = {
         "state": session,
@@ -195,7 +202,8 @@ def on_view_layer(session, backbone, sam_size, view_layer):
     facts, model = backbone_info(backbone, sam_size)
     if model is None or session.backbone_key != facts.key:
         return {}
-    views = layer_views(session.analysis, int(view_layer), model.num_blocks, model.patch_size, session.show_image)
+    views = layer_views(session.analysis, int(view_layer), model.num_blocks, model.patch_size, session.show_image,
+                        _gt_for(session, session.analysis))
     return as_files(_layer_updates(views))
 
 

@@ -15,7 +15,7 @@ from ..ui.choices import backbone_info
 from ..ui.views import layer_views, token_map_geometry, token_map_view
 from .api import _prepare, _run
 from .glue import as_files, packed, user_errors
-from .handlers import LAYER_OUT, VIEW_OUT, _layer_updates, _plan, analysis_updates, session_of
+from .handlers import LAYER_OUT, VIEW_OUT, _gt_for, _layer_updates, _plan, analysis_updates, session_of
 
 INSPECT_OUT = ["insp_row", "insp_col", "inspector"]
 FORCE_OUT = [*VIEW_OUT, "inspector"]
@@ -43,7 +43,8 @@ def on_show_image(session, backbone, sam_size, view_layer, show):
     analysis, model = _shown(session, backbone, sam_size)
     if analysis is None:
         return {}
-    return as_files(_layer_updates(layer_views(analysis, int(view_layer), model.num_blocks, model.patch_size, show)))
+    views = layer_views(analysis, int(view_layer), model.num_blocks, model.patch_size, show, _gt_for(session, analysis))
+    return as_files(_layer_updates(views))
 
 
 @user_errors
