@@ -37,8 +37,8 @@ class Plan:
     params: Any
     layers: tuple[int, ...]
     seed: int = 0
-    # Teaching hook ("what if this token had stayed?"): layer -> (global token indices forced to
-    # stay, indices forced out), applied after the method's decision at that layer.
+    # Teaching hook ("what if this token had stayed?"): (layer, global token indices forced to
+    # stay, indices forced out) triples, applied after the method's decision at that layer.
     overrides: tuple[tuple[int, tuple[int, ...], tuple[int, ...]], ...] = ()
 
 
