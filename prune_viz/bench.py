@@ -129,7 +129,9 @@ def run_bench(args: argparse.Namespace) -> list[dict[str, Any]]:
         if name not in backbones:
             backbones[name] = build_backbone(name, checkpoint=args.checkpoint if name == args.backbone else None)
             if backbones[name].num_classes == 0:
-                raise ValueError(f"bench scores against the synthetic labels and needs a semantic backbone; {name} has none")
+                from .errors import ParamError  # the CLI shows user errors as one line, exit code 2
+
+                raise ParamError(f"bench scores against the synthetic labels and needs a semantic backbone; {name} has none")
     plans = [make_plan(backbones[c.backbone or args.backbone], c.method, c.layers, args.seed, c.values) for c in configs]
     first = backbones[args.backbone]
     k = first.num_classes
