@@ -203,3 +203,15 @@ def test_per_class_line_by_the_ground_truth(demo, water):
     line = lesson.kept_by_class_line(a, gt)
     assert "ground-truth mask" in line and "water" in line
     assert abs(sum(s * n for s, n in lesson.kept_by_class(a, gt).values()) / 1024 - 0.5) < 0.01
+
+
+def test_methods_play_in_sync_as_one_gif(demo, water):
+    from PIL import Image
+
+    from prune_viz.ui import animate
+
+    runs = [analyze(demo, water, make_plan(demo, m, None, 0, {})) for m in ("random", "dtop")]
+    frames = animate.frames_in_sync(runs, demo.num_blocks, demo.patch_size)
+    assert len(frames) == demo.num_blocks and len({f.shape for f in frames}) == 1
+    with Image.open(animate.write_gif(runs, demo.num_blocks, demo.patch_size)) as gif:
+        assert gif.n_frames == demo.num_blocks

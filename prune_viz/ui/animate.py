@@ -53,14 +53,37 @@ def frames(analysis: Analysis, num_blocks: int, patch: int, width: int = 480) ->
     return [np.pad(f, ((0, h - f.shape[0]), (0, 0), (0, 0)), constant_values=255) for f in out]
 
 
-def write_gif(analysis: Analysis, num_blocks: int, patch: int, ms_per_frame: int = 900, folder: Path = GIF_DIR) -> Path:
-    """The layer sequence as an endlessly looping GIF (Pillow), the last frame held longer."""
+def frames_in_sync(analyses: list[Analysis], num_blocks: int, patch: int, width: int = 300) -> list[np.ndarray]:
+    """Several methods on the same image, block by block side by side (up to 4 per row): one
+    frame per block, each map titled with its method and what it did there."""
+    out = []
+    for layer in range(1, num_blocks + 1):
+        panels = []
+        for a in analyses:
+            rgb, _ = token_map_view(a, layer, num_blocks, patch)
+            method = a.trace.method
+            line = narration(a, layer, num_blocks).replace(f"Block {layer} of {num_blocks}", "", 1).lstrip(" —:").replace("(the last): ", "", 1)
+            line = line.replace("pruning layer: ", "pruning layer, ", 1).replace(f", {method} ", ": ", 1)
+            panels.append(viz.titled_panel(rgb, f"{method} — {line}", width=width))
+        tiled = viz.tile(panels, ncols=min(4, len(panels)))
+        out.append(viz.titled_panel(tiled, f"Block {layer} of {num_blocks}", width=tiled.shape[1], font_size=16))
+    h = max(f.shape[0] for f in out)
+    return [np.pad(f, ((0, h - f.shape[0]), (0, 0), (0, 0)), constant_values=255) for f in out]
+
+
+def write_gif(analysis: Analysis | list[Analysis], num_blocks: int, patch: int, ms_per_frame: int = 900,
+              folder: Path = GIF_DIR) -> Path:
+    """The layer sequence as an endlessly looping GIF (Pillow), the last frame held longer; a
+    list of analyses (one image, several methods) plays them in sync, side by side."""
     from PIL import Image
 
     folder.mkdir(parents=True, exist_ok=True)
     _clean_old(folder, 3600)
-    images = [Image.fromarray(f) for f in frames(analysis, num_blocks, patch)]
-    path = folder / f"prune_viz_{analysis.trace.method}_{uuid.uuid4().hex[:8]}.gif"
+    many = isinstance(analysis, list)
+    drawn = frames_in_sync(analysis, num_blocks, patch) if many else frames(analysis, num_blocks, patch)
+    images = [Image.fromarray(f) for f in drawn]
+    name = "_".join(a.trace.method for a in analysis) if many else analysis.trace.method
+    path = folder / f"prune_viz_{name}_{uuid.uuid4().hex[:8]}.gif"
     durations = [ms_per_frame] * (len(images) - 1) + [3 * ms_per_frame]
     images[0].save(path, save_all=True, append_images=images[1:], duration=durations, loop=0, optimize=False)
     return path

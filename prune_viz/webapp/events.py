@@ -73,6 +73,8 @@ def table(c: dict[str, Any]) -> list[Row]:
         (["force_prune_btn.click"], t.on_force_prune, FORCE_IN, t.FORCE_OUT, "model", False),
         (["play_btn.click"], t.on_play, STATE_MODEL, t.PLAY_OUT, "private", False),
         (["gif_btn.click"], t.on_gif, STATE_MODEL, ["gif_file"], "model", False),
+        (["compare_gif_btn.click"], t.on_compare_gif,
+         [*STATE_MODEL, "seed", "compare_methods", "compare_mode", "compare_target"], ["compare_gif"], "model", False),
     ]
     if "gallery" in c:  # first visit: show an example right away (no examples: a page that says what to do)
         rows.append((["gallery.select"], h.on_example, STATE_MODEL, h.EXAMPLE_OUT, "latest", True))

@@ -219,7 +219,10 @@ def _view_tabs(c: dict[str, Any], method0: str, facts0: BackboneFacts) -> None:
             c["compare_mode"] = gr.Radio(["each at its defaults", "matched MAC budget"], value="each at its defaults",
                                          label="Settings")
             c["compare_target"] = gr.Slider(5, 60, value=25, step=1, label="target MAC reduction (%)")
-        c["compare_btn"] = gr.Button("Compare", variant="primary")
+        with gr.Row():
+            c["compare_btn"] = gr.Button("Compare", variant="primary")
+            c["compare_gif_btn"] = gr.Button("Play them in sync (GIF for slides)")
+        c["compare_gif"] = gr.File(label="methods_in_sync.gif", interactive=False, visible=False)
         c["compare_note"] = gr.Markdown("")
         c["compare_table"] = gr.Dataframe(headers=COMPARE_HEADERS, interactive=False, wrap=True)
         gr.Markdown("Top row: how deep each token went, per method. Bottom row: the segmentation after pruning.")

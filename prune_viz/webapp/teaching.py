@@ -10,7 +10,7 @@ from typing import Any
 
 import gradio as gr
 
-from ..ui import animate, inspect
+from ..ui import animate, compare, inspect, texts
 from ..ui.choices import backbone_info
 from ..ui.views import layer_views, token_map_geometry, token_map_view
 from .api import _prepare, _run
@@ -119,6 +119,20 @@ def on_gif(session, backbone, sam_size):
     if analysis is None:
         raise gr.Error("run an analysis first", print_exception=False)
     return gr.File(value=str(animate.write_gif(analysis, model.num_blocks, model.patch_size)), visible=True)
+
+
+@user_errors
+def on_compare_gif(session, backbone, sam_size, seed, methods, mode, target):
+    """The compared methods played in sync, block by block side by side, as a GIF (each method
+    re-run from the cached unpruned forward with the Compare tab's settings)."""
+    session = session_of(session)
+    facts, model = backbone_info(backbone, sam_size)
+    if model is None:
+        raise gr.Error(texts.weights_missing(facts.name), print_exception=False)
+    budget = float(target) if str(mode).startswith("matched") else None
+    rows = compare.compare_methods(session, model, facts.key, list(methods or []), None, seed, budget)
+    analyses = [r.analysis for r in rows if r.analysis is not None]
+    return gr.File(value=str(animate.write_gif(analyses, model.num_blocks, model.patch_size)), visible=True)
 
 
 # ------------------------------------------------------------------------------ API endpoints
