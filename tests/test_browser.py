@@ -122,6 +122,26 @@ def test_teaching_view_at_1366x768(app_url, tmp_path):
             b = thumb.bounding_box()
             assert b["y"] + b["height"] <= gallery["y"] + gallery["height"] + 1, (b, gallery)
 
+        # Ask a token why (LVTP, the first example's default), then make it stay.
+        readout = page.locator("#readout").inner_text()
+        page.locator("#token_map img").click(position={"x": 40, "y": 40})
+        page.locator("#inspector").get_by_text("Token (").wait_for(timeout=60_000)
+        rule = page.locator("#inspector").inner_text()
+        assert "cluster" in rule and "entropy rank" in rule, rule
+        time.sleep(1)
+        page.evaluate("document.querySelector('#token_map').scrollIntoView()")
+        page.screenshot(path=str(out / "inspector.png"), full_page=False)
+        # A pruned token is forced to stay, a kept one to go: either way the MACs change.
+        page.locator("#force_keep" if "pruned at layer" in rule else "#force_prune").click()
+        page.locator("#inspector").get_by_text("What if token").wait_for(timeout=120_000)
+        after = _wait_for_change(page, "#readout", readout) if page.locator("#readout").inner_text() == readout else \
+            page.locator("#readout").inner_text()
+        assert after != readout
+        time.sleep(2)  # the maps finish redrawing
+        page.evaluate("document.querySelector('#token_map').scrollIntoView()")
+        page.screenshot(path=str(out / "inspector_what_if.png"), full_page=False)
+        page.evaluate("window.scrollTo(0, 0)")
+
         # One colour per status, whatever the method: flat colours without the image.
         page.get_by_label("show the image under the tokens").uncheck()
         time.sleep(2)
@@ -140,22 +160,8 @@ def test_teaching_view_at_1366x768(app_url, tmp_path):
             assert seen <= set(STATUS_COLOURS.values()), (method, seen)
         page.get_by_label("show the image under the tokens").check()
         time.sleep(2)
-
-        # Ask a token why, then make it stay.
-        readout = page.locator("#readout").inner_text()
-        page.locator("#token_map img").click(position={"x": 40, "y": 40})
-        page.locator("#inspector").get_by_text("Token (").wait_for(timeout=60_000)
-        rule = page.locator("#inspector").inner_text()
-        assert "random" in rule and "chance" in rule, rule  # the one-line rule of a method without signals
-        page.evaluate("document.querySelector('#token_map').scrollIntoView()")
-        page.screenshot(path=str(out / "inspector.png"), full_page=False)
-        page.locator("#force_keep").click()
-        page.locator("#inspector").get_by_text("What if token").wait_for(timeout=120_000)
-        after = _wait_for_change(page, "#readout", readout) if page.locator("#readout").inner_text() == readout else \
-            page.locator("#readout").inner_text()
-        assert after != readout
-        page.evaluate("document.querySelector('#token_map').scrollIntoView()")
-        page.screenshot(path=str(out / "inspector_force_keep.png"), full_page=False)
+        page.locator("#token_map img").click(position={"x": 200, "y": 200})
+        page.locator("#inspector").get_by_text("by chance").wait_for(timeout=60_000)  # random's one-line rule
 
         # Play the layers.
         page.locator("#play_btn").click()

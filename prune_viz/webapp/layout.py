@@ -179,7 +179,7 @@ def _view_tabs(c: dict[str, Any], method0: str, facts0: BackboneFacts) -> None:
             c["insp_col"] = gr.Number(label="token col (0-based)", precision=0, minimum=0, value=0, min_width=80)
             c["inspect_btn"] = gr.Button("Why?", min_width=80)
             c["force_keep_btn"] = gr.Button("What if it had stayed? (force keep)", elem_id="force_keep", min_width=120)
-            c["force_prune_btn"] = gr.Button("What if it had gone? (force prune)", min_width=120)
+            c["force_prune_btn"] = gr.Button("What if it had gone? (force prune)", elem_id="force_prune", min_width=120)
         c["inspector"] = gr.Markdown("*Click a token on the map to see its signals and the rule that decided it.*",
                                      elem_id="inspector", container=True)
         c["depth"] = gr.Image(format="png", show_label=False, interactive=False)
