@@ -133,6 +133,8 @@ def build_report(backbone: Backbone, plan: Plan, baseline: Baseline, trace: Trac
         },
         "latency_ms": None,
         "metrics": metrics,
+        # Decisions overruled by hand (the token inspector's "what if"): layer, forced in, forced out.
+        "overrides": [{"layer": at, "keep": list(keep), "prune": list(prune)} for at, keep, prune in plan.overrides],
         "digest": {
             "input": baseline.key,
             "status_grids": [_digest(s.status_grid) for s in trace.steps],

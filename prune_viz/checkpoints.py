@@ -143,7 +143,8 @@ def download(
     except OSError as exc:
         part.unlink(missing_ok=True)
         raise CheckpointError(
-            f"could not download {url} ({exc}). Offline? Put the file at {dest} or pass --checkpoint PATH."
+            # URLError's str() is "<urlopen error ...>", which a browser reads as a tag and hides.
+            f"could not download {url} ({getattr(exc, 'reason', None) or exc}). Offline? Put the file at {dest} or pass --checkpoint PATH."
         ) from None
     if sha256 is not None:
         got = sha256_of(part)

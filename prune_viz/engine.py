@@ -37,6 +37,9 @@ class Plan:
     params: Any
     layers: tuple[int, ...]
     seed: int = 0
+    # Teaching hook ("what if this token had stayed?"): (layer, global token indices forced to
+    # stay, indices forced out) triples, applied after the method's decision at that layer.
+    overrides: tuple[tuple[int, tuple[int, ...], tuple[int, ...]], ...] = ()
 
 
 @dataclass
@@ -354,6 +357,11 @@ def run_pruned(
             else:
                 decision = method.decide(ctx, plan.params)
             keep, status, diag = decision.keep, decision.status, decision.diagnostics
+            forced = _overrides_at(plan, layer)
+            if forced is not None and decision.merge_into is not None:
+                # A merge decides where every token's feature goes; forcing one token in or out
+                # would leave its group without a representative.
+                raise ParamError(f"force keep / force prune is not available for merging methods ({plan.method.name})")
             if decision.merge_into is not None:
                 # Re-point every grid token represented by a merged alive token (itself, or tokens
                 # merged into it earlier) to its new representative.
@@ -364,6 +372,8 @@ def run_pruned(
             if decision.features is not None:
                 patches = patches.clone()
                 patches[0, keep] = decision.features.to(patches.dtype)
+            if forced is not None:
+                keep, status = apply_overrides(status, kept_idx, *forced)
         decide_ms = (_now() - td) * 1e3
 
         status_grid = np.full(n, GONE, dtype=np.int8)
@@ -433,6 +443,20 @@ def run_pruned(
     )
 
 
+def apply_overrides(status: Tensor, kept_idx: Tensor, force_keep: tuple[int, ...], force_prune: tuple[int, ...]) -> tuple[Tensor, Tensor]:
+    """Overrule a decision for chosen tokens (global row-major indices; tokens not alive are
+    ignored). status: Nk long; returns (keep Nk-local sorted indices, status). A forced-in token
+    becomes KEPT, a forced-out one PRUNED (never EXITED: it has no final prediction of its own)."""
+    status = status.clone()
+    status[torch.isin(kept_idx, torch.tensor(force_keep, dtype=torch.long))] = KEPT
+    status[torch.isin(kept_idx, torch.tensor(force_prune, dtype=torch.long))] = PRUNED
+    return torch.nonzero((status != PRUNED) & (status != EXITED)).flatten(), status
+
+
+def _overrides_at(plan: Plan, layer: int) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+    return next(((k, p) for at, k, p in plan.overrides if at == layer), None)
+
+
 def _params_dict(params: Any) -> dict[str, Any]:
     from dataclasses import asdict, is_dataclass
 
@@ -461,7 +485,12 @@ def estimate_macs(backbone: Backbone, baseline: Baseline, plan: Plan) -> dict[st
         stats = backbone.run_block(first, baseline.x_after[first - 1], None, grid, want_attn=True)
     aux = backbone.aux_logits(first, patches[0]) if plan.method.needs_aux else None
     ctx = _context(backbone, plan, first, patches, torch.arange(n), baseline.prep, stats, aux)
-    kept_idx = torch.arange(n)[plan.method.decide(ctx, plan.params).keep]
+    decision = plan.method.decide(ctx, plan.params)
+    keep = decision.keep
+    forced = _overrides_at(plan, first)
+    if forced is not None:
+        keep, _ = apply_overrides(decision.status, torch.arange(n), *forced)
+    kept_idx = torch.arange(n)[keep]
     fraction = kept_idx.numel() / n
     total = backbone.embed_macs(baseline.prep) + backbone.decode_macs(baseline.prep)
     total += sum(r.macs for r in baseline.layers[:first])

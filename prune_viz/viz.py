@@ -63,9 +63,41 @@ def upsample_grid(grid: np.ndarray, hw: tuple[int, int], valid_hw: tuple[int, in
     return up
 
 
-def token_status_map(image: np.ndarray, status_grid: np.ndarray, patch: int, draw_grid: bool = True) -> np.ndarray:
-    """Draw token statuses over the model-input image (H x W x 3 uint8, H = gh * patch or less
-    when cropped). Kept tokens stay visible with a light tint, pruned / gone tokens are dimmed."""
+# How each status is drawn over the image: fill strength and pattern. Kept tokens leave the
+# image clear (a tint merged with water and blue roofs); the others are filled and patterned, so
+# they read over any image and in grey print. Without the image every status is a flat colour.
+STATUS_STYLE: dict[int, tuple[float, str]] = {
+    KEPT: (0.0, "outline"),
+    PENDING_KEPT: (0.35, "outline"),
+    PRUNED: (0.7, "hatch"),
+    EXITED: (0.6, "cross"),
+    GONE: (0.85, "hatch"),
+}
+
+
+def _pattern(kind: str, h: int, w: int, patch: int) -> np.ndarray:
+    """H x W bool: where a status's pattern is drawn (diagonal hatching, cross-hatching, or a
+    1-2 px outline inside each token)."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    step = max(4, patch // 3)
+    if kind == "hatch":
+        return (xx + yy) % step == 0
+    if kind == "cross":
+        return ((xx + yy) % step == 0) | ((xx - yy) % step == 0)
+    t = 2 if patch >= 12 else 1
+    inner_y, inner_x = yy % patch, xx % patch
+    return (inner_y < t) | (inner_y >= patch - t) | (inner_x < t) | (inner_x >= patch - t)
+
+
+def token_status_map(image: np.ndarray, status_grid: np.ndarray, patch: int, draw_grid: bool = True,
+                     show_image: bool = True) -> np.ndarray:
+    """Draw token statuses (colours: :data:`STATUS_COLOURS`, the same in every method and run)
+    over the model-input image (H x W x 3 uint8, H = gh * patch or less when cropped).
+
+    With the image: kept tokens stay clear inside a blue outline, pending-then-kept ones get an
+    orange outline and tint, pruned / gone ones a grey fill with diagonal hatching, exited ones a
+    purple fill with cross-hatching. ``show_image=False``: flat status colours only (the token
+    grid in white), which is what a pixel read-out compares across methods."""
     gh, gw = status_grid.shape
     h, w = gh * patch, gw * patch
     canvas = np.zeros((h, w, 3), np.uint8)
@@ -76,12 +108,36 @@ def token_status_map(image: np.ndarray, status_grid: np.ndarray, patch: int, dra
         mask = status_px == status
         if not mask.any():
             continue
-        alpha = {KEPT: 0.25, PENDING_KEPT: 0.55, PRUNED: 0.75, EXITED: 0.6, GONE: 0.85}[status]
-        out[mask] = (canvas[mask] * (1 - alpha) + np.array(colour) * alpha).astype(np.uint8)
-    if draw_grid and patch >= 6:
+        col = np.array(colour, dtype=np.float32)
+        if not show_image:
+            out[mask] = colour
+            continue
+        alpha, kind = STATUS_STYLE[status]
+        out[mask] = (canvas[mask] * (1 - alpha) + col * alpha).astype(np.uint8)
+        pattern = mask & _pattern(kind, h, w, patch)
+        out[pattern] = colour if kind == "outline" else ((120, 120, 120) if status == GONE else (255, 255, 255))
+    if not show_image:
+        if patch >= 6:
+            out[::patch, :] = 255
+            out[:, ::patch] = 255
+    elif draw_grid and patch >= 6:
         out[::patch, :] = (out[::patch, :] * 0.6).astype(np.uint8)
         out[:, ::patch] = (out[:, ::patch] * 0.6).astype(np.uint8)
     return out[: image.shape[0], : image.shape[1]]
+
+
+# Exit depth: one fixed colour per "last block a token went through", as a fraction of the
+# network's depth, so "all 12 blocks" has the same colour in every method and run (it was the
+# last colour of whichever depths happened to occur).
+DEPTH_CMAP = "cividis"
+
+
+def depth_colour(layer: int, num_blocks: int) -> tuple[int, int, int]:
+    """Colour of tokens whose last block was ``layer`` (``num_blocks`` = never left)."""
+    from matplotlib import colormaps
+
+    rgba = colormaps[DEPTH_CMAP](min(1.0, max(0.0, layer / max(1, num_blocks))))
+    return tuple(int(round(c * 255)) for c in rgba[:3])
 
 
 def heatmap(values: np.ndarray, cmap: str = "viridis", vmin: float | None = None, vmax: float | None = None) -> np.ndarray:
@@ -174,7 +230,8 @@ def colorbar(
         body_h = len(rows) * (font_size + 6)
     else:
         body_h = bar_h + font_size + 2 * pad
-    height = body_h + 2 * pad + (font_size + pad if label else 0)
+    label_lines = _wrap(label, font, width - 8) if label else []  # a long unit wraps, never runs off
+    height = body_h + 2 * pad + len(label_lines) * (font_size + 3) + (pad if label_lines else 0)
     img = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(img)
     if categories:
@@ -198,8 +255,9 @@ def colorbar(
             x = x0 + frac * (x1 - x0 - 1)
             draw.line([x, pad + bar_h, x, pad + bar_h + 2], fill=(0, 0, 0))
             draw.text((x, ty), _fmt_tick(value), fill=(0, 0, 0), font=font, anchor=anchor)
-    if label:
-        draw.text((width / 2, height - pad), label, fill=(60, 60, 60), font=font, anchor="md")
+    for i, line in enumerate(label_lines):
+        y = height - pad - (len(label_lines) - 1 - i) * (font_size + 3)
+        draw.text((width / 2, y), line, fill=(60, 60, 60), font=font, anchor="md")
     return np.asarray(img)
 
 

@@ -69,7 +69,8 @@ def test_export_zip_reproduces_with_the_cli(client, scene):
     with zipfile.ZipFile(path) as z:
         names = {Path(n).name for n in z.namelist()}
         assert {"report.json", "command.txt", "input.png", "mask.png", "seg_before.png", "seg_after.png",
-                "token_map_L6.png", "token_depth.png", "change_map.png", "entropy_L6.png"} <= names
+                "token_map_L6.png", "token_depth.png", "change_map.png", "entropy_L6.png",
+                "figure.png", "figure.svg", "figure.pdf"} <= names
         report = json.loads(z.read("prune_viz_run/report.json"))
         command = z.read("prune_viz_run/command.txt").decode()
     line = next(x for x in command.splitlines() if x.startswith("python -m prune_viz analyze"))

@@ -20,6 +20,7 @@ EXAMPLE_GLOB = "*.png"
 
 BACKBONE_CHOICES: list[tuple[str, str]] = [
     ("demo — shipped demo segmenter (fast, offline)", "demo"),
+    ("demo_matp — the demo fine-tuned with MATP's pruning (for matp)", "demo_matp"),
     ("sam_vit_b — Segment Anything ViT-B (~10 s per forward on 2 cores)", "sam_vit_b"),
     ("sam_vit_l — Segment Anything ViT-L (~30 s per forward)", "sam_vit_l"),
     ("sam_vit_h — Segment Anything ViT-H (~60 s per forward)", "sam_vit_h"),
@@ -85,3 +86,18 @@ def layer_choices(facts: BackboneFacts) -> list[tuple[str, int]]:
             tags.append("aux head")
         out.append((f"{layer} ({', '.join(tags)})" if tags else str(layer), layer))
     return out
+
+
+# Methods that need parts trained with them: (method, backbone) -> the backbone that has them.
+TRAINED_FOR: dict[tuple[str, str], str] = {("matp", "demo"): "demo_matp"}
+
+
+def backbone_for(method: str, backbone: str) -> tuple[str, str | None]:
+    """The backbone a method should run on when chosen in the app, and the notice saying why
+    it was switched (None: no switch)."""
+    better = TRAINED_FOR.get((method, backbone))
+    if better is None:
+        return backbone, None
+    return better, (f"Switched the backbone to **{better}**: {method} was fine-tuned with its pruning in place, "
+                    f"and on the plain {backbone} weights it loses several mIoU points more. Choose {backbone} "
+                    f"again to see that.")

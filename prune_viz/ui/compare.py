@@ -144,7 +144,7 @@ def compare_views(rows: list[CompareRow], image: np.ndarray, num_blocks: int, pa
         met = rep["metrics"]
         table.append([
             r.method, ",".join(map(str, rep["layers_pruned"])), f"{rep['macs']['pruned'] / 1e9:.2f}",
-            f"{-rep['macs']['delta_pct']:.1f}", f"{met['agreement_miou']:.3f}",
+            f"{round(-rep['macs']['delta_pct'], 1) + 0.0:.1f}", f"{met['agreement_miou']:.3f}",
             "—" if met.get("miou") is None else f"{met['miou']:.3f}",
             "—" if met.get("gamma") is None else f"{met['gamma']:.2f}", r.note,
         ])
@@ -157,7 +157,7 @@ def compare_views(rows: list[CompareRow], image: np.ndarray, num_blocks: int, pa
         seg = segmentation_views(r.analysis, image)
         macs = r.analysis.report["macs"]
         segs.append(viz.titled_panel(seg["pair"][1], f"{r.method}: {macs['pruned'] / 1e9:.2f} GMACs "
-                                     f"({-macs['delta_pct']:.1f} % saved), {100 * seg['changed_fraction']:.1f} % px changed",
+                                     f"({round(-macs['delta_pct'], 1) + 0.0:.1f} % saved), {100 * seg['changed_fraction']:.1f} % px changed",
                                      width=width))
     return viz.tile(depth + segs, ncols=len(done)), table
 

@@ -24,7 +24,7 @@ KNOWN_CONTROLS: dict[tuple[str, str], dict[str, Any]] = {
                         info="Tokens are grouped into k clusters; high-entropy clusters are kept."),
     ("lvtp", "rate"): dict(kind="slider", minimum=0.0, maximum=0.95, step=0.05, label="rate — share of pending tokens pruned",
                            info="Of the tokens left undecided, this fraction (weakest edges first) is removed."),
-    ("lvtp", "drop"): dict(kind="slider", minimum=0.0, maximum=0.5, step=0.05, label="drop — low-entropy clusters removed outright",
+    ("lvtp", "drop"): dict(kind="slider", minimum=0.0, maximum=0.5, step=0.025, label="drop — low-entropy clusters removed outright",
                            info="Fraction of the 1st-pass clusters (lowest entropy) removed without a second chance."),
     ("lvtp", "k2"): dict(kind="slider", minimum=2, maximum=8, step=1, label="k2 — clusters (2nd pass)", advanced=True),
     ("lvtp", "iters"): dict(kind="int", minimum=1, maximum=50, label="k-means iterations", advanced=True),

@@ -13,15 +13,17 @@ from pathlib import Path
 import numpy as np
 
 from .. import viz
-from ..analysis import save_outputs
+from ..analysis import Analysis, save_outputs
 from ..backbones import BackboneFacts, input_size_for
 from ..backbones.base import Backbone
 from ..engine import Plan
 from ..errors import UserError
 from ..methods import get_method
+from ..methods.base import STATUSES
 from ..params import plan_params
+from .figure import write_figure
 from .session import Session
-from .views import depth_view, diagnostics_panels, segmentation_views, tabs_for
+from .views import depth_view, diagnostics_panels, segmentation_views, tabs_for, token_map_view
 
 
 def cli_command(backbone: str, input_size: int | None, plan: Plan, image_name: str = "input.png", mask_name: str | None = None) -> str:
@@ -66,14 +68,16 @@ def export_zip(
         mask_name = "mask.png"
         viz.write_png(out / mask_name, session.gt.astype(np.uint8))
     extra = dict(extra_pngs or {})
+    extra.update(legended_maps(a, session.image, backbone.num_blocks, backbone.patch_size))
     extra["token_depth"] = depth_view(a, backbone.num_blocks, backbone.patch_size)
-    extra["change_map"] = segmentation_views(a, session.image)["change"]
     for step in a.trace.steps:
         for tab, names in tabs_for(a.trace.method, step.diagnostics).items():
             extra[f"{tab}_L{step.layer}"] = diagnostics_panels(a, step, names, backbone.patch_size)
     for name, rgb in extra.items():
         if rgb is not None:
             viz.write_png(out / f"{name}.png", rgb)
+    # The lecture composite: token maps, legend, before / after, change map, key numbers, title.
+    write_figure(a, session.image, backbone.num_blocks, backbone.patch_size, out / "figure")
     plan = Plan(get_method(a.report["method"]), plan_params(a.report["method"], a.report["params"]),
                 tuple(a.report["layers_pruned"]), int(a.report["seed"]))
     (out / "command.txt").write_text(
@@ -85,6 +89,29 @@ def export_zip(
             z.write(p, f"prune_viz_run/{p.name}")
     shutil.rmtree(out)
     return zpath
+
+
+def legended_maps(a: Analysis, image: np.ndarray, num_blocks: int, patch: int, width: int = 512) -> dict[str, np.ndarray]:
+    """The zip's token maps, segmentations and change map, each with a title and its legend
+    (they replace the bare maps the CLI writes; ``input.png`` and ``mask.png`` stay data)."""
+    method = a.trace.method
+    statuses = [(s.label, viz.STATUS_COLOURS[s.code]) for s in STATUSES]
+    out = {}
+    for step in a.trace.steps:
+        rgb, _ = token_map_view(a, step.layer, num_blocks, patch)
+        out[f"token_map_L{step.layer}"] = viz.titled_panel(
+            rgb, f"{method}: tokens after pruning layer {step.layer} ({step.tokens_kept} of {step.tokens_in} go on)",
+            viz.colorbar(width, categories=statuses), width=width)
+    seg = segmentation_views(a, image)
+    before = a.baseline.seg
+    classes = ([(n, tuple(int(c) for c in col)) for n, col in zip(before.class_names, before.palette)]
+               if before.kind == "semantic" and before.palette is not None else None)
+    legend = viz.colorbar(width, categories=classes) if classes else None
+    out["seg_before"] = viz.titled_panel(seg["pair"][0], "segmentation, unpruned model", legend, width=width)
+    out["seg_after"] = viz.titled_panel(seg["pair"][1], f"segmentation after {method} pruning", legend, width=width)
+    out["change_map"] = viz.titled_panel(
+        seg["change"], f"pixels whose class changed (vermillion): {100 * seg['changed_fraction']:.2f} %", width=width)
+    return out
 
 
 def _clean_old(root: Path, max_age_s: float) -> None:

@@ -49,6 +49,10 @@ class Session:
     points: list[tuple[float, float, int]] = field(default_factory=list)  # SAM prompts (x, y, label)
     box: tuple[float, float, float, float] | None = None
     corner: tuple[float, float] | None = None  # first corner of a box being drawn
+    show_image: bool = True  # token maps over the image, or flat status colours only
+
+    def set_show_image(self, show: bool) -> None:
+        self.show_image = bool(show)
 
     # --- inputs --------------------------------------------------------------------------------
     def set_image(

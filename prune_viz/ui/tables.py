@@ -99,7 +99,7 @@ def metrics_rows(analysis: Analysis, changed_fraction: float | None = None) -> l
         ["MACs, unpruned", f"{gmacs(m['baseline'])} GMACs ({gmacs(2 * m['baseline'])} GFLOPs)", "1 multiply-add = 1 MAC; FLOPs = 2 x MACs"],
         ["MACs, pruned", f"{gmacs(m['pruned'])} GMACs ({gmacs(2 * m['pruned'])} GFLOPs)",
          "whole forward: embedding, blocks, aux heads, decision, decoder"],
-        ["MAC change", f"{m['delta_pct']:+.1f} %", "negative = saved"],
+        ["MAC change", f"{round(m['delta_pct'], 1) + 0.0:+.1f} %", "negative = saved"],
         ["  of which blocks", f"{gmacs(parts['blocks'])} GMACs", "transformer blocks on the tokens still alive"],
         ["  of which method", f"{parts['decision'] / 1e6:.1f} MMACs",
          "the pruning decision's own arithmetic (entropy, clustering, attention statistics)"],

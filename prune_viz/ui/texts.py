@@ -10,6 +10,9 @@ from ..methods import get_method
 BACKBONE_NOTES: dict[str, str] = {
     "demo": "ViT-Tiny-shaped segmenter trained by this project on synthetic aerial scenes "
     "(7 classes, 512 x 512 input, 32 x 32 = 1024 tokens). About 0.1 s per forward on 2 CPU cores.",
+    "demo_matp": "The demo segmenter fine-tuned with MATP's pruning in the loop (its auxiliary heads and "
+    "features learnt to live with MATP's decisions; assets/MODEL_CARD_MATP.md). Use it with matp; other methods "
+    "run on it too. Same size and speed as demo.",
     "sam_vit_b": "SAM ViT-B image encoder, 64 x 64 = 4096 tokens at 1024 px. **About 10 s per forward "
     "on 2 CPU cores** (a run needs two: unpruned and pruned); 512 px input is about 4x faster.",
     "sam_vit_l": "SAM ViT-L image encoder. **Roughly 30 s per forward on 2 CPU cores** at 1024 px (about 3x ViT-B's MACs).",
@@ -35,18 +38,30 @@ METHOD_TEACHING: dict[str, str] = {
     "none": "Use it as the reference: the token map is all blue and the numbers equal the unpruned model.",
     "random": "If a method does not clearly beat random pruning at the same MAC budget (see the Compare tab), "
     "its scores are not telling it much.",
-    "evit": "Attention says which tokens the network looks at, not where the object borders are: watch the "
-    "change map along thin structures.",
-    "lvtp": "Entropy here measures how spread out a token's feature values are: a flat, uniform region gives "
-    "tokens that look alike and carry little information, so whole clusters of them can go. The Sobel step is "
-    "the safety net for borders: a token on a strong edge is the last to be pruned. Try raising *rate* and watch "
-    "which orange (pending) tokens turn grey.",
+    "evit": "Attention says which tokens the network looks at, not where the object borders are. Measured on the "
+    "demo model: it keeps the textured ground and drops most open-water tokens (the class token attends to "
+    "texture); watch the change map along thin structures.",
+    "lvtp": "What it really does here (measured on the demo model): LVTP keeps most flat water tokens and prunes "
+    "more of the textured low vegetation. Why: its entropy is computed over each token's own channel values; "
+    "a uniform patch gives a feature whose channels are evenly spread, i.e. a *high* Tsallis entropy, so the "
+    "clusters of flat regions rank as the most informative (rank 0) and are kept, while textured grass gives "
+    "peaked features, ranks low, and is pending or removed. 'High entropy' is not 'busy image' here. The Sobel "
+    "step then rescues pending tokens on strong edges. Check the per-class line under the token map, and click "
+    "a token to read the rule that decided it.",
     "dtop": "Think of it as a teacher marking easy questions early: a token whose class is already obvious "
     "(open water, a big roof) stops computing, and its early answer is final. Raise the threshold and fewer "
     "tokens dare to leave; mistakes made by an early exit can never be corrected later.",
     "matp": "Every token gets a difficulty score from several clues at once; the cut-off adapts to each image "
     "(alpha x this image's mean score), so an easy image loses more tokens than a busy one. Compare the facet "
     "maps: where do confidence and entropy disagree?",
+}
+
+
+# What the "Why?" tab says for methods that look at no signal.
+NO_SIGNALS: dict[str, str] = {
+    "none": "none prunes nothing, so there is no decision to explain: every token goes through every block.",
+    "random": "random looks at no signal: it removes a seeded random share of the tokens, the floor any real "
+    "method should beat at the same MAC budget.",
 }
 
 

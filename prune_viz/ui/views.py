@@ -11,17 +11,25 @@ import numpy as np
 from .. import viz
 from ..analysis import Analysis
 from ..engine import StepRecord
-from ..methods.base import KEPT, PENDING_KEPT, STATUS_LABELS, STATUSES
+from ..methods.base import EXITED, GONE, KEPT, PENDING_KEPT, PRUNED, STATUS_LABELS, STATUSES
 from ..metrics import match_segments
 from .charts import charts, histogram_figure
 from .tables import metrics_rows, readout_markdown, report_summary, scalar_rows
-from .texts import diag_info
+from .lesson import kept_by_class_line
+from .texts import NO_SIGNALS, diag_info
 
 
 CATEGORICAL = {"cluster1", "cluster2", "predicted_class", "retained"}
 
 
 ROBUST = {"sobel", "edge_energy"}  # a few strong edges would flatten the colour scale: clip at the 99th percentile
+
+# Signals with a natural range are drawn on it, so maps compare across methods, layers and runs;
+# the others on their 2nd-98th percentile (one outlier, e.g. an attention sink, would otherwise
+# set a linear scale and leave the map uniform), and the bar says so.
+FIXED_RANGE: dict[str, tuple[float, float]] = {
+    "confidence": (0.0, 1.0), "alpha": (0.0, 1.0), "weight": (0.0, 1.0), "relation": (-1.0, 1.0),
+}
 
 
 # Which diagnostics each method-specific tab shows (in this order); anything a method returns
@@ -43,14 +51,30 @@ VIEW_TABS = ("entropy", "edges", "clusters", "exits", "facets", "signals")
 STATUS_ORDER = tuple(s.code for s in STATUSES)
 
 
+def _swatch_css(code: int) -> str:
+    """A legend swatch drawn the way the map draws the status over an image (outline, tint,
+    hatching), in the same colour."""
+    r, g_, b = viz.STATUS_COLOURS[code]
+    c = f"rgb({r},{g_},{b})"
+    _, kind = viz.STATUS_STYLE[code]
+    if kind == "outline":
+        fill = f"rgba({r},{g_},{b},{viz.STATUS_STYLE[code][0]})"
+        return f"background:{fill};border:3px solid {c}"
+    line = "#787878" if code == GONE else "#fff"
+    hatch = f"repeating-linear-gradient(45deg,{line} 0 1px,{c} 1px 5px)"
+    if kind == "cross":
+        hatch = f"repeating-linear-gradient(-45deg,{line} 0 1px,transparent 1px 5px),{hatch}"
+    return f"background:{hatch};border:1px solid #333"
+
+
 def legend_html() -> str:
-    """Token-status legend with the same colours as the maps (Okabe-Ito, colour-blind safe)."""
+    """Token-status legend drawn like the maps (Okabe-Ito colours, colour-blind safe; outline,
+    tint or hatching over the image, flat colours when the image is hidden)."""
     items = []
     for status in STATUSES:
-        r, g_, b = viz.STATUS_COLOURS[status.code]
         items.append(
             f"<span style='display:inline-flex;align-items:center;margin-right:14px;white-space:nowrap'>"
-            f"<span style='width:14px;height:14px;background:rgb({r},{g_},{b});border:1px solid #333;"
+            f"<span style='width:16px;height:16px;{_swatch_css(status.code)};box-sizing:border-box;"
             f"display:inline-block;margin-right:5px'></span><b>{status.label}</b>"
             f"&nbsp;<span style='opacity:.75'>— {status.meaning}</span></span>"
         )
@@ -69,8 +93,49 @@ def class_legend_html(seg) -> str:
     return "<div>" + " ".join(items) + "</div>"
 
 
-def token_map_view(analysis: Analysis, layer: int, num_blocks: int, patch: int) -> tuple[np.ndarray, str]:
-    """Token map after block ``layer`` and a caption counting each status."""
+def resize_note(analysis: Analysis) -> str:
+    """'The model saw it resized 720 x 480 → 512 x 512 px' when it did ('' otherwise)."""
+    prep = analysis.baseline.prep
+    (oh, ow), (vh, vw) = prep.orig_hw, prep.valid_hw
+    if (oh, ow) == (vh, vw):
+        return ""
+    how = "squashed" if abs(ow / oh - vw / vh) > 0.01 else "scaled"
+    return (f" The model saw the image {how}: {ow} x {oh} → {vw} x {vh} px; the maps are drawn back at "
+            f"the image's {ow}:{oh} shape.")
+
+
+def at_image_aspect(rgb: np.ndarray, orig_hw: tuple[int, int]) -> np.ndarray:
+    """A map of the model input (any aspect) stretched back to the original image's aspect,
+    keeping its width (nearest neighbour: token edges stay sharp)."""
+    h, w = rgb.shape[:2]
+    target_h = max(1, round(w * orig_hw[0] / orig_hw[1]))
+    if abs(target_h - h) <= 1:
+        return rgb
+    return cv2.resize(rgb, (w, target_h), interpolation=cv2.INTER_NEAREST)
+
+
+def token_map_geometry(analysis: Analysis) -> tuple[tuple[int, int], tuple[float, float]]:
+    """(H, W) of the token map as drawn, and the share of the token grid it covers (height,
+    width; below 1 where the model input was padded): what a click is mapped back with."""
+    img = analysis.model_image
+    k = map_scale(img)
+    w = img.shape[1] * k
+    h = img.shape[0] * k
+    oh, ow = analysis.baseline.prep.orig_hw
+    target_h = max(1, round(w * oh / ow))
+    gh, gw = analysis.trace.grid
+    patch = analysis.baseline.prep.image01.shape[1] / gh
+    valid = (img.shape[0] / (gh * patch), img.shape[1] / (gw * patch))
+    return (h if abs(target_h - h) <= 1 else target_h, w), valid
+
+
+def map_scale(img: np.ndarray) -> int:
+    """Small model inputs (timm at 224 px) are drawn larger, token for token."""
+    return max(1, -(-480 // img.shape[1]))
+
+
+def token_map_view(analysis: Analysis, layer: int, num_blocks: int, patch: int, show_image: bool = True) -> tuple[np.ndarray, str]:
+    """Token map after block ``layer`` (at the image's aspect) and a caption counting each status."""
     trace = analysis.trace
     img = analysis.model_image
     grid = trace.status_at(layer)
@@ -89,18 +154,20 @@ def token_map_view(analysis: Analysis, layer: int, num_blocks: int, patch: int) 
         tail = f" — no pruning yet (first pruning layer: {trace.plan_layers[0]})."
     else:
         tail = " — no decision at this layer; grey tokens were removed earlier."
-    k = max(1, -(-480 // img.shape[1]))  # small model inputs (timm at 224 px) drawn larger, token for token
+    k = map_scale(img)
     if k > 1:
         img = np.repeat(np.repeat(img, k, axis=0), k, axis=1)
-    return viz.token_status_map(img, grid, patch * k), head + tail
+    drawn = viz.token_status_map(img, grid, patch * k, show_image=show_image)
+    return at_image_aspect(drawn, analysis.baseline.prep.orig_hw), head + tail + resize_note(analysis)
 
 
 def depth_view(analysis: Analysis, num_blocks: int, patch: int, width: int = 420) -> np.ndarray:
-    """Token depth / exit stages: the last block each token went through."""
+    """Token depth / exit stages: the last block each token went through (one fixed colour per
+    depth, :func:`viz.depth_colour`, the same in every method and run)."""
     trace = analysis.trace
     img, patch = scaled_model_image(analysis, width, patch)
     layers = sorted({int(v) for v in np.unique(trace.drop_layer)})
-    colours = dict(zip(layers, viz.discrete_colours(len(layers), "viridis")))
+    colours = {layer: viz.depth_colour(layer, num_blocks) for layer in layers}
     cats = []
     for layer in layers:
         if layer >= num_blocks:
@@ -112,6 +179,7 @@ def depth_view(analysis: Analysis, num_blocks: int, patch: int, width: int = 420
     body = viz.category_overlay(img, trace.drop_layer.astype(np.int32), patch, colours)
     title = ("Exit stages: where each token left (its prediction was fixed there)" if trace.exited.any()
              else "Token depth: the last block each token went through")
+    body = at_image_aspect(body, analysis.baseline.prep.orig_hw)
     return viz.titled_panel(body, title, viz.colorbar(width, categories=cats), width=width)
 
 
@@ -122,9 +190,25 @@ def scaled_model_image(analysis: Analysis, width: int, patch: int) -> tuple[np.n
     return resize(img, (max(1, round(img.shape[0] * scale)), width)), patch * scale
 
 
+def cluster_fates(ids: np.ndarray, status_grid: np.ndarray) -> dict[int, str]:
+    """Cluster id -> what became of its tokens at this step ("kept", "pruned", "mixed": some of
+    each, e.g. pending tokens split by the second pass), for the legend's cut-offs."""
+    out = {}
+    for c in np.unique(ids[ids >= 0]):
+        st = status_grid[ids == c]
+        gone = np.isin(st, (PRUNED, EXITED))
+        out[int(c)] = "kept" if not gone.any() else ("pruned" if gone.all() else "mixed")
+    return out
+
+
 def _diag_panel(name: str, value: np.ndarray, img: np.ndarray, patch: float, grid: tuple[int, int], seg_classes, width: int,
-                method: str = "") -> np.ndarray:
+                method: str = "", status_grid: np.ndarray | None = None,
+                orig_hw: tuple[int, int] | None = None) -> np.ndarray:
     title, unit = diag_info(method, name)
+    fates = None
+    if name in ("cluster1", "cluster2") and status_grid is not None:
+        fates = cluster_fates(np.where(np.isfinite(value), value, -1).astype(np.int32), status_grid)
+        unit = "cluster rank: what became of its tokens here"
     if value.shape == grid:
         if name in CATEGORICAL:
             ids = np.where(np.isfinite(value), value, -1).astype(np.int32)
@@ -139,19 +223,27 @@ def _diag_panel(name: str, value: np.ndarray, img: np.ndarray, patch: float, gri
             else:
                 cols = viz.discrete_colours(len(present), "viridis")
                 colours = dict(zip(present, cols))
-                cats = [(str(c), colours[c]) for c in present]
+                cats = [(f"{c}{(' ' + fates[c]) if fates and c in fates else ''}", colours[c]) for c in present]
             body = viz.category_overlay(img, ids, patch, colours)
+            body = at_image_aspect(body, orig_hw) if orig_hw else body
             return viz.titled_panel(body, title, viz.colorbar(width, categories=cats, label=unit), width=width)
-        hi = float(np.nanpercentile(value, 99)) if name in ROBUST else None
-        body, lo, hi = viz.value_overlay(img, value, patch, "viridis", vmax=hi)
-        if name in ROBUST:
+        if name in FIXED_RANGE:
+            lo, hi = FIXED_RANGE[name]
+            unit += " (fixed scale)"
+        elif name in ROBUST:
+            lo, hi = float(np.nanmin(value)), float(np.nanpercentile(value, 99))
             unit += " (top 1 % clipped)"
+        else:
+            lo, hi = (float(v) for v in np.nanpercentile(value, (2, 98)))
+            unit += " · colour scale: 2nd-98th percentile of this layer's tokens"
+        body, lo, hi = viz.value_overlay(img, value, patch, "viridis", vmin=lo, vmax=hi)
     else:  # pixel-level map (e.g. Sobel) over the model input (padding cropped), scaled like the image
         full_h, full_w = round(grid[0] * patch), round(grid[1] * patch)
         v = resize(value.astype(np.float32), (full_h, full_w))[: img.shape[0], : img.shape[1]]
         body, lo, hi = viz.value_overlay(img, v, None, "cividis", vmax=float(np.percentile(v, 99)), alpha=0.9)
         unit += " (top 1 % clipped)"
     bar = viz.colorbar(width, "cividis" if value.shape != grid else "viridis", lo, hi, unit)
+    body = at_image_aspect(body, orig_hw) if orig_hw else body
     return viz.titled_panel(body, title, bar, width=width)
 
 
@@ -167,7 +259,8 @@ def diagnostics_panels(
         value = step.diagnostics.get(name)
         if not isinstance(value, np.ndarray) or value.ndim != 2 or not np.isfinite(value).any():
             continue
-        panels.append(_diag_panel(name, value, img, patch, analysis.trace.grid, classes, width, analysis.trace.method))
+        panels.append(_diag_panel(name, value, img, patch, analysis.trace.grid, classes, width, analysis.trace.method,
+                                  step.status_grid, analysis.baseline.prep.orig_hw))
     if not panels:
         return None
     return viz.tile(panels, ncols)
@@ -186,11 +279,15 @@ def tabs_for(method: str, diagnostics: dict[str, Any] | None = None) -> dict[str
     return tabs
 
 
-def layer_views(analysis: Analysis, layer: int, num_blocks: int, patch: int) -> dict[str, Any]:
-    """Everything that follows the layer slider: token map, caption, method tabs, histogram."""
+def layer_views(analysis: Analysis, layer: int, num_blocks: int, patch: int, show_image: bool = True,
+                gt: np.ndarray | None = None) -> dict[str, Any]:
+    """Everything that follows the layer slider: token map, caption (with the share of each
+    class's tokens kept: by ``gt`` when given, else by the unpruned prediction), method tabs,
+    histogram."""
     trace = analysis.trace
-    token_img, caption = token_map_view(analysis, int(layer), num_blocks, patch)
-    out: dict[str, Any] = {"token_map": token_img, "token_caption": caption}
+    token_img, caption = token_map_view(analysis, int(layer), num_blocks, patch, show_image)
+    per_class = kept_by_class_line(analysis, gt)
+    out: dict[str, Any] = {"token_map": token_img, "token_caption": caption + (f"\n\n{per_class}" if per_class else "")}
     step = trace.step_at(int(layer))
     tabs = tabs_for(trace.method, step.diagnostics if step is not None else {})
     for tab in VIEW_TABS:
@@ -198,10 +295,15 @@ def layer_views(analysis: Analysis, layer: int, num_blocks: int, patch: int) -> 
         out[tab] = diagnostics_panels(analysis, step, names, patch) if names and step is not None else None
     out["tabs"] = {tab: tab in tabs for tab in VIEW_TABS}
     out["histogram"] = histogram_figure(step, trace.method) if step is not None else None
-    if step is not None and step.layer != int(layer):
+    if step is not None and step.layer > int(layer):
+        out["panel_note"] = (f"Nothing is pruned before layer {step.layer}: the method signals shown are those of the "
+                             f"first pruning layer, {step.layer}.")
+    elif step is not None and step.layer != int(layer):
         out["panel_note"] = f"Method signals shown for pruning layer {step.layer} (the last one at or before layer {layer})."
     else:
         out["panel_note"] = f"Method signals at pruning layer {layer}." if step is not None else "This method has no per-token signals."
+    if not tabs or all(out[t] is None for t in VIEW_TABS):
+        out["panel_note"] = NO_SIGNALS.get(trace.method, out["panel_note"])
     return out
 
 
@@ -233,9 +335,10 @@ def resize(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     return cv2.resize(image, (hw[1], hw[0]), interpolation=cv2.INTER_AREA)
 
 
-def full_views(analysis: Analysis, image: np.ndarray, layer: int, num_blocks: int, patch: int) -> dict[str, Any]:
+def full_views(analysis: Analysis, image: np.ndarray, layer: int, num_blocks: int, patch: int,
+               show_image: bool = True, gt: np.ndarray | None = None) -> dict[str, Any]:
     """Every view of one analysis (what the first run and each re-run draw)."""
-    out = layer_views(analysis, layer, num_blocks, patch)
+    out = layer_views(analysis, layer, num_blocks, patch, show_image, gt)
     seg = segmentation_views(analysis, image)
     out["seg"] = seg
     out["depth"] = depth_view(analysis, num_blocks, patch)

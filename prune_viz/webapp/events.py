@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import gradio as gr
 
-from . import api, handlers as h
+from . import api, handlers as h, teaching as t
 
 MODEL = "model"  # one concurrency group for everything that runs a network
 LATEST = dict(trigger_mode="always_last")  # a choice made while a run is going is run afterwards, not dropped
@@ -29,6 +29,7 @@ QUEUES: dict[str, dict[str, Any]] = {
 
 STATE_MODEL = ["state", "backbone", "sam_size"]
 BANDS = ["band_r", "band_g", "band_b"]
+FORCE_IN = [*h.MAIN_IN[:7], "insp_row", "insp_col", *h.MAIN_IN[7:]]  # the run's inputs plus the token
 Row = tuple[list[str], Callable, "list[str] | None", "list[str] | None", str, bool]
 
 
@@ -44,7 +45,7 @@ def table(c: dict[str, Any]) -> list[Row]:
         ([f"{b}.{e}" for e in ("submit", "blur") for b in BANDS] + ["stretch_lo.release", "stretch_hi.release"],
          h.on_bands, ["state", *BANDS, "stretch_lo", "stretch_hi"], h.INPUT_OUT, "latest", True),
         (["mask_file.upload", "mask_file.clear"], h.on_mask, ["state", "mask_file", "backbone", "sam_size"],
-         ["state", "mask_notices"], "latest", True),
+         ["state", "mask_notices", "mask_file"], "latest", True),
         (["backbone.input", "sam_size.input"], h.on_backbone, [*STATE_MODEL, "method"], h.SETUP_OUT, "latest", True),
         # Sliders update the live readout while they move and re-run on release; discrete
         # controls do both at once.
@@ -63,6 +64,17 @@ def table(c: dict[str, Any]) -> list[Row]:
          ["state", "sam_image", "prompt_status", "mask_before", "mask_after"], "private", False),
         (["predict_btn.click"], h.on_predict, STATE_MODEL, ["mask_before", "mask_after", "predict_text"], "model", False),
         (["export_btn.click"], h.on_export, STATE_MODEL, ["export_file", "export_command"], "model", False),
+        # The teaching view: image toggle, token inspector, what-if re-runs, play, GIF.
+        (["show_image.input"], t.on_show_image, [*STATE_MODEL, "view_layer", "show_image"], h.LAYER_OUT, "live", False),
+        (["token_map.select"], t.on_token_click, STATE_MODEL, t.INSPECT_OUT, "private", False),
+        (["inspect_btn.click", "insp_row.submit", "insp_col.submit"], t.on_inspect,
+         [*STATE_MODEL, "insp_row", "insp_col"], ["inspector"], "private", False),
+        (["force_keep_btn.click"], t.on_force_keep, FORCE_IN, t.FORCE_OUT, "model", False),
+        (["force_prune_btn.click"], t.on_force_prune, FORCE_IN, t.FORCE_OUT, "model", False),
+        (["play_btn.click"], t.on_play, STATE_MODEL, t.PLAY_OUT, "private", False),
+        (["gif_btn.click"], t.on_gif, STATE_MODEL, ["gif_file"], "model", False),
+        (["compare_gif_btn.click"], t.on_compare_gif,
+         [*STATE_MODEL, "seed", "compare_methods", "compare_mode", "compare_target"], ["compare_gif"], "model", False),
     ]
     if "gallery" in c:  # first visit: show an example right away (no examples: a page that says what to do)
         rows.append((["gallery.select"], h.on_example, STATE_MODEL, h.EXAMPLE_OUT, "latest", True))
@@ -76,6 +88,9 @@ API: dict[str, tuple[Callable, list[str], str]] = {
     "estimate": (api.api_estimate, ["image", "backbone", "method", "layers", "params", "seed"], "json"),
     "compare": (api.api_compare, ["image", "backbone", "methods", "layers", "target", "seed"], "json"),
     "export": (api.api_export, ["image", "backbone", "method", "layers", "params", "seed", "mask"], "file"),
+    "inspect_token": (t.api_inspect_token, ["image", "backbone", "method", "layers", "params", "seed", "mask", "row", "col"],
+                      "json"),
+    "animate": (t.api_animate, ["image", "backbone", "method", "layers", "params", "seed", "mask"], "file"),
 }
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 from typing import Any, Callable
 
 import gradio as gr
@@ -43,7 +44,10 @@ def user_errors(fn: Callable) -> Callable:
 
 
 def cut(message: str, limit: int = 600) -> str:
-    """Our messages quote at most 200 characters of input; this bounds what is left whole."""
+    """Our messages quote at most 200 characters of input; this bounds what is left whole. Text
+    that looks like an HTML tag ("<urlopen error ...>") gets angle quotes: the browser renders
+    error toasts as HTML and would hide it."""
+    message = re.sub(r"<(/?[A-Za-z][^<>]*)>", r"‹\1›", message)
     return message if len(message) <= limit else message[: limit - 1] + "…"
 
 

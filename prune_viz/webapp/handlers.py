@@ -20,7 +20,7 @@ from ..errors import UserError
 from ..methods import METHODS, get_method
 from ..params import DEFAULT_METHOD, default_layers, make_plan, method_availability
 from ..ui import compare, prompts, texts
-from ..ui.choices import Example, backbone_info, find_examples, layer_choices, method_choices
+from ..ui.choices import Example, backbone_for, backbone_info, find_examples, layer_choices, method_choices
 from ..ui.controls import param_controls, values_for
 from ..ui.export import export_zip
 from ..ui.files import write_png
@@ -46,7 +46,7 @@ VIEW_OUT = [
     "chart_tokens", "chart_macs", "chart_cum", "sam_image",
 ]
 SETUP_OUT = [
-    "method", "layers", "backbone_note", "missing_help", "download_btn", "sam_size", "view_layer", "method_info",
+    "backbone", "method", "layers", "backbone_note", "missing_help", "download_btn", "sam_size", "view_layer", "method_info",
     "sam_note", "compare_methods", *[f"grp:{m}" for m in METHODS],
 ]
 INPUT_OUT = ["state", "notices", "band_row", "band_r", "band_g", "band_b", "readout"]
@@ -112,6 +112,12 @@ def _load(session: Session, path: str, name: str, bands=None, stretch=(2.0, 98.0
     }
 
 
+def _gt_for(session: Session, analysis) -> Any:
+    """The session's ground-truth mask when it belongs to the analysed image (per-class lines)."""
+    gt = session.gt
+    return gt if gt is not None and gt.shape == analysis.baseline.seg.labels.shape else None
+
+
 def _method_groups(method: str) -> dict[str, Any]:
     return {f"grp:{m}": gr.Group(visible=m == method) for m in METHODS}
 
@@ -139,8 +145,13 @@ def on_analyze(session, backbone, sam_size, method, layers, seed, view_layer, *p
     if analysis is None:
         return {}  # settings changed while this ran: the newer run draws the page
     keep_view = previous == plan.layers and view_layer and 1 <= int(view_layer) <= model.num_blocks
-    layer = int(view_layer) if keep_view else plan.layers[0]
-    views = full_views(analysis, session.image, layer, model.num_blocks, model.patch_size)
+    return analysis_updates(session, model, analysis, int(view_layer) if keep_view else plan.layers[0])
+
+
+def analysis_updates(session: Session, model: Backbone, analysis, layer: int) -> dict[str, Any]:
+    """Every view of ``analysis`` as component updates (after a run, or a forced re-run)."""
+    views = full_views(analysis, session.image, layer, model.num_blocks, model.patch_size, session.show_image,
+                       _gt_for(session, analysis))
     seg = views["seg"]
     out = {
         "state": session,
@@ -191,7 +202,9 @@ def on_view_layer(session, backbone, sam_size, view_layer):
     facts, model = backbone_info(backbone, sam_size)
     if model is None or session.backbone_key != facts.key:
         return {}
-    return as_files(_layer_updates(layer_views(session.analysis, int(view_layer), model.num_blocks, model.patch_size)))
+    views = layer_views(session.analysis, int(view_layer), model.num_blocks, model.patch_size, session.show_image,
+                        _gt_for(session, session.analysis))
+    return as_files(_layer_updates(views))
 
 
 @user_errors
@@ -239,15 +252,19 @@ def on_revert_method(session):
 @user_errors
 @packed(SETUP_OUT)
 def on_method(session, backbone, sam_size, method):
-    """Its controls, default layers and explanation."""
+    """Its controls, default layers and explanation; a method that needs weights trained with it
+    (MATP on the demo) switches to them, and says so."""
+    backbone, notice = backbone_for(method, backbone)
     facts, _ = backbone_info(backbone, sam_size)
     session_of(session).choose_method(method)
     layers = _layers_for(method, facts)
     out = {
         "layers": gr.CheckboxGroup(value=layers),
-        "method_info": texts.method_explanation(method),
+        "method_info": (f"{notice}\n\n" if notice else "") + texts.method_explanation(method),
         "view_layer": gr.Slider(value=layers[0]),
     }
+    if notice:
+        out.update(backbone=gr.Dropdown(value=backbone, allow_custom_value=True), backbone_note=texts.backbone_note(backbone))
     out.update(_method_groups(method))
     return out
 
@@ -319,11 +336,15 @@ def on_mask(session, file, backbone, sam_size):
     session = session_of(session)
     if not file:
         session.set_mask(None, None)
-        return session, "No ground-truth mask: mIoU and gamma are not shown."
+        return session, "No ground-truth mask: mIoU and gamma are not shown.", gr.skip()
     _, model = backbone_info(backbone, sam_size)
-    notices = session.set_mask(uploaded(file), model)
+    try:
+        notices = session.set_mask(uploaded(file), model)
+    except UserError as exc:  # the refused file leaves the slot; the reason stays in the notice
+        session.set_mask(None, None)
+        return session, f"**Mask {Path(str(file)).name} refused:** {cut(str(exc))} No mask is in use.", None
     head = f"Ground truth: **{Path(str(file)).name}**." if session.gt is not None else ""
-    return session, sentences(head, notices)
+    return session, sentences(head, notices), gr.skip()
 
 
 @user_errors

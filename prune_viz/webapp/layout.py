@@ -17,6 +17,7 @@ from ..params import DEFAULT_METHOD, default_layers, method_availability
 from ..ui import texts
 from ..ui.choices import BACKBONE_CHOICES, DEFAULT_BACKBONE, backbone_info, layer_choices, method_choices
 from ..ui.compare import COMPARE_HEADERS
+from ..ui.glossary import glossary_markdown
 from ..ui.controls import ParamControl
 from ..ui.session import Session
 from ..ui.tables import readout_markdown
@@ -75,16 +76,22 @@ def build_layout() -> dict[str, Any]:
     shown = examples()
     c: dict[str, Any] = {}
     c["state"] = gr.State(Session(), time_to_live=3600)  # a SAM prefix cache is large
-    gr.Markdown(f"# {TITLE}")
-    gr.Markdown(texts.WHAT_AM_I_LOOKING_AT)
+    gr.Markdown(f"## {TITLE}")
+    with gr.Accordion("What am I looking at? · Glossary (token, MAC, FLOP, mIoU, γ, Tsallis entropy, Sobel, …)",
+                      open=False, elem_id="glossary"):
+        gr.Markdown(texts.WHAT_AM_I_LOOKING_AT)
+        gr.Markdown(glossary_markdown())
 
+    # Two columns: the choices on the left, the maps on the right, so the first map is in view
+    # on a 1366 x 768 projector without scrolling.
     with gr.Row(equal_height=False):
-        with gr.Column(scale=1, min_width=300):
-            gr.Markdown("### 1 · Image")
-            c["image_file"] = gr.File(label="Image: PNG, JPEG, TIFF (16-bit, multi-band GeoTIFF)",
+        with gr.Column(scale=1, min_width=320):
+            if shown:
+                c["gallery"] = gr.Gallery(value=[(str(e.image), e.name) for e in shown], label="Examples: click one",
+                                          columns=3, height=250, allow_preview=False, elem_id="examples")
+            c["image_file"] = gr.File(label="1 · Or your own image: PNG, JPEG, TIFF (16-bit, multi-band GeoTIFF)",
                                       file_types=[".png", ".jpg", ".jpeg", ".tif", ".tiff", ".gif", ".bmp", ".webp"],
                                       type="filepath", height=80)
-            c["notices"] = gr.Markdown("")
             with gr.Row(visible=False) as band_row:
                 c["band_r"] = gr.Number(label="band → red", value=1, precision=0, minimum=1, min_width=60)
                 c["band_g"] = gr.Number(label="band → green", value=2, precision=0, minimum=1, min_width=60)
@@ -95,26 +102,20 @@ def build_layout() -> dict[str, Any]:
                 c["stretch_hi"] = gr.Slider(80, 100, value=98, step=0.5, label="high percentile → white")
             c["mask_file"] = gr.File(label="Optional ground-truth mask (class ids or the demo palette)",
                                      file_types=[".png", ".tif", ".tiff", ".bmp", ".gif"], type="filepath", height=80)
+            c["notices"] = gr.Markdown("")
             c["mask_notices"] = gr.Markdown("")
-        with gr.Column(scale=1, min_width=300):
-            if shown:
-                c["gallery"] = gr.Gallery(value=[(str(e.image), e.name) for e in shown], label="Examples: click one",
-                                          columns=4, height=150, allow_preview=False)
-            gr.Markdown("### 2 · Model")
-            c["backbone"] = gr.Dropdown(choices=BACKBONE_CHOICES, value=DEFAULT_BACKBONE, label="Backbone",
+            c["backbone"] = gr.Dropdown(choices=BACKBONE_CHOICES, value=DEFAULT_BACKBONE, label="2 · Backbone",
                                         allow_custom_value=True, info="or type timm:<model name>")
-            c["sam_size"] = gr.Dropdown(choices=list(SAM_SIZES), value=SAM_SIZES[0], label="SAM input size (px)",
-                                        info="1024 = the official size; 512 is about 4x faster", visible=False)
+            # 512 px first: choosing a SAM backbone starts a run at once, before a size can be picked
+            # (at 1024 px that run took ~90 s on 2 cores).
+            c["sam_size"] = gr.Dropdown(choices=list(SAM_SIZES), value=min(SAM_SIZES), label="SAM input size (px)",
+                                        info="512 px is about 4x faster; 1024 = the official size", visible=False)
             c["backbone_note"] = gr.Markdown(note0)
             c["missing_help"] = gr.Markdown("", visible=False)  # filled when a backbone's weights are missing
             c["download_btn"] = gr.Button("Download", visible=False, variant="secondary")
-        with gr.Column(scale=1, min_width=300):
-            gr.Markdown("### 3 · Pruning method")
-            c["method"] = gr.Dropdown(choices=method_choices(facts0), value=method0, label="Method")
-            c["method_info"] = gr.Markdown(texts.method_explanation(method0))
-
-    with gr.Row(equal_height=False):
-        with gr.Column(scale=1, min_width=300):
+            c["method"] = gr.Dropdown(choices=method_choices(facts0), value=method0, label="3 · Pruning method")
+            with gr.Accordion("How this method decides", open=True):
+                c["method_info"] = gr.Markdown(texts.method_explanation(method0))
             _pruning_controls(c, facts0, method0, layers0)
         with gr.Column(scale=3, min_width=480):
             c["readout"] = gr.Markdown(readout_markdown(None), elem_id="readout", container=True)
@@ -131,8 +132,10 @@ def build_layout() -> dict[str, Any]:
             "api:method": gr.Textbox(DEFAULT_METHOD), "api:methods": gr.Textbox(""), "api:layers": gr.Textbox(""),
             "api:params": gr.Textbox("{}"), "api:seed": _lenient(gr.Number(0, precision=0)), "api:target": _lenient(gr.Number(0)),
             "api:json": gr.JSON(), "api:file": gr.File(),
+            "api:row": gr.Number(0, precision=0), "api:col": gr.Number(0, precision=0),
         })
-        c.update({f"api_btn:{name}": gr.Button(visible=False) for name in ("analyze", "estimate", "compare", "export")})
+        c.update({f"api_btn:{name}": gr.Button(visible=False)
+                  for name in ("analyze", "estimate", "compare", "export", "inspect_token", "animate")})
     return c
 
 
@@ -153,7 +156,7 @@ def _lenient(number: gr.Number) -> gr.Number:
 
 
 def _pruning_controls(c: dict[str, Any], facts0: BackboneFacts, method0: str, layers0: list[int]) -> None:
-    gr.Markdown("### 4 · Where and how much")
+    gr.Markdown("**4 · Where and how much**")
     c["layers"] = gr.CheckboxGroup(choices=layer_choices(facts0), value=layers0,
                                    label="Prune after layers (1-based: block L runs in full, L+1.. skip the removed tokens)")
     for method_name in METHODS:
@@ -176,11 +179,26 @@ def _pruning_controls(c: dict[str, Any], facts0: BackboneFacts, method0: str, la
 
 def _view_tabs(c: dict[str, Any], method0: str, facts0: BackboneFacts) -> None:
     with gr.Tab("Tokens"):
-        gr.HTML(legend_html())
-        c["token_caption"] = gr.Markdown("")
         with gr.Row():
-            c["token_map"] = gr.Image(label="Token map (16 x 16 px per token)", format="png", interactive=False)
-            c["depth"] = gr.Image(format="png", show_label=False, interactive=False)
+            c["token_map"] = gr.Image(label="Token map — click a token to ask why", format="png", interactive=False,
+                                      elem_id="token_map")
+            with gr.Column():
+                c["token_caption"] = gr.Markdown("", elem_id="token_caption")
+                with gr.Row():
+                    c["show_image"] = gr.Checkbox(value=True, label="show the image under the tokens", min_width=120)
+                    c["play_btn"] = gr.Button("▶ Play blocks 1→N", elem_id="play_btn", min_width=120)
+                    c["gif_btn"] = gr.Button("GIF for slides", min_width=100)
+                c["gif_file"] = gr.File(label="layers.gif", interactive=False, visible=False, elem_id="gif_file")
+                gr.HTML(legend_html())
+        with gr.Row():
+            c["insp_row"] = gr.Number(label="token row (0-based)", precision=0, minimum=0, value=0, min_width=80)
+            c["insp_col"] = gr.Number(label="token col (0-based)", precision=0, minimum=0, value=0, min_width=80)
+            c["inspect_btn"] = gr.Button("Why?", min_width=80)
+            c["force_keep_btn"] = gr.Button("What if it had stayed? (force keep)", elem_id="force_keep", min_width=120)
+            c["force_prune_btn"] = gr.Button("What if it had gone? (force prune)", elem_id="force_prune", min_width=120)
+        c["inspector"] = gr.Markdown("*Click a token on the map to see its signals and the rule that decided it.*",
+                                     elem_id="inspector", container=True)
+        c["depth"] = gr.Image(format="png", show_label=False, interactive=False)
     with gr.Tab("Why? · method signals"):
         gr.Markdown("What the method looked at when it decided, at the pruning layer named above "
                     "(grey: tokens no longer computed). Move the layer slider to see other pruning layers.")
@@ -217,7 +235,10 @@ def _view_tabs(c: dict[str, Any], method0: str, facts0: BackboneFacts) -> None:
             c["compare_mode"] = gr.Radio(["each at its defaults", "matched MAC budget"], value="each at its defaults",
                                          label="Settings")
             c["compare_target"] = gr.Slider(5, 60, value=25, step=1, label="target MAC reduction (%)")
-        c["compare_btn"] = gr.Button("Compare", variant="primary")
+        with gr.Row():
+            c["compare_btn"] = gr.Button("Compare", variant="primary")
+            c["compare_gif_btn"] = gr.Button("Play them in sync (GIF for slides)")
+        c["compare_gif"] = gr.File(label="methods_in_sync.gif", interactive=False, visible=False)
         c["compare_note"] = gr.Markdown("")
         c["compare_table"] = gr.Dataframe(headers=COMPARE_HEADERS, interactive=False, wrap=True)
         gr.Markdown("Top row: how deep each token went, per method. Bottom row: the segmentation after pruning.")
@@ -245,7 +266,9 @@ def _view_tabs(c: dict[str, Any], method0: str, facts0: BackboneFacts) -> None:
     c["sam_tab"] = sam_tab
     with gr.Tab("Export"):
         gr.Markdown("A zip with `report.json`, the token maps and segmentations as PNG, the input the model saw "
-                    "(`input.png`, plus `mask.png`) and `command.txt`: the command line that reproduces the run.")
+                    "(`input.png`, plus `mask.png`), `command.txt`: the command line that reproduces the run, and "
+                    "`figure.png` / `.svg` / `.pdf`: one lecture-ready composite (token maps at every pruning layer, "
+                    "legend, before / after, change map, key numbers, title). The GIF of the layers is on the Tokens tab.")
         c["export_btn"] = gr.Button("Build zip", variant="primary")
-        c["export_file"] = gr.File(label="Download", interactive=False)
+        c["export_file"] = gr.File(label="Download", interactive=False, elem_id="export_file")
         c["export_command"] = gr.Textbox(label="command.txt", lines=3, interactive=False)
