@@ -63,7 +63,8 @@ class Segmentation:
 class BlockOutput:
     """x after the block, plus attention statistics when they were asked for.
 
-    received: Nk mean attention received per alive patch token (over heads and queries)
+    received: Nk mean attention received per alive patch token (over heads and queries); None
+              where a class token makes ``cls_attn`` the statistic (timm)
     cls_attn: Nk attention from the first prefix token to each patch token (or None)
     """
 
