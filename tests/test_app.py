@@ -131,6 +131,11 @@ def test_ui_handlers_render_every_view(app_module, scene):
     assert token_map.shape == (512, 512, 3) and Path(out["img_entropy"]).is_file() and Path(out["img_edges"]).is_file()
     assert out["img_exits"] is None and out["tab_entropy"].visible and not out["tab_exits"].visible
     assert len(out["seg_slider"]) == 2 and out["chart_macs"] is not None and "GMACs" in out["readout"]
+    assert any(row[1] == "timing…" for row in out["metrics"])  # times come after the views, from on_timing
+    timed = {row[0]: row for row in handlers.on_timing(session, "demo", 1024)}
+    both = timed["Wall time, unpruned (measured)"], timed["Wall time, pruned (measured)"]
+    assert all(row[1].endswith("]") and " ms [" in row[1] for row in both), both  # median [IQR]
+    assert "timed in this request" in both[0][2] and "median of 3" in both[0][2]
     live = handlers.on_estimate(session, "demo", 1024, "lvtp", [3, 6], 0, 6, *params)
     assert "estimate" in live and "extrapolated" in live  # two pruning layers: not exact
     # A non-pruning layer: tokens removed at layer 3 show as gone, nothing is "pruned here".

@@ -25,7 +25,7 @@ from ..ui.controls import param_controls, values_for
 from ..ui.export import export_zip
 from ..ui.files import write_png
 from ..ui.session import Session
-from ..ui.tables import readout_markdown
+from ..ui.tables import changed_fraction, metrics_rows, readout_markdown
 from ..ui.views import VIEW_TABS, full_views, layer_views
 from .glue import as_files, cut, packed, plot, uploaded, user_errors
 
@@ -162,6 +162,21 @@ def on_analyze(session, backbone, sam_size, method, layers, seed, view_layer, *p
     out.update(_layer_updates(views))
     out.update({f"tab_{t}": gr.Column(visible=views["tabs"][t]) for t in VIEW_TABS})
     return as_files(out)
+
+
+@user_errors
+def on_timing(session, backbone, sam_size):
+    """Right after a run's views are drawn: time its unpruned and pruned forward together (median
+    of 3 each, interleaved) and fill the Metrics table's wall-time rows."""
+    session = session_of(session)
+    if session.analysis is None:
+        return gr.skip()
+    facts, model = backbone_info(backbone, sam_size)
+    analysis = session.analysis
+    timing = session.time_last_run(model, facts.key) if model is not None else {"skipped": "the model is not loaded"}
+    if session.analysis is not analysis:
+        return gr.skip()  # a newer run replaced it meanwhile; its own timing follows
+    return metrics_rows(analysis, changed_fraction(analysis), timing)
 
 
 def on_estimate(session, backbone, sam_size, method, layers, seed, view_layer, *params) -> str:
