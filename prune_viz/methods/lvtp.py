@@ -159,7 +159,18 @@ def _tsallis_from_log(p: Tensor, logp: Tensor, q: float, dim: int = -1) -> Tenso
     if q == 1:
         return -(p * logp).sum(dim)
     d = q - 1.0
-    return -(p * torch.expm1(d * logp)).sum(dim) / d
+    return -(p * _expm1(d * logp)).sum(dim) / d
+
+
+def _expm1(x: Tensor) -> Tensor:
+    """``expm1(x)``, with ``exp(x) - 1`` where |x| >= 0.5 (no cancellation there: the two agree
+    to ~2 ulp). Why: torch's CPU expm1 is not vectorised and measured 5x slower than exp, and
+    it was half of LVTP's decision time; most entries of ``(q - 1) log p`` are far from 0."""
+    y = torch.exp(x).sub_(1.0)
+    small = x.abs() < 0.5
+    if bool(small.any()):
+        y[small] = torch.expm1(x[small])
+    return y
 
 
 def tsallis_max(n: int, q: float) -> float:
