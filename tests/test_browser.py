@@ -49,11 +49,11 @@ def test_upload_run_switch_tabs_read_a_number(app_url, tmp_path):
         page.goto(app_url, timeout=120_000)
         # First the example a first visit shows, as a person would; then a scene uploaded through
         # the file input (our own loader reads it server-side).
-        page.locator("#readout").get_by_text("measured on this run").wait_for(timeout=120_000)
+        page.locator("#readout").get_by_text("analytic count for this run").wait_for(timeout=120_000)
         page.locator("input[type=file]").first.set_input_files(str(ROOT / "examples" / "parking.png"))
         try:  # the upload's own output resets the readout, so this waits for the new image's numbers
             page.get_by_text("Loaded parking.png").first.wait_for(timeout=120_000)
-            page.locator("#readout").get_by_text("measured on this run").wait_for(timeout=120_000)
+            page.locator("#readout").get_by_text("analytic count for this run").wait_for(timeout=120_000)
         except sync_api.TimeoutError:
             page.screenshot(path=str(out / "timeout.png"), full_page=True)
             pytest.fail(f"the upload was not answered; page text: {page.locator('body').inner_text()[:1500]!r}; "

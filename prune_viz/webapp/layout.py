@@ -163,8 +163,9 @@ def _view_tabs(c: dict[str, Any], method0: str, facts0: BackboneFacts) -> None:
         gr.HTML(legend_html())
         c["token_caption"] = gr.Markdown("")
         with gr.Row():
-            c["token_map"] = gr.Image(label="Token map (16 x 16 px per token)", format="png", interactive=False)
-            c["depth"] = gr.Image(format="png", show_label=False, interactive=False)
+            c["token_map"] = gr.Image(label="Token map (16 x 16 px per token)", format="png", interactive=False,
+                                      elem_id="token_map")
+            c["depth"] = gr.Image(format="png", show_label=False, interactive=False, elem_id="depth_map")
     with gr.Tab("Why? · method signals"):
         gr.Markdown("What the method looked at when it decided, at the pruning layer named above "
                     "(grey: tokens no longer computed). Move the layer slider to see other pruning layers.")
