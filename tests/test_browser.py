@@ -61,6 +61,15 @@ def test_upload_run_switch_tabs_read_a_number(app_url, tmp_path):
         readout = page.locator("#readout").inner_text()
         gmacs = [float(v) for v in re.findall(r"([0-9]+(?:\.[0-9]+)?) GMACs", readout)]
         assert gmacs and 0 < gmacs[0] < 10.5, readout  # pruned total below the unpruned 10.46 GMACs
+        # "Run again" updates the views on show; a hidden tab's views are drawn when it is opened.
+        before = page.locator("#token_map img").get_attribute("src")
+        page.get_by_role("button", name="Run again").click()
+        page.wait_for_function("(old) => { const im = document.querySelector('#token_map img');"
+                               " return im && im.src !== old && im.complete && im.naturalWidth > 0; }", arg=before,
+                               timeout=120_000)
+        page.get_by_role("tab", name="Why? · method signals").first.click()
+        page.wait_for_function("() => { const im = document.querySelector('#img_entropy img');"
+                               " return im && im.complete && im.naturalWidth > 0; }", timeout=120_000)
         for tab in TABS:
             page.get_by_role("tab", name=tab).first.click()
             time.sleep(1.5)

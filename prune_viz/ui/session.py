@@ -52,6 +52,8 @@ class Session:
     points: list[tuple[float, float, int]] = field(default_factory=list)  # SAM prompts (x, y, label)
     box: tuple[float, float, float, float] | None = None
     corner: tuple[float, float] | None = None  # first corner of a box being drawn
+    open_tab: str = ""  # the view tab on show ("" = the first one)
+    stale_tabs: set[str] = field(default_factory=set)  # hidden tabs whose views wait for the tab to open
 
     # --- inputs --------------------------------------------------------------------------------
     def set_image(
@@ -172,6 +174,19 @@ class Session:
             baseline = run_baseline(backbone, self.image)
             self.keep_baseline(baseline, key)
         return baseline
+
+    # --- lazily drawn tabs ------------------------------------------------------------------------
+    def views_drawn(self, skipped: set[str]) -> None:
+        """A run drew every view but those of the hidden tabs ``skipped``."""
+        self.stale_tabs = set(skipped)
+
+    def show_tab(self, tab: str) -> bool:
+        """The visitor opened ``tab``; True when its views must be drawn now."""
+        self.open_tab = tab
+        if tab in self.stale_tabs:
+            self.stale_tabs.discard(tab)
+            return True
+        return False
 
     # --- SAM prompts (original image pixels) -----------------------------------------------------
     def add_point(self, x: float, y: float, label: int) -> None:

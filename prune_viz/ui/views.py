@@ -186,8 +186,10 @@ def tabs_for(method: str, diagnostics: dict[str, Any] | None = None) -> dict[str
     return tabs
 
 
-def layer_views(analysis: Analysis, layer: int, num_blocks: int, patch: int) -> dict[str, Any]:
-    """Everything that follows the layer slider: token map, caption, method tabs, histogram."""
+def layer_views(analysis: Analysis, layer: int, num_blocks: int, patch: int, panels: bool = True) -> dict[str, Any]:
+    """Everything that follows the layer slider: token map, caption, method tabs, histogram.
+    ``panels=False``: the method tabs and the histogram are left out (None), for a page where
+    they are hidden; they are drawn when their tab is opened."""
     trace = analysis.trace
     token_img, caption = token_map_view(analysis, int(layer), num_blocks, patch)
     out: dict[str, Any] = {"token_map": token_img, "token_caption": caption}
@@ -195,9 +197,9 @@ def layer_views(analysis: Analysis, layer: int, num_blocks: int, patch: int) -> 
     tabs = tabs_for(trace.method, step.diagnostics if step is not None else {})
     for tab in VIEW_TABS:
         names = tabs.get(tab)
-        out[tab] = diagnostics_panels(analysis, step, names, patch) if names and step is not None else None
+        out[tab] = diagnostics_panels(analysis, step, names, patch) if panels and names and step is not None else None
     out["tabs"] = {tab: tab in tabs for tab in VIEW_TABS}
-    out["histogram"] = histogram_figure(step, trace.method) if step is not None else None
+    out["histogram"] = histogram_figure(step, trace.method) if panels and step is not None else None
     if step is not None and step.layer != int(layer):
         out["panel_note"] = f"Method signals shown for pruning layer {step.layer} (the last one at or before layer {layer})."
     else:

@@ -55,6 +55,7 @@ def table(c: dict[str, Any]) -> list[Row]:
         (["compare_btn.click"], h.on_compare, [*STATE_MODEL, "seed", "compare_methods", "compare_mode", "compare_target"],
          ["state", "compare_image", "compare_table", "compare_note"], "model", False),
         (["sam_tab.select"], h.on_sam_tab, ["state"], ["sam_image"], "private", False),
+        (["view_tabs.select"], h.on_tab, [*STATE_MODEL, "view_layer"], h.TAB_OUT, "private", False),
         (["sam_image.select"], h.on_prompt_click, ["state", "prompt_mode"], ["state", "sam_image", "prompt_status"],
          "clicks", False),
         (["box_btn.click"], h.on_box, ["state", "box_x0", "box_y0", "box_x1", "box_y1"],

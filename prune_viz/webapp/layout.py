@@ -122,8 +122,9 @@ def build_layout() -> dict[str, Any]:
                                         info="Move through the network: pruning layers show the decision, "
                                         "the others who is still computed.")
             c["panel_note"] = gr.Markdown("")
-            with gr.Tabs():
+            with gr.Tabs() as view_tabs:  # its select event draws a lazily drawn tab when opened
                 _view_tabs(c, method0, facts0)
+            c["view_tabs"] = view_tabs
 
     with gr.Group(visible=False):  # API-only components
         c.update({
@@ -173,7 +174,7 @@ def _view_tabs(c: dict[str, Any], method0: str, facts0: BackboneFacts) -> None:
         for key, (head, text) in SECTIONS.items():
             with gr.Column(visible=key in shown0) as col:
                 gr.Markdown(f"#### {head}\n{text}")
-                c[f"img_{key}"] = gr.Image(format="png", show_label=False, interactive=False)
+                c[f"img_{key}"] = gr.Image(format="png", show_label=False, interactive=False, elem_id=f"img_{key}")
                 if key in ("exits", "facets"):
                     c[f"hist_{key}"] = gr.Plot(show_label=False)
             c[f"tab_{key}"] = col
