@@ -209,3 +209,14 @@ def test_no_engine_line_without_windows(demo, image):
     result = analyze(demo, image, Plan(METHODS["random"], RateParams(0.5), (1,)))
     assert result.report["macs"]["engine_delta_pct"] == 0.0
     assert "pad queries" not in readout_markdown(report_summary(result), "exact")
+
+
+def test_argmax_channels_equals_torch_argmax():
+    from prune_viz.backbones.base import argmax_channels
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(7, 64, 48, generator=g)
+    x[3, :10] = x[1, :10] = 5.0  # ties: the first maximum wins
+    x[:, 20, 20] = 1.0
+    assert torch.equal(argmax_channels(x), x.argmax(0))
+    assert torch.equal(argmax_channels(x[:1]), torch.zeros(64, 48, dtype=torch.long))
