@@ -16,7 +16,7 @@ SAM ViT-B at 1024 x 1024, random weights (random, evit, lvtp; DToP and MATP need
 the unpruned forward is the image encoder (embed + 12 blocks; the everything-mode mask decoder
 would make the overhead look smaller); bound 1 %.
 
-    python bench/bench_overhead.py [--threads 2] [--reps 5] [--only demo|sam] [--sam-reps 3]
+    python bench/bench_overhead.py [--threads 2] [--reps 5] [--only demo|sam] [--sam-reps 3] [--sam-methods evit,lvtp]
 """
 
 from __future__ import annotations
@@ -126,6 +126,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--sam-reps", type=int, default=3)
     ap.add_argument("--only", choices=("demo", "sam"), default=None)
+    ap.add_argument("--sam-methods", default="random,evit,lvtp", help="methods timed on SAM (each costs ~5 encoder forwards)")
     ap.add_argument("--image", default="examples/mixed.png")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -153,6 +154,8 @@ def main() -> None:
 
         rows = []
         for _, method, layers, values in SAM_CASES:
+            if method not in args.sam_methods.split(","):
+                continue
             plan = make_plan(sam, method, layers, 0, values)
             rows.append((method, plan, overhead(sam, image, plan, encoder, args.sam_reps)))
         table(f"SAM ViT-B, 1024 x 1024, random weights; unpruned = image encoder (load average now {os.getloadavg()[0]:.2f})",
