@@ -2,6 +2,9 @@
 
 The report's MAC fields cover the whole forward that produces the segmentation (embedding,
 blocks, auxiliary heads where used, the method's own decision arithmetic, decoding).
+``delta_pct`` is against the stock model; on SAM part of it is the engine's, not pruning's
+(``engine_delta_pct``: pad queries of windowed blocks skipped), and ``pruning_delta_pct`` is
+measured against the subset code path at rate 0 (``subset_rate0``).
 ``measured_*`` come from ``torch.utils.flop_counter`` on the same forwards (FLOPs / 2), run
 from scratch; OpenCV work (LVTP's Sobel) is invisible to the counter and timed only.
 """
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import statistics
 import time
 from dataclasses import dataclass
@@ -17,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from .backbones.base import Backbone
-from .engine import Baseline, Plan, Trace, image_key, run_baseline, run_pruned
+from .engine import Baseline, Plan, Trace, image_key, pad_query_saving, run_baseline, run_pruned
 from .flops import MACS_NOTE, measure_macs
 from .metrics import agreement_miou, boundary_f1, gamma, miou
 from .viz import colorize_labels, image_to_uint8, token_status_map, write_png
@@ -60,6 +65,97 @@ def median_ms(fn, repeat: int) -> float:
     return float(statistics.median(times))
 
 
+def spread(values: list[float]) -> dict[str, Any]:
+    """Median, quartiles (IQR), min and max of some timings (ms) or ratios, and the runs."""
+    v = sorted(values)
+    q1, _, q3 = statistics.quantiles(v, n=4, method="inclusive") if len(v) > 1 else (v[0], v[0], v[0])
+    return {"median": float(statistics.median(v)), "q1": float(q1), "q3": float(q3),
+            "min": float(v[0]), "max": float(v[-1]), "runs": [round(x, 3) for x in values]}
+
+
+def time_forwards(
+    backbone: Backbone, image: np.ndarray, plan: Plan, repeat: int, baseline: Baseline | None = None,
+    warmup: bool = True,
+) -> dict[str, Any]:
+    """Wall time of the unpruned and the pruned forward, **interleaved**: round i runs both (the
+    order alternating between rounds), so drift on a shared machine hits both alike; after one
+    warm-up of each (``warmup``). The speedup is taken per round (unpruned / pruned of the same round).
+
+    Timed, both from the image: prepare, embed, every block, decode; the pruned forward also its
+    decisions (with their inputs: attention statistics, auxiliary heads), the gathers and the
+    scatter-back. Not timed: view-only diagnostics (the pruned runs pass ``diagnostics=False``).
+    ``baseline`` (a cached unpruned forward of this image): both forwards then start from its
+    output after the first pruning layer, so only the part pruning changes is timed.
+    Returns {"baseline", "pruned", "speedup"}: :func:`spread` dicts (ms, ms, ratio), "repeat",
+    "interleaved", "from_cache", "threads", "load_average" (1 min, None where unknown).
+    """
+    if baseline is not None:
+        def unpruned() -> Any:
+            return run_suffix_unpruned(backbone, baseline, plan.layers[0])
+
+        def pruned() -> Any:
+            return run_pruned(backbone, image, plan, baseline=baseline, diagnostics=False)
+    else:
+        def unpruned() -> Any:
+            return run_baseline(backbone, image)
+
+        def pruned() -> Any:
+            return run_pruned(backbone, image, plan, diagnostics=False)
+
+    if warmup:
+        unpruned(), pruned()
+    times: dict[str, list[float]] = {"baseline": [], "pruned": []}
+    for i in range(max(1, repeat)):
+        order = [("baseline", unpruned), ("pruned", pruned)]
+        for name, fn in order if i % 2 == 0 else order[::-1]:
+            t0 = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - t0) * 1e3)
+    speedups = [b / p for b, p in zip(times["baseline"], times["pruned"]) if p > 0]
+    try:
+        load: float | None = round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        load = None
+    return {
+        "baseline": spread(times["baseline"]),
+        "pruned": spread(times["pruned"]),
+        "speedup": spread(speedups),
+        "repeat": max(1, repeat),
+        "interleaved": True,
+        "from_cache": baseline is not None,
+        "threads": torch.get_num_threads(),
+        "load_average": load,
+    }
+
+
+@torch.no_grad()
+def run_suffix_unpruned(backbone: Backbone, baseline: Baseline, first: int) -> Any:
+    """The unpruned forward from the cached output of block ``first`` on: the remaining blocks
+    on the full grid and the decode (the counterpart of a pruned run that reuses the cache)."""
+    x = baseline.x_after[first]
+    grid = baseline.prep.grid
+    for layer in range(first + 1, backbone.num_blocks + 1):
+        x = backbone.run_block(layer, x, None, grid).x
+    prefix, patches = backbone.split_prefix(x)
+    return backbone.decode(patches.clone(), prefix, baseline.prep)
+
+
+def latency_report(timing: dict[str, Any], macs: dict[str, Any]) -> dict[str, Any]:
+    """The report's ``latency_ms``: medians (``baseline``, ``pruned``, ms), their spread, the
+    speedup and the efficiency = wall speedup / MAC ratio (1.0: every MAC saved is time saved)."""
+    ratio = macs["baseline"] / macs["pruned"] if macs["pruned"] else float("nan")
+    speedup = timing["speedup"]["median"]
+    return {
+        "baseline": timing["baseline"]["median"],
+        "pruned": timing["pruned"]["median"],
+        "speedup": speedup,
+        "mac_ratio": ratio,
+        "efficiency": speedup / ratio if ratio == ratio and ratio > 0 else None,
+        **{k: timing[k] for k in ("repeat", "interleaved", "threads", "load_average")},
+        "spread": {k: timing[k] for k in ("baseline", "pruned", "speedup")},
+    }
+
+
 def analyze(
     backbone: Backbone,
     image: np.ndarray,
@@ -71,7 +167,7 @@ def analyze(
 ) -> Analysis:
     """Run baseline (or reuse the cached one) and the pruned forward, then score and report.
 
-    repeat > 0 times both forwards from scratch (median of ``repeat`` after a warm-up);
+    repeat > 0 times both forwards from scratch, interleaved (:func:`time_forwards`);
     measure=True cross-checks MACs with the FLOP counter on from-scratch forwards.
     """
     if baseline is None or baseline.key != image_key(backbone, image):
@@ -84,11 +180,7 @@ def analyze(
         report["macs"]["measured_baseline"] = int(measured_base)
         report["macs"]["measured_pruned"] = int(measured_pruned)
     if repeat > 0:
-        report["latency_ms"] = {
-            "baseline": median_ms(lambda: run_baseline(backbone, image), repeat),
-            "pruned": median_ms(lambda: run_pruned(backbone, image, plan), repeat),
-            "repeat": repeat,
-        }
+        report["latency_ms"] = latency_report(time_forwards(backbone, image, plan, repeat), report["macs"])
     return Analysis(baseline, trace, report)
 
 
@@ -104,6 +196,7 @@ def build_report(backbone: Backbone, plan: Plan, baseline: Baseline, trace: Trac
         "gamma": None,
     }
     delta_macs_pct = 100.0 * (trace.macs["total"] - baseline.macs) / baseline.macs
+    subset0 = baseline.macs - pad_query_saving(backbone, plan, trace.grid)
     if gt is not None and seg_p.kind == "semantic":
         m_b, m_p = miou(seg_b.labels, gt, k), miou(seg_p.labels, gt, k)
         metrics.update(miou=m_p, miou_baseline=m_b, boundary_f1=boundary_f1(seg_p.labels, gt))
@@ -129,6 +222,11 @@ def build_report(backbone: Backbone, plan: Plan, baseline: Baseline, trace: Trac
             "pruned": int(trace.macs["total"]),
             "pruned_parts": {k_: int(v) for k_, v in trace.macs.items()},
             "delta_pct": delta_macs_pct,
+            # The subset code path at rate 0 (SAM: pad queries skipped, not pruning) and the
+            # pruning saving measured against it; delta_pct (against the stock model) is both.
+            "subset_rate0": int(subset0),
+            "engine_delta_pct": 100.0 * (subset0 - baseline.macs) / baseline.macs,
+            "pruning_delta_pct": 100.0 * (trace.macs["total"] - subset0) / subset0,
             "convention": MACS_NOTE,
         },
         "latency_ms": None,

@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--layers", default=None, help="1-based pruning layers, e.g. 3,6,8 (default: the backbone's)")
     a.add_argument("--mask", type=Path, default=None, help="ground-truth label mask for mIoU")
     a.add_argument("--seed", type=_whole_number(0, MAX_SEED), default=0)
-    a.add_argument("--repeat", type=_whole_number(0, 100), default=3, help="timed runs per forward (median after one warm-up)")
+    a.add_argument("--repeat", type=_whole_number(0, 100), default=3, help="timed rounds, each one unpruned and one pruned forward, interleaved (median and spread after one warm-up; 0: no timing)")
     a.add_argument("--no-measure", action="store_true", help="skip the FLOP-counter cross-check")
     add_method_options(a)
     from .bench import add_bench_parser
@@ -125,7 +125,23 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     print(f"{backbone.name} / {plan.method.name} at layers {list(plan.layers)}: "
           f"{m['baseline'] / 1e9:.2f} -> {m['pruned'] / 1e9:.2f} GMACs ({m['delta_pct']:+.1f}%), "
           f"agreement mIoU {result.report['metrics']['agreement_miou']:.3f}; wrote {len(written)} files to {args.out}")
+    if result.report["latency_ms"]:
+        print(latency_line(result.report["latency_ms"]))
     return 0
+
+
+def latency_line(lat: dict) -> str:
+    """One line: medians [IQR] of the interleaved timings, the speedup and the efficiency."""
+    sp = lat["spread"]
+
+    def iqr(d: dict, fmt: str) -> str:
+        return f"{fmt.format(d['median'])} [IQR {fmt.format(d['q1'])}-{fmt.format(d['q3'])}]"
+
+    load = "unknown" if lat["load_average"] is None else f"{lat['load_average']:.2f}"
+    eff = "—" if lat["efficiency"] is None else f"{lat['efficiency']:.2f}"
+    return (f"wall time, {lat['repeat']} interleaved rounds, {lat['threads']} thread(s), load average {load}: "
+            f"unpruned {iqr(sp['baseline'], '{:.1f}')} ms, pruned {iqr(sp['pruned'], '{:.1f}')} ms, "
+            f"speedup {iqr(sp['speedup'], '{:.2f}')}, MAC ratio {lat['mac_ratio']:.2f}, efficiency {eff}")
 
 
 def main(argv: list[str] | None = None) -> int:

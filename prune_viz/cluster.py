@@ -53,7 +53,9 @@ def cosine_kmeans(
             sums = one_hot.T @ xw
             # counts > 0 but zero total weight would give a zero centre (no direction).
             nonempty = (counts > 0) & ((one_hot.T @ w) > 0)
-        centres[nonempty] = sums[nonempty] / counts[nonempty, None]
+        # torch.where, not a boolean-indexed assignment: the same values in one op instead of
+        # four (nonzero, two gathers, a scatter), in a loop that runs iters times per decision.
+        centres = torch.where(nonempty[:, None], sums / counts.clamp_min(1)[:, None], centres)
     return labels, centres
 
 

@@ -121,17 +121,39 @@ def test_method_unavailable_on_backbone(client, scene):
     assert "auxiliary heads" in str(err.value) and aux[0] in str(err.value)
 
 
-def test_ui_handlers_render_every_view(app_module, scene):
+def test_ui_handlers_render_every_view(app_module, scene, monkeypatch):
     """The handlers behind the page (what bench/bench_app.py times), in-process."""
+    from prune_viz.ui import session as session_mod
+
+    monkeypatch.setattr(session_mod, "TIMING_BUDGET_MS", 1e9)  # a loaded test machine must not skip the timing
     session = Session()
     first = dict(zip(handlers.EXAMPLE_OUT, handlers.on_first_visit(session, "demo", 1024)))
     assert first["state"].image is not None and first["state"].gt is not None
     params = [c.default for c in handlers.CONTROLS]
     out = dict(zip(handlers.VIEW_OUT, handlers.on_analyze(session, "demo", 1024, "lvtp", [3, 6], 0, 6, *params)))
     token_map = cv2.imread(out["token_map"])  # maps go out as PNG files
-    assert token_map.shape == (512, 512, 3) and Path(out["img_entropy"]).is_file() and Path(out["img_edges"]).is_file()
-    assert out["img_exits"] is None and out["tab_entropy"].visible and not out["tab_exits"].visible
-    assert len(out["seg_slider"]) == 2 and out["chart_macs"] is not None and "GMACs" in out["readout"]
+    assert token_map.shape == (512, 512, 3) and "GMACs" in out["readout"] and Path(out["depth"]).is_file()
+    # Hidden tabs are drawn when opened (and emptied meanwhile, never left showing an older run).
+    assert out["img_entropy"] is None and out["seg_slider"] is None and out["chart_macs"] is None
+    import gradio as gr
+
+    def opened(tab):
+        return dict(zip(handlers.TAB_OUT, handlers.on_tab(session, "demo", 1024, 6, gr.SelectData(None, {"value": tab, "index": 0}))))
+
+    why = opened(handlers.WHY_TAB)
+    assert Path(why["img_entropy"]).is_file() and Path(why["img_edges"]).is_file()
+    assert why["img_exits"] is None and why["tab_entropy"].visible and not why["tab_exits"].visible
+    assert len(opened(handlers.SEG_TAB)["seg_slider"]) == 2 and opened(handlers.MACS_TAB)["chart_macs"] is not None
+    again = dict(zip(handlers.TAB_OUT, handlers.on_tab(session, "demo", 1024, 6, gr.SelectData(None, {"value": handlers.WHY_TAB, "index": 1}))))
+    assert all(isinstance(v, type(gr.skip())) for v in again.values())  # drawn already: nothing sent
+    rerun = dict(zip(handlers.VIEW_OUT, handlers.on_analyze(session, "demo", 1024, "lvtp", [3, 6], 0, 6, *params)))
+    assert Path(rerun["img_entropy"]).is_file() and rerun["seg_slider"] is None  # the open tab is drawn with the run
+    assert any(row[1] == "timing…" for row in out["metrics"])  # times come after the views, from on_timing
+    timed = {row[0]: row for row in handlers.on_timing(session, "demo", 1024)}
+    assert "Wall time, unpruned (measured)" in timed, timed.get("Wall time (measured)")
+    both = timed["Wall time, unpruned (measured)"], timed["Wall time, pruned (measured)"]
+    assert all(row[1].endswith("]") and " ms [" in row[1] for row in both), both  # median [IQR]
+    assert "timed in this request" in both[0][2] and "median of 3" in both[0][2]
     live = handlers.on_estimate(session, "demo", 1024, "lvtp", [3, 6], 0, 6, *params)
     assert "estimate" in live and "extrapolated" in live  # two pruning layers: not exact
     # A non-pruning layer: tokens removed at layer 3 show as gone, nothing is "pruned here".

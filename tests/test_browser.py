@@ -49,11 +49,11 @@ def test_upload_run_switch_tabs_read_a_number(app_url, tmp_path):
         page.goto(app_url, timeout=120_000)
         # First the example a first visit shows, as a person would; then a scene uploaded through
         # the file input (our own loader reads it server-side).
-        page.locator("#readout").get_by_text("measured on this run").wait_for(timeout=120_000)
+        page.locator("#readout").get_by_text("analytic count for this run").wait_for(timeout=120_000)
         page.locator("input[type=file]").first.set_input_files(str(ROOT / "examples" / "parking.png"))
         try:  # the upload's own output resets the readout, so this waits for the new image's numbers
             page.get_by_text("Loaded parking.png").first.wait_for(timeout=120_000)
-            page.locator("#readout").get_by_text("measured on this run").wait_for(timeout=120_000)
+            page.locator("#readout").get_by_text("analytic count for this run").wait_for(timeout=120_000)
         except sync_api.TimeoutError:
             page.screenshot(path=str(out / "timeout.png"), full_page=True)
             pytest.fail(f"the upload was not answered; page text: {page.locator('body').inner_text()[:1500]!r}; "
@@ -61,6 +61,15 @@ def test_upload_run_switch_tabs_read_a_number(app_url, tmp_path):
         readout = page.locator("#readout").inner_text()
         gmacs = [float(v) for v in re.findall(r"([0-9]+(?:\.[0-9]+)?) GMACs", readout)]
         assert gmacs and 0 < gmacs[0] < 10.5, readout  # pruned total below the unpruned 10.46 GMACs
+        # "Run again" updates the views on show; a hidden tab's views are drawn when it is opened.
+        before = page.locator("#token_map img").get_attribute("src")
+        page.get_by_role("button", name="Run again").click()
+        page.wait_for_function("(old) => { const im = document.querySelector('#token_map img');"
+                               " return im && im.src !== old && im.complete && im.naturalWidth > 0; }", arg=before,
+                               timeout=120_000)
+        page.get_by_role("tab", name="Why? · method signals").first.click()
+        page.wait_for_function("() => { const im = document.querySelector('#img_entropy img');"
+                               " return im && im.complete && im.naturalWidth > 0; }", timeout=120_000)
         for tab in TABS:
             page.get_by_role("tab", name=tab).first.click()
             time.sleep(1.5)

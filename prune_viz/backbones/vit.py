@@ -25,24 +25,34 @@ from ..flops import attention_core_macs, conv_macs, linear_macs
 from .base import Backbone, BlockKind, BlockOutput, Prepared, Segmentation
 
 
-def attention_statistics(block: nn.Module, x: Tensor, num_prefix: int, has_cls: bool) -> tuple[Tensor, Tensor | None]:
+def attention_statistics(block: nn.Module, x: Tensor, num_prefix: int, has_cls: bool) -> tuple[Tensor | None, Tensor | None]:
     """Attention probabilities of a timm block on 1 x T x C tokens, recomputed from the block's own
     weights (norm1, qkv, q_norm/k_norm, scale) so the library's forward is never replaced.
 
-    Returns (received: Nk mean attention each patch token receives over heads and queries,
-             cls_attn: Nk attention from the class token, or None).
+    With a class token only its row is computed (the keys of all T tokens, the query of one):
+    EViT reads nothing else, and the full T x T map would cost a quarter of the block again.
+    Returns (received: Nk mean attention each patch token receives over heads and queries, None
+             with a class token; cls_attn: Nk attention from the class token, or None).
     """
     attn = block.attn
     if not hasattr(attn, "qkv") or not isinstance(attn.qkv, nn.Linear):
         raise ParamError("this method needs attention scores, which this timm model's attention does not expose")
-    b, t, _ = x.shape
+    b, t, c = x.shape
     y = block.norm1(x)
-    qkv = attn.qkv(y).reshape(b, t, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+    heads, hd = attn.num_heads, attn.head_dim
+    w, bias = attn.qkv.weight, attn.qkv.bias
+    if has_cls:
+        dim = heads * hd
+        q = F.linear(y[:, :1], w[:dim], None if bias is None else bias[:dim])  # 1 x 1 x dim
+        k = F.linear(y, w[dim : 2 * dim], None if bias is None else bias[dim : 2 * dim])  # 1 x T x dim
+        q = attn.q_norm(q.reshape(b, 1, heads, hd).transpose(1, 2))
+        k = attn.k_norm(k.reshape(b, t, heads, hd).transpose(1, 2))
+        probs = ((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1).mean(dim=1)[0, 0]  # T
+        return None, probs[num_prefix:]
+    qkv = attn.qkv(y).reshape(b, t, 3, heads, hd).permute(2, 0, 3, 1, 4)
     q, k = attn.q_norm(qkv[0]), attn.k_norm(qkv[1])
     probs = ((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1).mean(dim=1)[0]  # T x T
-    received = probs[:, num_prefix:].mean(dim=0)
-    cls_attn = probs[0, num_prefix:] if has_cls else None
-    return received, cls_attn
+    return probs[:, num_prefix:].mean(dim=0), None
 
 
 def resize_rgb(image: np.ndarray, h: int, w: int) -> np.ndarray:
@@ -131,8 +141,12 @@ class TimmViT(Backbone):
         n = self.num_prefix_tokens + (grid[0] * grid[1] if kept_idx is None else kept_idx.numel())
         attn_dim = block.attn.num_heads * block.attn.head_dim
         macs = linear_macs(block, n) + attention_core_macs(n, n, attn_dim)
-        if want_attn:  # statistics recompute qkv and QK^T
-            macs += linear_macs(block.attn.qkv, n) + n * n * attn_dim
+        if want_attn:  # statistics recompute q, k and QK^T (the class token's row only, when there is one)
+            qkv = block.attn.qkv
+            if self.has_cls:
+                macs += (n + 1) * qkv.in_features * attn_dim + n * attn_dim
+            else:
+                macs += linear_macs(qkv, n) + n * n * attn_dim
         return macs
 
     def decode_macs(self, prep: Prepared) -> int:

@@ -56,8 +56,10 @@ class PruneContext:
       image:      3 x H x W float in [0, 1], the model-input image (H = gh * patch, W = gw * patch)
                   before normalisation; what low-level guidance (Sobel) looks at
       received:   Nk float or None: mean attention each patch token received in this block
-                  (over heads and queries, windowed blocks included). Cheap, always filled
-                  when ``needs_attention`` is set.
+                  (over heads and queries, windowed blocks included). Filled when
+                  ``needs_attention`` is set and the model has no class token (SAM); with a
+                  class token only ``cls_attn`` is computed (the full map would cost a quarter
+                  of a block again).
       cls_attn:   Nk float or None: attention from the first prefix token (class token) to each
                   patch token, averaged over heads; None when the model has no class token.
       aux_logits: Nk x K float or None: the auxiliary head attached after this block, evaluated
@@ -80,6 +82,10 @@ class PruneContext:
     aux_logits: Tensor | None = None
     num_tokens_total: int = 0  # gh * gw, for rates stated against the full grid
     sizes: Tensor | None = None
+    # False on the timed path (``analyze --repeat``, the Metrics timing): compute only what the
+    # decision needs and skip view-only diagnostics (maps, histograms), which are not part of
+    # the cost of pruning. The decision itself must not depend on this flag.
+    want_diagnostics: bool = True
 
 
 @dataclass
@@ -92,7 +98,8 @@ class Decision:
     (``ctx.aux_logits``); the engine writes them into the final prediction.
     diagnostics: name -> Nk tensor (per alive token; drawn on the grid) or a 0-d tensor /
                  float (a scalar such as an adaptive threshold) or an H x W map (pixel level,
-                 e.g. a Sobel magnitude). Everything here is for drawing, never for control.
+                 e.g. a Sobel magnitude). Everything here is for drawing, never for control;
+                 methods leave out what costs time when ``ctx.want_diagnostics`` is False.
     Merging methods (ToMe) also fill, both or neither:
     features:    len(keep) x C, the features the kept tokens go on with (group averages)
                  instead of their own.

@@ -53,7 +53,8 @@ def decide_evit(ctx: PruneContext, params: RateParams) -> Decision:
     mask = torch.zeros(n, dtype=torch.bool)
     mask[top] = True
     decision = decision_from_keep_mask(mask)
-    decision.diagnostics["attention_score"] = score
+    if ctx.want_diagnostics:
+        decision.diagnostics["attention_score"] = score
     return decision
 
 

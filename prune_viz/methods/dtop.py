@@ -57,6 +57,14 @@ class DToPParams:
             raise ValueError(f"k must be in [0, {MAX_KEEP_PER_CLASS}] (tokens kept per class), got {echo(self.k)}")
 
 
+def confidence(logits: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-token top-class confidence and predicted class, and the log-probabilities they come
+    from. logits: Nk x K. Returns (conf Nk float in [1/K, 1], pred Nk long, logp Nk x K)."""
+    logp = torch.log_softmax(logits.detach().float(), dim=-1)
+    conf, pred = logp.exp().max(dim=-1)
+    return conf, pred, logp
+
+
 def confidence_and_entropy(logits: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Per-token confidence, predicted class and normalised prediction entropy.
 
@@ -64,14 +72,18 @@ def confidence_and_entropy(logits: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     The entropy is divided by ``log K`` (its value for a uniform prediction) so that maps from
     models with different class counts share one scale; with K = 1 it is 0.
     """
-    logp = torch.log_softmax(logits.detach().float(), dim=-1)
+    conf, pred, logp = confidence(logits)
+    return conf, pred, prediction_entropy(logp)
+
+
+def prediction_entropy(logp: Tensor) -> Tensor:
+    """Nk x K log-probabilities -> Nk entropies divided by log K, in [0, 1] (0 when K = 1)."""
     p = logp.exp()
-    conf, pred = p.max(dim=-1)
-    k = logits.shape[-1]
+    k = logp.shape[-1]
     # p * logp with p -> 0 is 0; log_softmax keeps logp finite so the product is never NaN.
     entropy = -(p * logp).sum(-1)
     entropy = entropy / math.log(k) if k > 1 else torch.zeros_like(entropy)
-    return conf, pred, entropy.clamp(0.0, 1.0)
+    return entropy.clamp(0.0, 1.0)
 
 
 def rank_within_class(value: Tensor, pred: Tensor) -> Tensor:
@@ -123,16 +135,18 @@ def decide(ctx: PruneContext, params: DToPParams) -> Decision:
     if nk == 0:
         empty = torch.zeros(0, dtype=torch.long)
         return Decision(keep=empty, status=empty.clone(), diagnostics={"threshold": torch.tensor(params.threshold)})
-    conf, pred, entropy = confidence_and_entropy(ctx.aux_logits)
+    conf, pred, logp = confidence(ctx.aux_logits)
     exits = exit_mask(conf, pred, params.threshold, params.k)
     status = torch.where(exits, torch.tensor(EXITED), torch.tensor(KEPT)).long()
-    diagnostics = {
-        "confidence": conf,
-        "entropy": entropy,
-        "predicted_class": pred.float(),
-        "retained": ((conf >= params.threshold) & ~exits).float(),
-        "threshold": torch.tensor(float(params.threshold)),
-    }
+    diagnostics = {}
+    if ctx.want_diagnostics:  # the entropy is drawn, never used to decide
+        diagnostics = {
+            "confidence": conf,
+            "entropy": prediction_entropy(logp),
+            "predicted_class": pred.float(),
+            "retained": ((conf >= params.threshold) & ~exits).float(),
+            "threshold": torch.tensor(float(params.threshold)),
+        }
     return Decision(keep=torch.nonzero(~exits).flatten(), status=status, diagnostics=diagnostics)
 
 

@@ -119,7 +119,9 @@ def class_relation(tokens: Tensor, pred: Tensor) -> Tensor:
     x = tokens.detach().float()
     unit = F.normalize(F.layer_norm(x, x.shape[-1:], eps=1e-6), dim=-1)
     k = int(pred.max()) + 1
-    protos = torch.zeros(k, unit.shape[-1]).index_add_(0, pred, unit)
+    # A one-hot matmul, not index_add_: the same sums (up to summation order), but index_add_
+    # measured ~1000x slower with 2 threads than with 1 (26 ms vs 0.03 ms for 1024 x 192).
+    protos = F.one_hot(pred, k).T.to(unit.dtype) @ unit
     protos = F.normalize(protos, dim=-1)
     return (unit * protos[pred]).sum(-1).clamp(-1.0, 1.0)
 
@@ -193,17 +195,22 @@ def relation_retained(relation: Tensor, pred: Tensor, k: int) -> Tensor:
     return rank_within_class(relation, pred) < k
 
 
-def matp_masks(logits: Tensor, tokens: Tensor, params: MATPParams) -> tuple[Tensor, dict[str, Tensor]]:
+def matp_masks(
+    logits: Tensor, tokens: Tensor, params: MATPParams, want_diagnostics: bool = True
+) -> tuple[Tensor, dict[str, Tensor]]:
     """The whole MATP rule on one input's alive tokens.
 
     logits: Nk x K auxiliary logits, tokens: Nk x C. Returns (prune Nk bool, diagnostics) where
     diagnostics holds the Nk facets, score, retained (1 = the criterion chose it, relation kept
-    it), and the 0-d adaptive_threshold and n_retained_by_relation.
+    it), and the 0-d adaptive_threshold and n_retained_by_relation ({} when not
+    ``want_diagnostics``).
     """
     facets = token_facets(logits, tokens)
     score = multi_faceted_score(facets["entropy"], facets["confidence"], facets["relation"], params.weights)
     candidate, tau = criterion_mask(score, facets["entropy_bits"], params)
     retained = candidate & relation_retained(facets["relation"], facets["predicted_class"], params.k)
+    if not want_diagnostics:
+        return candidate & ~retained, {}
     diag = {
         "confidence": facets["confidence"],
         "entropy": facets["entropy"],
@@ -228,7 +235,7 @@ def decide(ctx: PruneContext, params: MATPParams) -> Decision:
     if ctx.tokens.shape[0] == 0:
         empty = torch.zeros(0, dtype=torch.long)
         return Decision(keep=empty, status=empty.clone(), diagnostics={})
-    prune, diag = matp_masks(ctx.aux_logits, ctx.tokens, params)
+    prune, diag = matp_masks(ctx.aux_logits, ctx.tokens, params, ctx.want_diagnostics)
     status = torch.where(prune, torch.tensor(PRUNED), torch.tensor(KEPT)).long()
     return Decision(keep=torch.nonzero(~prune).flatten(), status=status, diagnostics=diag)
 

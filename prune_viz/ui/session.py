@@ -19,14 +19,16 @@ from typing import Any
 
 import numpy as np
 
-from ..analysis import Analysis, analyze, attention_layers, mask_refusal
+from ..analysis import Analysis, analyze, attention_layers, mask_refusal, time_forwards
 from ..backbones.base import Backbone
 from ..engine import Baseline, Plan, estimate_macs, run_baseline
 from ..errors import UserError
 from ..io import InputError, LoadedImage, describe_bands, load_image, load_mask
 from .tables import estimate_summary
 
-ModelKey = tuple[str, "int | None"]  # (backbone name, input size): what a cached forward belongs to
+ModelKey = tuple[str, "int | None"]
+TIMING_REPEAT = 3  # rounds of the Metrics tab's timing (one unpruned and one pruned forward each)
+TIMING_BUDGET_MS = float(os.environ.get("PRUNE_VIZ_TIMING_BUDGET_MS", "3000"))  # longer: no timing, and why  # (backbone name, input size): what a cached forward belongs to
 
 
 @dataclass
@@ -45,6 +47,7 @@ class Session:
     baseline: Baseline | None = None
     baseline_for: ModelKey | None = None  # the cache key's other half (the image is the first)
     analysis: Analysis | None = None
+    plan: Plan | None = None  # the plan of the analysis on show (what the Metrics timing re-runs)
     backbone_key: ModelKey | None = None  # the model the analysis on show came from
     points: list[tuple[float, float, int]] = field(default_factory=list)  # SAM prompts (x, y, label)
     box: tuple[float, float, float, float] | None = None
@@ -53,6 +56,8 @@ class Session:
 
     def set_show_image(self, show: bool) -> None:
         self.show_image = bool(show)
+    open_tab: str = ""  # the view tab on show ("" = the first one)
+    stale_tabs: set[str] = field(default_factory=set)  # hidden tabs whose views wait for the tab to open
 
     # --- inputs --------------------------------------------------------------------------------
     def set_image(
@@ -67,7 +72,7 @@ class Session:
         self.image, self.image_path, self.image_name = loaded.rgb, path, name
         self.read_as = (bands if many else None, tuple(stretch))
         self.bands, self.notices = loaded.bands, list(loaded.notices)
-        self.baseline = self.analysis = self.baseline_for = None
+        self.baseline = self.analysis = self.baseline_for = self.plan = None
         if not keep_gt:
             self.gt = None
         self.clear_prompts()
@@ -124,9 +129,28 @@ class Session:
         result = analyze(backbone, self.image, plan, gt=self.gt, baseline=self.cached_baseline(key), measure=False, repeat=0)
         if ticket != self.runs:
             return None
-        self.analysis, self.backbone_key = result, key
+        self.analysis, self.backbone_key, self.plan = result, key, plan
         self.keep_baseline(result.baseline, key)
         return result
+
+    def time_last_run(self, backbone: Backbone, key: ModelKey, repeat: int = TIMING_REPEAT) -> dict[str, Any]:
+        """Wall time of the unpruned and the pruned forward of the analysis on show, timed
+        together now (interleaved, ``repeat`` rounds, no warm-up: the model ran a moment ago),
+        from the cached output of the first pruning layer on. {"skipped": why} where that would
+        take too long (SAM at 1024 px: about a minute) or there is nothing to time."""
+        if self.analysis is None or self.plan is None or self.backbone_key != key:
+            return {"skipped": "run an analysis first"}
+        baseline = self.cached_baseline(key)
+        if baseline is None or not baseline.x_after:
+            return {"skipped": "the cached unpruned forward was dropped (server memory bound); press Run again"}
+        first = self.plan.layers[0]
+        suffix_ms = sum(r.time_ms for r in baseline.layers[first:])
+        cost_ms = 2 * repeat * suffix_ms
+        if cost_ms > TIMING_BUDGET_MS:
+            return {"skipped": f"timing {repeat} unpruned and {repeat} pruned runs would take about {cost_ms / 1e3:.0f} s "
+                               f"on this server; measure it with `python -m prune_viz analyze IMAGE --repeat 5` instead"}
+        timing = time_forwards(backbone, self.image, self.plan, repeat, baseline=baseline, warmup=False)
+        return {**timing, "first_layer": first, "same_request": True}
 
     def estimate(self, backbone: Backbone, key: ModelKey, plan: Plan, from_scratch: bool = False) -> dict[str, Any] | None:
         """Fast MAC readout from the cached unpruned forward; None when there is none yet.
@@ -154,6 +178,19 @@ class Session:
             baseline = run_baseline(backbone, self.image)
             self.keep_baseline(baseline, key)
         return baseline
+
+    # --- lazily drawn tabs ------------------------------------------------------------------------
+    def views_drawn(self, skipped: set[str]) -> None:
+        """A run drew every view but those of the hidden tabs ``skipped``."""
+        self.stale_tabs = set(skipped)
+
+    def show_tab(self, tab: str) -> bool:
+        """The visitor opened ``tab``; True when its views must be drawn now."""
+        self.open_tab = tab
+        if tab in self.stale_tabs:
+            self.stale_tabs.discard(tab)
+            return True
+        return False
 
     # --- SAM prompts (original image pixels) -----------------------------------------------------
     def add_point(self, x: float, y: float, label: int) -> None:

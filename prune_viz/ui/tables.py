@@ -11,13 +11,25 @@ import numpy as np
 from ..analysis import Analysis
 from ..engine import Trace
 from ..flops import MACS_NOTE
+from ..metrics import match_segments
 from .texts import SCALAR_INFO
+
+
+def _engine_split(macs: int, base: int, subset0: int) -> dict[str, float]:
+    """The saving split into the engine's (SAM's pad queries skipped even at rate 0) and the
+    pruning's, measured against the subset path at rate 0 (percent, positive = saved)."""
+    return {
+        "engine_saved_pct": 100.0 * (base - subset0) / base if base else 0.0,
+        "pruning_saved_pct": 100.0 * (subset0 - macs) / subset0 if subset0 else 0.0,
+        "subset_rate0_macs": subset0,
+    }
 
 
 def estimate_summary(est: dict[str, Any], ms: float | None = None) -> dict[str, Any]:
     macs, base = int(est["macs"]), int(est["baseline"])
     n = est["tokens"][0] if est["tokens"] else 0
     return {
+        **_engine_split(macs, base, int(est.get("subset_rate0", base))),
         "macs": macs,
         "flops": 2 * macs,
         "baseline_macs": base,
@@ -44,7 +56,7 @@ def readout_markdown(summary: dict[str, Any] | None, kind: str = "estimate", ext
     how = {
         "estimate": "live estimate" + (" (block MACs exact for one pruning layer; the run adds the method's own arithmetic)"
                                        if summary["exact"] else " (later pruning steps extrapolated until the run finishes)"),
-        "exact": "measured on this run (counted MACs of the blocks that ran)",
+        "exact": "analytic count for this run (the token sets it kept; the FLOP counter agrees)",
     }[kind]
     saved = summary["saved_pct"]
     word = "fewer" if saved >= 0 else "more"
@@ -52,14 +64,26 @@ def readout_markdown(summary: dict[str, Any] | None, kind: str = "estimate", ext
         f"**{gmacs(summary['macs'])} GMACs** = {gmacs(summary['flops'])} GFLOPs per image · **{abs(saved):.1f} % {word}** than the "
         f"unpruned {gmacs(summary['baseline_macs'])} GMACs · last block computes {summary['tokens_last_block']} of "
         f"{summary['tokens_total']} tokens · *{how}*{extra}\n\n"
+        f"{engine_line(summary)}"
         f"<small>1 multiply-add = 1 MAC; FLOPs = 2 x MACs; 1 GMAC = 10^9 MACs.</small>"
     )
+
+
+def engine_line(summary: dict[str, Any]) -> str:
+    """SAM: what the engine saves at rate 0 (not pruning) and the pruning saving on its own."""
+    engine = summary.get("engine_saved_pct", 0.0)
+    if engine <= 0:
+        return ""
+    return (f"engine: pad queries skipped, **−{engine:.1f} %** (not pruning: the subset path at rate 0) · "
+            f"pruning: **{0.0 - summary['pruning_saved_pct'] + 0.0:+.1f} %** against {gmacs(summary['subset_rate0_macs'])} GMACs "
+            f"(the subset path at rate 0) · stock encoder {gmacs(summary['baseline_macs'])} GMACs\n\n")
 
 
 def report_summary(analysis: Analysis) -> dict[str, Any]:
     m = analysis.report["macs"]
     tokens = [r.tokens for r in analysis.trace.layers]
     return {
+        **_engine_split(m["pruned"], m["baseline"], m.get("subset_rate0", m["baseline"])),
         "macs": m["pruned"], "flops": 2 * m["pruned"], "baseline_macs": m["baseline"], "baseline_flops": 2 * m["baseline"],
         "saved_pct": -m["delta_pct"], "exact": True, "tokens_per_block": tokens,
         "tokens_last_block": tokens[-1] if tokens else 0, "tokens_total": analysis.trace.grid[0] * analysis.trace.grid[1],
@@ -83,8 +107,11 @@ def json_ready(obj: Any) -> Any:
     return obj
 
 
-def metrics_rows(analysis: Analysis, changed_fraction: float | None = None) -> list[list[str]]:
-    """[quantity, value, meaning] rows; every number states its unit."""
+def metrics_rows(analysis: Analysis, changed_fraction: float | None = None,
+                 timing: dict[str, Any] | None = None) -> list[list[str]]:
+    """[quantity, value, meaning] rows; every number states its unit. MACs are analytic counts;
+    times are measured, and only as ``timing`` (:meth:`Session.time_last_run`) gives them:
+    unpruned and pruned timed together in one request. None: not timed yet."""
     r = analysis.report
     m, met = r["macs"], r["metrics"]
     parts = m["pruned_parts"]
@@ -96,10 +123,15 @@ def metrics_rows(analysis: Analysis, changed_fraction: float | None = None) -> l
         return "—" if v is None or (isinstance(v, float) and not math.isfinite(v)) else fmt.format(v)
 
     rows = [
-        ["MACs, unpruned", f"{gmacs(m['baseline'])} GMACs ({gmacs(2 * m['baseline'])} GFLOPs)", "1 multiply-add = 1 MAC; FLOPs = 2 x MACs"],
-        ["MACs, pruned", f"{gmacs(m['pruned'])} GMACs ({gmacs(2 * m['pruned'])} GFLOPs)",
-         "whole forward: embedding, blocks, aux heads, decision, decoder"],
-        ["MAC change", f"{round(m['delta_pct'], 1) + 0.0:+.1f} %", "negative = saved"],
+        ["MACs, unpruned (analytic)", f"{gmacs(m['baseline'])} GMACs ({gmacs(2 * m['baseline'])} GFLOPs)",
+         "counted by formula; 1 multiply-add = 1 MAC; FLOPs = 2 x MACs"],
+        ["MACs, pruned (analytic)", f"{gmacs(m['pruned'])} GMACs ({gmacs(2 * m['pruned'])} GFLOPs)",
+         "whole forward: embedding, blocks, aux heads, decision, decoder; counted by formula for the tokens kept"],
+        ["MAC change", f"{round(m['delta_pct'], 1) + 0.0:+.1f} %", "negative = saved; against the stock model"],
+        *([["  engine: pad queries skipped", f"{m['engine_delta_pct']:+.1f} %",
+             "not pruning: the subset code path skips SAM's pad-cell queries even at rate 0"],
+           ["  pruning", f"{m['pruning_delta_pct']:+.1f} %", "against the subset code path at rate 0 "
+            f"({gmacs(m['subset_rate0'])} GMACs)"]] if m.get("engine_delta_pct", 0.0) < 0 else []),
         ["  of which blocks", f"{gmacs(parts['blocks'])} GMACs", "transformer blocks on the tokens still alive"],
         ["  of which method", f"{parts['decision'] / 1e6:.1f} MMACs",
          "the pruning decision's own arithmetic (entropy, clustering, attention statistics)"],
@@ -122,12 +154,40 @@ def metrics_rows(analysis: Analysis, changed_fraction: float | None = None) -> l
         ]
     else:
         rows.append(["mIoU vs ground truth", "—", "give a ground-truth mask to get mIoU and gamma"])
-    rows += [
-        ["Unpruned forward", f"{analysis.baseline.time_ms:.0f} ms", "wall time on this server (cached per image)"],
-        ["Pruned forward", f"{trace.time_ms:.0f} ms",
-         "wall time; blocks before the first pruning layer reused from the cache" if trace.from_cache else "wall time"],
+    return rows + timing_rows(timing, m)
+
+
+def timing_rows(timing: dict[str, Any] | None, macs: dict[str, Any]) -> list[list[str]]:
+    """Measured wall times: unpruned and pruned timed in the same request (median, IQR), or why
+    there is no time."""
+    if timing is None:
+        return [["Wall time (measured)", "timing…", "unpruned and pruned are timed together right after the views are drawn"]]
+    if timing.get("skipped"):
+        return [["Wall time (measured)", "not measured", timing["skipped"]]]
+    where = (f"from block {timing['first_layer']} on (the blocks before it are the same in both)"
+             if timing.get("from_cache") else "whole forward")
+    how = (f"median of {timing['repeat']}, IQR in brackets; unpruned and pruned timed in this request, interleaved; "
+           f"{where}; {timing['threads']} thread(s)"
+           + (f", server load average {timing['load_average']:.1f}" if timing.get("load_average") is not None else ""))
+
+    def ms(d: dict[str, Any]) -> str:
+        return f"{d['median']:.0f} ms [{d['q1']:.0f}–{d['q3']:.0f}]"
+
+    sp = timing["speedup"]
+    ratio = macs["baseline"] / macs["pruned"] if macs["pruned"] else float("nan")
+    return [
+        ["Wall time, unpruned (measured)", ms(timing["baseline"]), how],
+        ["Wall time, pruned (measured)", ms(timing["pruned"]), "the same rounds; decisions included, view-only diagnostics not"],
+        ["Speedup (measured)", f"{sp['median']:.2f}x [{sp['q1']:.2f}–{sp['q3']:.2f}]",
+         f"unpruned / pruned time, round by round; the MAC ratio (analytic, whole forward) is {ratio:.2f}x"],
     ]
-    return rows
+
+
+def changed_fraction(analysis: Analysis) -> float:
+    """Fraction of pixels whose label differs from the unpruned run (segments matched first)."""
+    before, after = analysis.baseline.seg, analysis.trace.seg
+    labels = match_segments(after.labels, before.labels) if after.kind == "segments" else after.labels
+    return float((before.labels != labels).mean())
 
 
 def scalar_rows(trace: Trace) -> list[list[Any]]:

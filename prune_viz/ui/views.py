@@ -280,10 +280,11 @@ def tabs_for(method: str, diagnostics: dict[str, Any] | None = None) -> dict[str
 
 
 def layer_views(analysis: Analysis, layer: int, num_blocks: int, patch: int, show_image: bool = True,
-                gt: np.ndarray | None = None) -> dict[str, Any]:
+                gt: np.ndarray | None = None, panels: bool = True) -> dict[str, Any]:
     """Everything that follows the layer slider: token map, caption (with the share of each
     class's tokens kept: by ``gt`` when given, else by the unpruned prediction), method tabs,
-    histogram."""
+    histogram. ``panels=False``: the method tabs and the histogram are left out (None), for a
+    page where they are hidden; they are drawn when their tab is opened."""
     trace = analysis.trace
     token_img, caption = token_map_view(analysis, int(layer), num_blocks, patch, show_image)
     per_class = kept_by_class_line(analysis, gt)
@@ -292,9 +293,9 @@ def layer_views(analysis: Analysis, layer: int, num_blocks: int, patch: int, sho
     tabs = tabs_for(trace.method, step.diagnostics if step is not None else {})
     for tab in VIEW_TABS:
         names = tabs.get(tab)
-        out[tab] = diagnostics_panels(analysis, step, names, patch) if names and step is not None else None
+        out[tab] = diagnostics_panels(analysis, step, names, patch) if panels and names and step is not None else None
     out["tabs"] = {tab: tab in tabs for tab in VIEW_TABS}
-    out["histogram"] = histogram_figure(step, trace.method) if step is not None else None
+    out["histogram"] = histogram_figure(step, trace.method) if panels and step is not None else None
     if step is not None and step.layer > int(layer):
         out["panel_note"] = (f"Nothing is pruned before layer {step.layer}: the method signals shown are those of the "
                              f"first pruning layer, {step.layer}.")

@@ -56,6 +56,7 @@ def table(c: dict[str, Any]) -> list[Row]:
         (["compare_btn.click"], h.on_compare, [*STATE_MODEL, "seed", "compare_methods", "compare_mode", "compare_target"],
          ["state", "compare_image", "compare_table", "compare_note"], "model", False),
         (["sam_tab.select"], h.on_sam_tab, ["state"], ["sam_image"], "private", False),
+        (["view_tabs.select"], h.on_tab, [*STATE_MODEL, "view_layer"], h.TAB_OUT, "private", False),
         (["sam_image.select"], h.on_prompt_click, ["state", "prompt_mode"], ["state", "sam_image", "prompt_status"],
          "clicks", False),
         (["box_btn.click"], h.on_box, ["state", "box_x0", "box_y0", "box_x1", "box_y1"],
@@ -105,12 +106,17 @@ def wire(demo: gr.Blocks, c: dict[str, Any]) -> None:
         component, event = name.split(".")
         return getattr(demo if component == "demo" else c[component], event)
 
+    def then_time(dep):
+        """After the views are drawn, the Metrics tab's wall times (unpruned and pruned timed
+        together); the views never wait for them."""
+        return dep.success(h.on_timing, comps(STATE_MODEL), c["metrics"], **QUEUES["model"])
+
     def then_run(dep):
         """Estimate right away, then the full run (the readout moves before the heavy work). A
         trigger that arrives while the run is still going runs again afterwards with the newest
         settings (Gradio's default would drop it)."""
-        return dep.success(h.on_estimate, comps(h.MAIN_IN), c["readout"], **QUEUES["live"]).then(
-            h.on_analyze, comps(h.MAIN_IN), comps(h.VIEW_OUT), **QUEUES["model_latest"])
+        return then_time(dep.success(h.on_estimate, comps(h.MAIN_IN), c["readout"], **QUEUES["live"]).then(
+            h.on_analyze, comps(h.MAIN_IN), comps(h.VIEW_OUT), **QUEUES["model_latest"]))
 
     for triggers, handler, inputs, outputs, queue, run_after in table(c):
         events = [trigger(t) for t in triggers]
@@ -118,6 +124,8 @@ def wire(demo: gr.Blocks, c: dict[str, Any]) -> None:
             dep = events[0](handler, comps(inputs), comps(outputs), **QUEUES[queue])
         else:
             dep = gr.on(events, handler, comps(inputs), comps(outputs), **QUEUES[queue])
+        if handler is h.on_analyze:
+            then_time(dep)
         if run_after:
             then_run(dep)
 
@@ -127,7 +135,8 @@ def wire(demo: gr.Blocks, c: dict[str, Any]) -> None:
     then_run(check.success(h.on_method, comps([*STATE_MODEL, "method"]), comps(h.SETUP_OUT), **QUEUES["private"]))
     c["download_btn"].click(h.on_download, comps(["backbone", "sam_size"]), c["backbone_note"], **QUEUES["model"]).success(
         h.on_backbone, comps([*STATE_MODEL, "method"]), comps(h.SETUP_OUT), **QUEUES["private"]).then(
-        h.on_analyze, comps(h.MAIN_IN), comps(h.VIEW_OUT), **QUEUES["model"])
+        h.on_analyze, comps(h.MAIN_IN), comps(h.VIEW_OUT), **QUEUES["model"]).success(
+        h.on_timing, comps(STATE_MODEL), c["metrics"], **QUEUES["model"])
 
     for name, (handler, inputs, output) in API.items():
         c[f"api_btn:{name}"].click(handler, [c[f"api:{k}"] for k in inputs], c[f"api:{output}"], api_name=name,

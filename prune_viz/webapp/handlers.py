@@ -25,8 +25,10 @@ from ..ui.controls import param_controls, values_for
 from ..ui.export import export_zip
 from ..ui.files import write_png
 from ..ui.session import Session
-from ..ui.tables import readout_markdown
-from ..ui.views import VIEW_TABS, full_views, layer_views
+from ..ui.tables import changed_fraction, metrics_rows, readout_markdown
+from ..ui.charts import charts
+from ..ui.tables import report_summary, scalar_rows
+from ..ui.views import VIEW_TABS, depth_view, layer_views, segmentation_views
 from .glue import as_files, cut, packed, plot, uploaded, user_errors
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,6 +47,14 @@ VIEW_OUT = [
     "seg_slider", "seg_change", "seg_legend", "seg_caption", "metrics", "scalars",
     "chart_tokens", "chart_macs", "chart_cum", "sam_image",
 ]
+# Tabs whose views are drawn only while on show (Gradio's Tabs.select reports the label): a run
+# draws the open tab's views and clears the hidden ones; opening a tab draws what it missed.
+WHY_TAB, SEG_TAB, MACS_TAB = "Why? · method signals", "Segmentation", "MACs per layer"
+LAZY_TABS = (WHY_TAB, SEG_TAB, MACS_TAB)
+SEG_OUT = ["seg_slider", "seg_change", "seg_legend", "seg_caption"]
+CHART_OUT = ["chart_tokens", "chart_macs", "chart_cum"]
+WHY_OUT = [k for k in LAYER_OUT if k.startswith(("img_", "hist_"))]
+TAB_OUT = [*WHY_OUT, *TAB_KEYS, *SEG_OUT, *CHART_OUT]
 SETUP_OUT = [
     "backbone", "method", "layers", "backbone_note", "missing_help", "download_btn", "sam_size", "view_layer", "method_info",
     "sam_note", "compare_methods", *[f"grp:{m}" for m in METHODS],
@@ -149,30 +159,77 @@ def on_analyze(session, backbone, sam_size, method, layers, seed, view_layer, *p
 
 
 def analysis_updates(session: Session, model: Backbone, analysis, layer: int) -> dict[str, Any]:
-    """Every view of ``analysis`` as component updates (after a run, or a forced re-run)."""
-    views = full_views(analysis, session.image, layer, model.num_blocks, model.patch_size, session.show_image,
-                       _gt_for(session, analysis))
-    seg = views["seg"]
+    """Every view of ``analysis`` as component updates (after a run, or a forced re-run). Only the
+    open view tab is drawn; the others are emptied and drawn when opened."""
+    open_tab = session.open_tab
+    views = layer_views(analysis, layer, model.num_blocks, model.patch_size, session.show_image,
+                        _gt_for(session, analysis), panels=open_tab == WHY_TAB)
     out = {
         "state": session,
-        "readout": views["readout"],
+        "readout": readout_markdown(report_summary(analysis), "exact"),
         "view_layer": gr.Slider(minimum=1, maximum=model.num_blocks, value=layer),
-        "depth": views["depth"],
-        "seg_slider": seg["pair"],
-        "seg_change": seg["change"],
-        "seg_legend": seg["legend"],
-        "seg_caption": seg["caption"],
-        "metrics": views["metrics"],
-        "scalars": views["scalars"],
-        "chart_tokens": plot(views["charts"][0]),
-        "chart_macs": plot(views["charts"][1]),
-        "chart_cum": plot(views["charts"][2]),
+        "depth": depth_view(analysis, model.num_blocks, model.patch_size),
+        "metrics": metrics_rows(analysis, changed_fraction(analysis)),
+        "scalars": scalar_rows(analysis.trace),
+        "token_map": views["token_map"], "token_caption": views["token_caption"], "panel_note": views["panel_note"],
     }
     if model.supports_prompts:  # the prompt tab shows this image (such runs take seconds anyway)
         out["sam_image"] = prompts.prompt_image(session)
-    out.update(_layer_updates(views))
-    out.update({f"tab_{t}": gr.Column(visible=views["tabs"][t]) for t in VIEW_TABS})
+    for tab in LAZY_TABS:
+        out.update(_tab_views(analysis, session.image, model, tab, layer, views) if tab == open_tab else _cleared(tab))
+    session.views_drawn({t for t in LAZY_TABS if t != open_tab})
     return as_files(out)
+
+
+def _tab_views(analysis, image, model: Backbone, tab: str, layer: int, views: dict | None = None) -> dict[str, Any]:
+    """The views of one lazily drawn tab (``views``: layer views with panels, if already drawn)."""
+    if tab == WHY_TAB:
+        views = views or layer_views(analysis, layer, model.num_blocks, model.patch_size)
+        out = {k: v for k, v in _layer_updates(views).items() if k in WHY_OUT}
+        out.update({f"tab_{t}": gr.Column(visible=views["tabs"][t]) for t in VIEW_TABS})
+        return out
+    if tab == SEG_TAB:
+        seg = segmentation_views(analysis, image)
+        return {"seg_slider": seg["pair"], "seg_change": seg["change"], "seg_legend": seg["legend"], "seg_caption": seg["caption"]}
+    figures = charts(analysis)
+    return {"chart_tokens": plot(figures[0]), "chart_macs": plot(figures[1]), "chart_cum": plot(figures[2])}
+
+
+def _cleared(tab: str) -> dict[str, Any]:
+    """A hidden tab's views emptied, so that opening it never shows the previous run's."""
+    if tab == WHY_TAB:
+        return dict.fromkeys(WHY_OUT)
+    if tab == SEG_TAB:
+        return {"seg_slider": None, "seg_change": None, "seg_legend": "", "seg_caption": "*Drawing…*"}
+    return dict.fromkeys(CHART_OUT)
+
+
+@user_errors
+@packed(TAB_OUT)
+def on_tab(session, backbone, sam_size, view_layer, evt: gr.SelectData):
+    """A view tab was opened: draw its views if the last run left them for now."""
+    session = session_of(session)
+    if not session.show_tab(str(evt.value)) or session.analysis is None:
+        return {}
+    facts, model = backbone_info(backbone, sam_size)
+    if model is None or session.backbone_key != facts.key:
+        return {}
+    return as_files(_tab_views(session.analysis, session.image, model, str(evt.value), int(view_layer)))
+
+
+@user_errors
+def on_timing(session, backbone, sam_size):
+    """Right after a run's views are drawn: time its unpruned and pruned forward together (median
+    of 3 each, interleaved) and fill the Metrics table's wall-time rows."""
+    session = session_of(session)
+    if session.analysis is None:
+        return gr.skip()
+    facts, model = backbone_info(backbone, sam_size)
+    analysis = session.analysis
+    timing = session.time_last_run(model, facts.key) if model is not None else {"skipped": "the model is not loaded"}
+    if session.analysis is not analysis:
+        return gr.skip()  # a newer run replaced it meanwhile; its own timing follows
+    return metrics_rows(analysis, changed_fraction(analysis), timing)
 
 
 def on_estimate(session, backbone, sam_size, method, layers, seed, view_layer, *params) -> str:
@@ -202,9 +259,13 @@ def on_view_layer(session, backbone, sam_size, view_layer):
     facts, model = backbone_info(backbone, sam_size)
     if model is None or session.backbone_key != facts.key:
         return {}
+    panels = session.open_tab == WHY_TAB
     views = layer_views(session.analysis, int(view_layer), model.num_blocks, model.patch_size, session.show_image,
-                        _gt_for(session, session.analysis))
-    return as_files(_layer_updates(views))
+                        _gt_for(session, session.analysis), panels=panels)
+    out = _layer_updates(views)
+    if not panels:
+        session.views_drawn(session.stale_tabs | {WHY_TAB})
+    return as_files(out)
 
 
 @user_errors

@@ -123,8 +123,9 @@ def build_layout() -> dict[str, Any]:
                                         info="Move through the network: pruning layers show the decision, "
                                         "the others who is still computed.")
             c["panel_note"] = gr.Markdown("")
-            with gr.Tabs():
+            with gr.Tabs() as view_tabs:  # its select event draws a lazily drawn tab when opened
                 _view_tabs(c, method0, facts0)
+            c["view_tabs"] = view_tabs
 
     with gr.Group(visible=False):  # API-only components
         c.update({
@@ -198,7 +199,7 @@ def _view_tabs(c: dict[str, Any], method0: str, facts0: BackboneFacts) -> None:
             c["force_prune_btn"] = gr.Button("What if it had gone? (force prune)", elem_id="force_prune", min_width=120)
         c["inspector"] = gr.Markdown("*Click a token on the map to see its signals and the rule that decided it.*",
                                      elem_id="inspector", container=True)
-        c["depth"] = gr.Image(format="png", show_label=False, interactive=False)
+        c["depth"] = gr.Image(format="png", show_label=False, interactive=False, elem_id="depth_map")
     with gr.Tab("Why? · method signals"):
         gr.Markdown("What the method looked at when it decided, at the pruning layer named above "
                     "(grey: tokens no longer computed). Move the layer slider to see other pruning layers.")
@@ -206,7 +207,7 @@ def _view_tabs(c: dict[str, Any], method0: str, facts0: BackboneFacts) -> None:
         for key, (head, text) in SECTIONS.items():
             with gr.Column(visible=key in shown0) as col:
                 gr.Markdown(f"#### {head}\n{text}")
-                c[f"img_{key}"] = gr.Image(format="png", show_label=False, interactive=False)
+                c[f"img_{key}"] = gr.Image(format="png", show_label=False, interactive=False, elem_id=f"img_{key}")
                 if key in ("exits", "facets"):
                     c[f"hist_{key}"] = gr.Plot(show_label=False)
             c[f"tab_{key}"] = col
