@@ -15,121 +15,18 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from .backbones.base import Backbone, BlockOutput, Prepared, Segmentation
+from .backbones.base import Backbone, BlockOutput, Prepared
 from .budget import check_time
 from .errors import ParamError
 from .flops import measure_macs
-from .methods.base import EXITED, GONE, KEPT, PRUNED, MethodSpec, PruneContext
-
-
-@dataclass(frozen=True)
-class Plan:
-    """A pruning schedule: which method, with which parameters, after which layers (1-based)."""
-
-    method: MethodSpec
-    params: Any
-    layers: tuple[int, ...]
-    seed: int = 0
-    # Teaching hook ("what if this token had stayed?"): (layer, global token indices forced to
-    # stay, indices forced out) triples, applied after the method's decision at that layer.
-    overrides: tuple[tuple[int, tuple[int, ...], tuple[int, ...]], ...] = ()
-
-
-@dataclass
-class LayerRecord:
-    """Per block: tokens entering (patch tokens, prefix excluded), MACs, wall time."""
-
-    layer: int
-    kind: str
-    tokens: int
-    macs: int
-    macs_baseline: int
-    time_ms: float
-
-
-@dataclass
-class StepRecord:
-    """Per pruning layer: the decision as it can be drawn.
-
-    status_grid: gh x gw int8: KEPT / PENDING_KEPT / PRUNED / EXITED for tokens alive at this
-                 step, GONE for tokens removed earlier.
-    diagnostics: name -> gh x gw float32 map (NaN where not alive), scalar, or H x W pixel map.
-    """
-
-    layer: int
-    tokens_in: int
-    tokens_kept: int
-    status_grid: np.ndarray
-    diagnostics: dict[str, Any]
-    decide_ms: float
-    decision_macs: int = 0
-
-
-@dataclass
-class Baseline:
-    """The unpruned forward of one image on one backbone (the prefix cache)."""
-
-    key: str
-    prep: Prepared
-    x_after: list[Tensor]  # x_after[l] = 1 x (P+N) x C after block l; x_after[0] = embed output
-    attn_stats: dict[int, BlockOutput]  # layer -> received / cls_attn, for layers asked for
-    seg: Segmentation
-    macs: int
-    layers: list[LayerRecord]
-    time_ms: float
-
-
-@dataclass
-class Trace:
-    """Everything one pruned run did, for the views, the report and the tests."""
-
-    backbone: str
-    method: str
-    params: dict[str, Any]
-    plan_layers: tuple[int, ...]
-    grid: tuple[int, int]
-    layers: list[LayerRecord]
-    steps: list[StepRecord]
-    drop_layer: np.ndarray  # gh x gw int16: layer after which the token left; num_blocks = never
-    exited: np.ndarray  # gh x gw bool: token left with a final (aux) prediction
-    kept_per_step: list[Tensor]  # kept_idx after each step (for replay and MAC measurement)
-    seg: Segmentation
-    macs: dict[str, int]
-    time_ms: float
-    from_cache: bool = False
-    num_blocks: int = 0  # of the backbone; drop_layer == num_blocks means "never left"
-    # gh x gw int64: grid position whose final feature each token is decoded with (itself unless a
-    # merging method folded it into a group); None when no merge happened.
-    merged_into: np.ndarray | None = None
-
-    @property
-    def final_tokens(self) -> int:
-        return self.layers[-1].tokens if self.layers else 0
-
-    def step_at(self, layer: int) -> StepRecord | None:
-        """The pruning step that explains the tokens after block ``layer``: the last step at or
-        before it (the first one when ``layer`` comes before every step); None without steps."""
-        if not self.steps:
-            return None
-        return next((s for s in reversed(self.steps) if s.layer <= layer), self.steps[0])
-
-    def status_at(self, layer: int) -> np.ndarray:
-        """gh x gw int8 statuses as the tokens leave block ``layer``: a pruning layer shows its
-        decision; other layers show alive tokens as KEPT. Tokens removed earlier show as GONE,
-        or as EXITED when they left with a final prediction."""
-        step = next((s for s in self.steps if s.layer == layer), None)
-        grid = step.status_grid.copy() if step is not None else np.full(self.grid, KEPT, dtype=np.int8)
-        earlier = (self.drop_layer < layer) if step is not None else (self.drop_layer <= layer)
-        earlier &= self.drop_layer < self.num_blocks
-        grid[earlier] = np.where(self.exited[earlier], EXITED, GONE)
-        return grid
+from .methods.base import EXITED, GONE, KEPT, PRUNED, PruneContext
+from .records import Baseline, LayerRecord, Plan, StepRecord, Trace
 
 
 def image_key(backbone: Backbone, image: np.ndarray) -> str:
