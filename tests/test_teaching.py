@@ -215,3 +215,26 @@ def test_methods_play_in_sync_as_one_gif(demo, water):
     assert len(frames) == demo.num_blocks and len({f.shape for f in frames}) == 1
     with Image.open(animate.write_gif(runs, demo.num_blocks, demo.patch_size)) as gif:
         assert gif.n_frames == demo.num_blocks
+
+
+def test_matched_budget_turns_each_methods_knob_and_says_when_it_cannot():
+    """Compare's matched budget: rate for random, threshold for DToP, alpha for MATP; a budget
+    out of reach is said, never filed as reached."""
+    from prune_viz.backbones import build_backbone
+    from prune_viz.engine import estimate_macs, run_baseline
+    from prune_viz.ui.compare import match_budget
+
+    image = np.random.default_rng(3).integers(0, 255, (128, 128, 3), dtype=np.uint8)
+    for name, method, layers in (("demo", "random", "6"), ("demo", "dtop", "6"), ("demo_matp", "matp", "6")):
+        backbone = build_backbone(name)
+        baseline = run_baseline(backbone, image)
+        plan, note = match_budget(backbone, baseline, method, layers, 0, 30.0, {})
+        est = estimate_macs(backbone, baseline, plan)
+        saved = 100.0 * (est["baseline"] - est["macs"]) / est["baseline"]
+        if note.startswith("cannot reach"):
+            assert saved < 30.0
+        else:
+            assert saved >= 30.0 - 1e-6 and ("chosen for the budget" in note or "already saves" in note)
+    backbone = build_backbone("demo")
+    plan, note = match_budget(backbone, run_baseline(backbone, image), "random", "11", 0, 60.0, {})
+    assert note.startswith("cannot reach the budget: saves at most")  # pruning after block 11 saves little

@@ -19,37 +19,51 @@ from .session import ModelKey, Session
 from .views import depth_view, segmentation_views
 
 
-def rate_field(method: str) -> str | None:
-    return "rate" if "rate" in param_names(get_method(method)) else None
+# The knob Compare turns to meet a MAC budget, per parameter name: (value that saves least, value
+# that saves most). Each is monotone in the saving: a larger rate prunes more, a lower DToP
+# threshold lets more tokens exit, a larger MATP alpha prunes more.
+BUDGET_KNOBS: dict[str, tuple[float, float]] = {"rate": (0.0, 0.95), "threshold": (1.0, 0.3), "alpha": (0.05, 4.0)}
+
+
+def budget_knob(method: str) -> tuple[str, float, float] | None:
+    """(parameter, least-saving value, most-saving value) of the knob that sets ``method``'s
+    saving, or None for methods without one (none, exit)."""
+    names = param_names(get_method(method))
+    for name, (least, most) in BUDGET_KNOBS.items():
+        if name in names:
+            return name, least, most
+    return None
 
 
 def match_budget(
     backbone: Backbone, baseline: Baseline, method: str, layers: Any, seed: int, target_pct: float, values: dict[str, Any],
-    iters: int = 12, max_rate: float = 0.95,
+    iters: int = 12,
 ) -> tuple[Plan, str]:
-    """Bisect the method's ``rate`` so the estimated MAC reduction hits ``target_pct``.
-    Methods without a rate run at their settings (the note says so)."""
-    field_name = rate_field(method)
+    """Bisect the method's budget knob (rate, DToP's threshold, MATP's alpha) so the estimated MAC
+    reduction reaches ``target_pct``; a budget the knob cannot reach is said, not hidden. The
+    estimate is exact with one pruning layer; with several, later layers' savings are estimated,
+    so the run's own figure (in the table) is the one to read."""
+    knob = budget_knob(method)
     plan = make_plan(backbone, method, layers, seed, values)
-    if field_name is None:
-        return plan, "no rate parameter: shown at its settings, not at the budget"
+    if knob is None:
+        return plan, "no knob sets its saving: shown at its settings, not at the budget"
+    name, least, most = knob
 
-    def reduction(rate: float) -> tuple[float, Plan]:
-        p = make_plan(backbone, method, layers, seed, {**values, field_name: rate})
+    def reduction(t: float) -> tuple[float, Plan]:
+        p = make_plan(backbone, method, layers, seed, {**values, name: least + t * (most - least)})
         est = estimate_macs(backbone, baseline, p)
         macs = est["macs"]
         if p.method.needs_attention:  # the run also pays for the attention statistics (not in the estimate)
             macs += attention_surcharge(backbone, p.layers[0], baseline.prep.grid)
         return 100.0 * (est["baseline"] - macs) / est["baseline"], p
 
-    lo, hi = 0.0, max_rate
-    r_hi, p_hi = reduction(hi)
-    if r_hi < target_pct:
-        return p_hi, f"reaches at most {r_hi:.1f} % (rate {hi:.2f})"
-    r_lo, p_lo = reduction(lo)
-    if r_lo >= target_pct:
-        return p_lo, f"already saves {r_lo:.1f} % at rate 0"
-    best = p_hi
+    r_most, p_most = reduction(1.0)
+    if r_most < target_pct:
+        return p_most, f"cannot reach the budget: saves at most {r_most:.1f} % ({name} {most:g})"
+    r_least, p_least = reduction(0.0)
+    if r_least >= target_pct:
+        return p_least, f"already saves {r_least:.1f} % at {name} {least:g}"
+    lo, hi, best = 0.0, 1.0, p_most
     for _ in range(iters):
         mid = (lo + hi) / 2
         r, p = reduction(mid)
@@ -57,7 +71,7 @@ def match_budget(
             hi, best = mid, p
         else:
             lo = mid
-    return best, f"rate {getattr(best.params, field_name):.3f} chosen for the budget"
+    return best, f"{name} {getattr(best.params, name):.3f} chosen for the budget"
 
 
 MAX_COMPARED = 8  # every registered method, each run once per comparison
