@@ -123,7 +123,7 @@ def test_teaching_view_at_1366x768(app_url, tmp_path):
         browser = p.chromium.launch(executable_path=CHROMIUM, args=args)
         page = browser.new_page(viewport={"width": 1366, "height": 768})
         page.goto(app_url, timeout=120_000)
-        page.locator("#readout").get_by_text("measured on this run").wait_for(timeout=120_000)
+        page.locator("#readout").get_by_text("analytic count for this run").wait_for(timeout=120_000)
         box = page.locator("#token_map img").bounding_box()
         assert box is not None and box["y"] + 100 < 768, box  # the first map is in view without scrolling
         gallery = page.locator("#examples").bounding_box()
@@ -188,7 +188,7 @@ def test_teaching_view_at_1366x768(app_url, tmp_path):
         _choose(page, "3 · Pruning method", "matp")
         page.get_by_text("Switched the backbone to").first.wait_for(timeout=60_000)
         _wait_for_change(page, "#readout", before)
-        page.locator("#readout").get_by_text("measured on this run").wait_for(timeout=120_000)
+        page.locator("#readout").get_by_text("analytic count for this run").wait_for(timeout=120_000)
         assert page.get_by_label("2 · Backbone").first.input_value().startswith("demo_matp")
         page.locator("#glossary").click()
         time.sleep(1)

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import gradio as gr
 
-from . import api, handlers as h, teaching as t
+from . import api, handlers as h, sam_prompts as sp, teaching as t
 
 MODEL = "model"  # one concurrency group for everything that runs a network
 LATEST = dict(trigger_mode="always_last")  # a choice made while a run is going is run afterwards, not dropped
@@ -55,15 +55,15 @@ def table(c: dict[str, Any]) -> list[Row]:
         (["view_layer.input"], h.on_view_layer, [*STATE_MODEL, "view_layer"], h.LAYER_OUT, "live", False),
         (["compare_btn.click"], h.on_compare, [*STATE_MODEL, "seed", "compare_methods", "compare_mode", "compare_target"],
          ["state", "compare_image", "compare_table", "compare_note"], "model", False),
-        (["sam_tab.select"], h.on_sam_tab, ["state"], ["sam_image"], "private", False),
+        (["sam_tab.select"], sp.on_sam_tab, ["state"], ["sam_image"], "private", False),
         (["view_tabs.select"], h.on_tab, [*STATE_MODEL, "view_layer"], h.TAB_OUT, "private", False),
-        (["sam_image.select"], h.on_prompt_click, ["state", "prompt_mode"], ["state", "sam_image", "prompt_status"],
+        (["sam_image.select"], sp.on_prompt_click, ["state", "prompt_mode"], ["state", "sam_image", "prompt_status"],
          "clicks", False),
-        (["box_btn.click"], h.on_box, ["state", "box_x0", "box_y0", "box_x1", "box_y1"],
+        (["box_btn.click"], sp.on_box, ["state", "box_x0", "box_y0", "box_x1", "box_y1"],
          ["state", "sam_image", "prompt_status"], "private", False),
-        (["clear_btn.click"], h.on_clear_prompts, ["state"],
+        (["clear_btn.click"], sp.on_clear_prompts, ["state"],
          ["state", "sam_image", "prompt_status", "mask_before", "mask_after"], "private", False),
-        (["predict_btn.click"], h.on_predict, STATE_MODEL, ["mask_before", "mask_after", "predict_text"], "model", False),
+        (["predict_btn.click"], sp.on_predict, STATE_MODEL, ["mask_before", "mask_after", "predict_text"], "model", False),
         (["export_btn.click"], h.on_export, STATE_MODEL, ["export_file", "export_command"], "model", False),
         # The teaching view: image toggle, token inspector, what-if re-runs, play, GIF.
         (["show_image.input"], t.on_show_image, [*STATE_MODEL, "view_layer", "show_image"], h.LAYER_OUT, "live", False),

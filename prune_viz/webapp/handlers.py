@@ -425,43 +425,8 @@ def on_compare(session, backbone, sam_size, seed, methods, mode, target):
     rows = compare.compare_methods(session, model, facts.key, list(methods or []), None, seed, budget)
     image, table = compare.compare_views(rows, session.image, model.num_blocks, model.patch_size)
     note = ("Each method at its default settings and layers." if budget is None else
-            f"Rate-based methods tuned to save about {budget:.0f} % of the MACs (estimated, then run); the others at their defaults.")
+            f"Each method's knob (rate, DToP's threshold, MATP's alpha) tuned to save about {budget:.0f} % of the MACs (estimated, then run); the others at their defaults.")
     return session, write_png(image), table, note
-
-
-def on_sam_tab(session):
-    """The prompt image is drawn when the SAM tab is opened (most visitors never do)."""
-    return write_png(prompts.prompt_image(session_of(session)))
-
-
-@user_errors
-def on_prompt_click(session, mode, evt: gr.SelectData):
-    session = session_of(session)
-    text = prompts.add_click(session, tuple(evt.index), mode)
-    return session, write_png(prompts.prompt_image(session)), text
-
-
-@user_errors
-def on_box(session, x0, y0, x1, y1):
-    session = session_of(session)
-    prompts.set_box(session, x0, y0, x1, y1)
-    return session, write_png(prompts.prompt_image(session)), "Box set from the numbers."
-
-
-def on_clear_prompts(session):
-    session = session_of(session)
-    session.clear_prompts()
-    return session, write_png(prompts.prompt_image(session)), "Prompts cleared.", None, None
-
-
-@user_errors
-def on_predict(session, backbone, sam_size):
-    session = session_of(session)
-    facts, model = backbone_info(backbone, sam_size)
-    if model is None:
-        raise gr.Error(texts.weights_missing(facts.name), print_exception=False)
-    before, after, text = prompts.sam_predict(session, model, facts.key)
-    return write_png(before), write_png(after), text
 
 
 @user_errors

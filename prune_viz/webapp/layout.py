@@ -88,7 +88,7 @@ def build_layout() -> dict[str, Any]:
         with gr.Column(scale=1, min_width=320):
             if shown:
                 c["gallery"] = gr.Gallery(value=[(str(e.image), e.name) for e in shown], label="Examples: click one",
-                                          columns=3, height=250, allow_preview=False, elem_id="examples")
+                                          columns=4, height=250, allow_preview=False, elem_id="examples")
             c["image_file"] = gr.File(label="1 · Or your own image: PNG, JPEG, TIFF (16-bit, multi-band GeoTIFF)",
                                       file_types=[".png", ".jpg", ".jpeg", ".tif", ".tiff", ".gif", ".bmp", ".webp"],
                                       type="filepath", height=80)
