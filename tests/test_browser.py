@@ -38,13 +38,18 @@ def app_url(tmp_path_factory):
     load.stop_server(proc)
 
 
+def _launch(playwright):
+    """Debian's Chromium, headless, without the network features a test machine lacks."""
+    args = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run"]
+    return playwright.chromium.launch(executable_path=CHROMIUM, args=args)
+
+
 def test_upload_run_switch_tabs_read_a_number(app_url, tmp_path):
     out = Path(os.environ.get("PRUNE_VIZ_SCREENSHOTS") or tmp_path)
     out.mkdir(parents=True, exist_ok=True)
-    args = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run"]
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=args)
+        browser = _launch(p)
         page = browser.new_page(viewport={"width": 2000, "height": 1300})
         page.goto(app_url, timeout=120_000)
         # First the example a first visit shows, as a person would; then a scene uploaded through
@@ -117,10 +122,8 @@ def test_teaching_view_at_1366x768(app_url, tmp_path):
 
     out = Path(os.environ.get("PRUNE_VIZ_SCREENSHOTS") or tmp_path)
     out.mkdir(parents=True, exist_ok=True)
-    args = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run"]
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=args)
+        browser = _launch(p)
         page = browser.new_page(viewport={"width": 1366, "height": 768})
         page.goto(app_url, timeout=120_000)
         page.locator("#readout").get_by_text("analytic count for this run").wait_for(timeout=120_000)

@@ -7,6 +7,7 @@ checked before any pixel is decoded, and Pillow's process-wide limits stay untou
 
 from __future__ import annotations
 
+import importlib
 import io
 import math
 from typing import Callable
@@ -20,36 +21,26 @@ from .guards import _DEFLATE_MAX_RATIO, raised_by_decoder, _NOT_AN_IMAGE, InputE
 _PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # by IHDR colour type
 
 
+# Sniffed format -> (Pillow plugin module, its header-only opener).
+_PILLOW_OPENERS = {
+    "PNG": ("PngImagePlugin", "PngImageFile"),
+    "JPEG": ("JpegImagePlugin", "jpeg_factory"),
+    "GIF": ("GifImagePlugin", "GifImageFile"),
+    "BMP": ("BmpImagePlugin", "BmpImageFile"),
+    "TIFF": ("TiffImagePlugin", "TiffImageFile"),
+    "WEBP": ("WebPImagePlugin", "WebPImageFile"),
+}
+
+
 def _pillow_opener(fmt: str) -> Callable[..., Image.Image]:
     """The format's own Pillow opener: parses the header only, without Image.open's global limit."""
+    if fmt not in _PILLOW_OPENERS:
+        raise InputError(_NOT_AN_IMAGE)
+    module, opener = _PILLOW_OPENERS[fmt]
     try:
-        if fmt == "PNG":
-            from PIL import PngImagePlugin
-
-            return PngImagePlugin.PngImageFile
-        if fmt == "JPEG":
-            from PIL import JpegImagePlugin
-
-            return JpegImagePlugin.jpeg_factory
-        if fmt == "GIF":
-            from PIL import GifImagePlugin
-
-            return GifImagePlugin.GifImageFile
-        if fmt == "BMP":
-            from PIL import BmpImagePlugin
-
-            return BmpImagePlugin.BmpImageFile
-        if fmt == "TIFF":
-            from PIL import TiffImagePlugin
-
-            return TiffImagePlugin.TiffImageFile
-        if fmt == "WEBP":
-            from PIL import WebPImagePlugin
-
-            return WebPImagePlugin.WebPImageFile
+        return getattr(importlib.import_module(f"PIL.{module}"), opener)
     except ImportError as exc:  # e.g. Pillow built without libwebp
         raise InputError(f"{fmt} images are not supported by this installation's Pillow ({_short(exc)})") from exc
-    raise InputError(_NOT_AN_IMAGE)
 
 
 def _open_pillow(src: _Source) -> Image.Image:
