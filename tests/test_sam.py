@@ -184,7 +184,10 @@ def test_full_path_statistics_equal_subset_statistics(tiny):
             full = tiny.run_block(layer, x, None, tiny.grid, want_attn=True)
             sub = tiny.run_block(layer, x, torch.arange(n), tiny.grid, want_attn=True)
             plain = tiny.run_block(layer, x, None, tiny.grid)
-            assert torch.equal(full.x, plain.x)  # statistics never change the output
+            if tiny.block_kind(layer) == "window":
+                assert torch.equal(full.x, plain.x)  # statistics never change the output
+            else:  # global: one pass of the subset path gives output and statistics
+                assert (full.x - plain.x).abs().max().item() < 1e-5
             assert (full.x - sub.x).abs().max().item() < 1e-5
             assert (full.received - sub.received).abs().max().item() < 1e-6
     assert abs(float(sub.received.sum()) - 1.0) < 1e-5  # global block: each query's row sums to 1

@@ -187,9 +187,14 @@ class SamBackbone(Backbone):
             raise ValueError("SamBackbone runs one image at a time (batch 1)")
         gh, gw = grid
         if kept_idx is None:
+            if want_attn and not block.window_size:
+                # Global block: the subset path over every token is the library's computation
+                # (same MACs, outputs equal to float rounding) and yields the probabilities
+                # the statistics average, so they cost no second attention pass.
+                return run_block_subset(block, x, torch.arange(gh * gw), grid, True)
             out = block(x.reshape(1, gh, gw, -1)).reshape(x.shape)
             received = None
-            if want_attn:  # statistics recomputed from the block's weights; the output stays the library's
+            if want_attn:  # windowed: statistics recomputed from the block's weights; the output stays the library's
                 _, received = subset_attention(block, block.norm1(x[0]), torch.arange(gh * gw), grid, True, False)
             return BlockOutput(x=out, received=received)
         return run_block_subset(block, x, kept_idx, grid, want_attn)
@@ -311,14 +316,15 @@ class SamBackbone(Backbone):
         tokens; global blocks on the N tokens. Subset path: qkv/proj/MLP on Nk tokens, rel-pos
         for Nk queries, attention Nk x Nk (global) or n_w x (n_w + pads_w) per occupied window.
         want_attn: the subset path gets its statistics from probabilities it computes anyway
-        (+0); the full path recomputes norm1, qkv, rel-pos and QK^T on the real tokens.
+        (+0), and so do global blocks (run through the subset path then); the full path of a
+        windowed block recomputes norm1, qkv, rel-pos and QK^T on the real tokens.
         """
         block = self._block(layer)
         gh, gw = grid
         n = gh * gw
         if kept_idx is None:
             macs = full_block_macs(block, grid)
-            if want_attn:
+            if want_attn and block.window_size:
                 macs += subset_attention_macs(block, torch.arange(n), grid, with_output=False)
             return macs
         nk = int(kept_idx.numel())
