@@ -222,8 +222,9 @@ def build_backbone(
     """Build (or reuse) a backbone adapter. Raises ParamError / CheckpointError with a reason."""
     entry = check_backbone_name(name)
     # The demo's server-side weights override is part of what identifies the model.
+    # So are the folders it may come from (SAM and timm's pretrained weights; registered models).
     key = (name, checkpoint, input_size, random_weights, os.environ.get("PRUNE_VIZ_DEMO_WEIGHTS"),
-           os.environ.get("PRUNE_VIZ_MODELS") if name.startswith(MODELS_PREFIX) else None)
+           os.environ.get("PRUNE_VIZ_CHECKPOINTS"), os.environ.get("PRUNE_VIZ_MODELS") if name.startswith(MODELS_PREFIX) else None)
     with _LOCK:
         if key in _CACHE:
             _CACHE.move_to_end(key)
