@@ -221,12 +221,12 @@ def test_cli_analyze_a_registered_model(models, tmp_path, capsys):
     cv2.imwrite(str(image), _image())
     out = tmp_path / "out"
     assert main(["analyze", str(image), "--out", str(out), "--backbone", "models:streets", "--method", "dtop",
-                 "--repeat", "0"]) == 0
+                 "--repeat", "0", "--no-measure"]) == 0
     report = json.loads((out / "report.json").read_text())
     sha = hashlib.sha256((models / "seg.safetensors").read_bytes()).hexdigest()
     assert report["backbone"] == "models:streets" and report["weights"] == f"file {sha[:12]}"
     assert "seg.safetensors" in report["weights_note"] and "RANDOM" not in report["weights_note"]
-    assert report["macs"]["measured_pruned"] == pytest.approx(report["macs"]["pruned"], rel=0.01)
+    assert report["method"] == "dtop" and report["macs"]["pruned_parts"]["aux_heads"] > 0  # its aux heads ran
     assert f"weights: file {sha[:12]}" in capsys.readouterr().out
     assert main(["analyze", str(image), "--out", str(out), "--backbone", "models:streets", "--checkpoint", "x.pth"]) == 2
     assert "brings its own checkpoint" in capsys.readouterr().err
