@@ -59,7 +59,8 @@ def models(tmp_path, monkeypatch, checkpoints) -> Path:
     shutil.copy(checkpoints["plain"], folder / "plain.safetensors")
     (folder / "streets.json").write_text(json.dumps(SEG_SIDECAR))
     (folder / "features.toml").write_text(f'family = "timm"\ncheckpoint = "plain.safetensors"\ntimm_name = "{TIMM}"\n'
-                                          'input_size = 64\nnote = "ViT-Ti features, k-means segments"\n')
+                                          'input_size = 64\nnote = "ViT-Ti features, k-means segments"\n'
+                                          'mean = [0.5, 0.5, 0.5]\nstd = [0.25, 0.25, 0.25]\n')
     monkeypatch.setenv("PRUNE_VIZ_MODELS", str(folder))
     monkeypatch.setenv("PRUNE_VIZ_CHECKPOINTS", str(tmp_path / "ckpt_cache"))
     return folder
@@ -87,6 +88,17 @@ def test_good_json_and_toml_sidecars_are_listed_with_their_notes(models):
 
     values = [v for _, v in backbone_choices()]
     assert "demo" in values and "models:streets" in values and "models:features" in values
+
+
+def test_a_registered_timm_backbone_reads_its_checkpoint_and_normalisation(models, checkpoints):
+    from safetensors.torch import load_file
+
+    backbone = build_backbone("models:features")
+    assert backbone.name == "models:features" and backbone.input_size == 64 and backbone.num_classes == 0
+    assert torch.equal(backbone.model.blocks[0].attn.qkv.weight, load_file(str(checkpoints["plain"]))["blocks.0.attn.qkv.weight"])
+    assert backbone.mean.flatten().tolist() == [0.5] * 3 and backbone.std.flatten().tolist() == [0.25] * 3
+    plan = make_plan(backbone, "lvtp", [4])
+    assert run_pruned(backbone, _image(), plan).seg.kind == "segments"
 
 
 def test_a_model_dropped_in_later_appears_without_a_restart(models, checkpoints):
@@ -193,6 +205,12 @@ def test_timm_seg_runs_end_to_end_and_its_macs_match_the_counter(models, method,
     assert set(np.unique(trace.seg.labels)) <= {0, 1, 2}
     if method == "random":
         assert trace.layers[-1].tokens < trace.layers[0].tokens  # blocks really ran on fewer tokens
+
+
+def test_another_input_size_resamples_the_position_embedding(models):
+    backbone = build_backbone("models:streets", input_size=96)
+    assert backbone.input_size == 96 and backbone.net.backbone.pos_embed.shape[1] == 1 + 6 * 6
+    assert run_pruned(backbone, _image(), make_plan(backbone, "random", [3])).grid == (6, 6)
 
 
 def test_a_1x1_conv_head_loads_as_the_linear_head(models):

@@ -31,7 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import ParamError, echo
+import torch
+
+from ..errors import ParamError, echo, shorten
 from .base import Backbone
 
 log = logging.getLogger("prune_viz")
@@ -275,7 +277,8 @@ def model_choices() -> list[tuple[str, str]]:
     """(label, value) for the backbone dropdown: usable models with their notes, unusable ones
     saying so (choosing one shows its message)."""
     reg = registry()
-    out = [(f"{spec.backbone_name} — {spec.note or spec.family}", spec.backbone_name) for spec in reg.models.values()]
+    out = [(f"{spec.backbone_name} — {shorten(spec.note or spec.family, 80)}", spec.backbone_name)
+           for spec in reg.models.values()]
     out += [(f"{MODELS_PREFIX}{n} — cannot be used (choose it to see why)", MODELS_PREFIX + n) for n in reg.problems]
     return sorted(out, key=lambda c: c[1])
 
@@ -288,7 +291,9 @@ def model_note(name: str) -> str:
 
 
 def build_registered(name: str, checkpoint: str | None = None, input_size: int | None = None) -> Backbone:
-    """Build ``models:NAME`` from its sidecar (``input_size`` overrides the sidecar's)."""
+    """Build ``models:NAME`` from its sidecar. The sidecar's ``input_size`` is the size its
+    checkpoint was made for; ``input_size`` (e.g. the CLI's ``--input-size``) runs it at another
+    (timm's resampling of the position embedding)."""
     spec = registered_spec(name)
     if checkpoint:
         raise ParamError(f"{name} brings its own checkpoint ({spec.checkpoint.name}); drop --checkpoint")
@@ -304,11 +309,16 @@ def build_registered(name: str, checkpoint: str | None = None, input_size: int |
     elif spec.family == "timm":
         from .vit import build_timm
 
-        backbone = build_timm(spec.timm_name, input_size=size, checkpoint=str(spec.checkpoint))
+        backbone = build_timm(spec.timm_name, input_size=size, checkpoint=str(spec.checkpoint),
+                              checkpoint_size=spec.input_size)
+        if spec.mean is not None:
+            backbone.mean = torch.tensor(spec.mean, dtype=torch.float32).view(1, 3, 1, 1)
+        if spec.std is not None:
+            backbone.std = torch.tensor(spec.std, dtype=torch.float32).view(1, 3, 1, 1)
     else:
         from .timm_seg import build_timm_seg
 
-        backbone = build_timm_seg(spec.backbone_name, spec.checkpoint, spec.timm_name, spec.classes, spec.palette, size,
-                                  spec.aux_layers, spec.mean, spec.std)
+        backbone = build_timm_seg(spec.backbone_name, spec.checkpoint, spec.timm_name, spec.classes, spec.palette,
+                                  spec.input_size, spec.aux_layers, spec.mean, spec.std, run_size=size)
     backbone.name = spec.backbone_name
     return backbone

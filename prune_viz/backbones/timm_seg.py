@@ -67,8 +67,9 @@ class TimmSegBackbone(TimmViT):
     """Engine adapter: timm blocks (as ``timm:<name>``), a per-token semantic decoder."""
 
     def __init__(self, net: TimmSegModel, name: str, classes: tuple[str, ...], palette: np.ndarray,
-                 mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None):
-        super().__init__(net.backbone, name)
+                 mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None,
+                 input_size: int | None = None):
+        super().__init__(net.backbone, name, input_size=input_size)
         self.net = net.eval()
         self.aux_layers = tuple(sorted(int(k) for k in net.aux_heads))
         self.num_classes = len(classes)
@@ -130,11 +131,13 @@ def load_timm_seg(net: TimmSegModel, checkpoint: str, timm_name: str) -> None:
 
 def build_timm_seg(name: str, checkpoint: str | Path, timm_name: str, classes: tuple[str, ...],
                    palette: np.ndarray | tuple, input_size: int | None = None, aux_layers: tuple[int, ...] = (),
-                   mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None) -> TimmSegBackbone:
-    """A timm_seg backbone called ``name`` from its checkpoint (a registered model's sidecar gives the rest)."""
+                   mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None,
+                   run_size: int | None = None) -> TimmSegBackbone:
+    """A timm_seg backbone called ``name`` from its checkpoint, made at ``input_size`` (a
+    registered model's sidecar gives the rest); ``run_size`` runs it at another input size."""
     net = TimmSegModel(timm_name, len(classes), input_size, aux_layers)
     load_timm_seg(net, str(checkpoint), timm_name)
-    backbone = TimmSegBackbone(net, name, classes, np.array(palette), mean, std)
+    backbone = TimmSegBackbone(net, name, classes, np.array(palette), mean, std, input_size=run_size)
     backbone.weights = Path(checkpoint).name
     backbone.weights_file = str(checkpoint)
     backbone.weights_kind = "file"

@@ -155,16 +155,18 @@ class TimmViT(Backbone):
 
 
 def build_timm(model_name: str, input_size: int | None = None, checkpoint: str | None = None, pretrained: bool = False,
-               random_weights: bool = False) -> TimmViT:
+               random_weights: bool = False, checkpoint_size: int | None = None) -> TimmViT:
     """``timm:<name>``: a local ``checkpoint``; else timm's pretrained weights when they are in the
     checkpoint folder (fetched first when ``pretrained``: needs the network); else random weights
-    (or always, with ``random_weights``)."""
+    (or always, with ``random_weights``). ``checkpoint_size``: the input size the checkpoint's
+    position embedding was made for (default: timm's native size); ``input_size`` the one to run at."""
     import timm
 
     from .timm_weights import cached_pretrained, download_pretrained, load_pretrained
 
     try:
-        model = timm.create_model(model_name, pretrained=False, num_classes=0)
+        kw = {"img_size": checkpoint_size} if checkpoint_size else {}
+        model = timm.create_model(model_name, pretrained=False, num_classes=0, **kw)
     except RuntimeError as exc:
         raise CheckpointError(f"could not create timm model '{model_name}': {exc}") from None
     fetched = None
