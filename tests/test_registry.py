@@ -166,6 +166,11 @@ def test_a_link_out_of_the_folder_is_refused(models, tmp_path):
     assert "is outside the models folder" in registry().problems["linked"]
 
 
+def test_hidden_files_are_not_sidecars(models):
+    (models / "._streets.json").write_bytes(b"\x00\x05\x16\x07 mac resource fork")
+    assert set(registry().models) == {"streets", "features"} and registry().problems == {}
+
+
 def test_both_json_and_toml_for_one_name_is_refused(models):
     (models / "streets.toml").write_text('family = "timm"\n')
     reg = registry()
@@ -386,3 +391,38 @@ def test_timm_download_then_the_app_runs_pretrained(models, tmp_path, monkeypatc
     # The CLI's --download finds them there and does not fetch again.
     monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: pytest.fail("fetched again"))
     assert build_backbone(name, input_size=64, download=True).weights_kind == "pretrained"
+
+
+# --------------------------------------------------------------------------- the example model
+
+
+SHIPPED = Path(__file__).resolve().parents[1] / "assets" / "models"
+
+
+def test_training_writes_a_model_the_registry_lists(tmp_path, monkeypatch):
+    from prune_viz.train_timm_seg import SegTrainConfig, train
+
+    card = train(SegTrainConfig(steps=2, n_train=4, batch=2, val=1, size=64), tmp_path, "tiny")
+    monkeypatch.setenv("PRUNE_VIZ_MODELS", str(tmp_path))
+    reg = registry()
+    assert set(reg.models) == {"tiny"} and reg.problems == {}  # the card is not read as a sidecar
+    assert (tmp_path / "MODEL_CARD_tiny.md").is_file() and 0.0 <= card["metrics"]["val"]["miou_pooled"] <= 1.0
+    assert build_backbone("models:tiny").aux_layers == (3, 6)
+
+
+@pytest.mark.skipif(not (SHIPPED / "synthetic_vit3.safetensors").is_file(), reason="example model not shipped")
+def test_the_shipped_example_model_loads_and_segments_val_scenes(monkeypatch):
+    from prune_viz.data import synthetic
+    from prune_viz.metrics import miou
+
+    monkeypatch.setenv("PRUNE_VIZ_MODELS", str(SHIPPED))
+    reg = registry()
+    assert set(reg.models) == {"synthetic_vit3"} and reg.problems == {}
+    assert (SHIPPED / "synthetic_vit3.safetensors").stat().st_size <= 15e6
+    backbone = build_backbone("models:synthetic_vit3")
+    scores = []
+    for i in range(3):
+        image, gt = synthetic.split_scene("val", i, 256)
+        scores.append(miou(run_baseline(backbone, image).seg.labels, gt, backbone.num_classes))
+    # Well above what a random model gets (~0.05): it is trained (the card has the full numbers).
+    assert np.mean(scores) > 0.25, scores

@@ -130,7 +130,8 @@ def scan(folder: Path) -> Registry:
         return Registry(folder, {}, {})
     models: dict[str, ModelSpec] = {}
     problems: dict[str, str] = {}
-    sidecars = sorted(p for p in folder.iterdir() if p.suffix in (".json", ".toml") and p.is_file())
+    sidecars = sorted(p for p in folder.iterdir()
+                      if p.suffix in (".json", ".toml") and not p.name.startswith(".") and p.is_file())
     stems = [p.stem for p in sidecars]
     for path in sidecars:
         try:
