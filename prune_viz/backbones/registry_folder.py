@@ -29,7 +29,7 @@ import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -291,6 +291,44 @@ def model_note(name: str) -> str:
     return f"Registered model (family {spec.family}, {spec.checkpoint.name}, from {spec.sidecar.name}).{note}"
 
 
+def _build_demo_family(spec: ModelSpec, size: int | None) -> Backbone:
+    from .demo import build_demo
+
+    return build_demo(spec.checkpoint, spec.config)
+
+
+def _build_sam_family(spec: ModelSpec, size: int | None) -> Backbone:
+    from .sam import build_sam
+
+    return build_sam(spec.family, checkpoint=str(spec.checkpoint), img_size=size or 1024)
+
+
+def _build_timm_family(spec: ModelSpec, size: int | None) -> Backbone:
+    from .vit import build_timm
+
+    backbone = build_timm(spec.timm_name, input_size=size, checkpoint=str(spec.checkpoint), checkpoint_size=spec.input_size)
+    if spec.mean is not None:
+        backbone.mean = torch.tensor(spec.mean, dtype=torch.float32).view(1, 3, 1, 1)
+    if spec.std is not None:
+        backbone.std = torch.tensor(spec.std, dtype=torch.float32).view(1, 3, 1, 1)
+    return backbone
+
+
+def _build_timm_seg_family(spec: ModelSpec, size: int | None) -> Backbone:
+    from .timm_seg import build_timm_seg
+
+    return build_timm_seg(spec.backbone_name, spec.checkpoint, spec.timm_name, spec.classes, spec.palette,
+                          spec.input_size, spec.aux_layers, spec.mean, spec.std, run_size=size)
+
+
+# family -> builder from (spec, input size to run at). A new family (e.g. a Swin adapter) adds
+# its builder here, its name to FAMILIES and the fields it takes to FIELDS.
+FAMILY_BUILDERS: dict[str, Callable[[ModelSpec, "int | None"], Backbone]] = {
+    "sam_vit_b": _build_sam_family, "sam_vit_l": _build_sam_family, "sam_vit_h": _build_sam_family,
+    "timm": _build_timm_family, "demo": _build_demo_family, "timm_seg": _build_timm_seg_family,
+}
+
+
 def build_registered(name: str, checkpoint: str | None = None, input_size: int | None = None) -> Backbone:
     """Build ``models:NAME`` from its sidecar. The sidecar's ``input_size`` is the size its
     checkpoint was made for; ``input_size`` (e.g. the CLI's ``--input-size``) runs it at another
@@ -298,28 +336,6 @@ def build_registered(name: str, checkpoint: str | None = None, input_size: int |
     spec = registered_spec(name)
     if checkpoint:
         raise ParamError(f"{name} brings its own checkpoint ({spec.checkpoint.name}); drop --checkpoint")
-    size = input_size or spec.input_size
-    if spec.family == "demo":
-        from .demo import build_demo
-
-        backbone: Backbone = build_demo(spec.checkpoint, spec.config)
-    elif spec.family.startswith("sam_"):
-        from .sam import build_sam
-
-        backbone = build_sam(spec.family, checkpoint=str(spec.checkpoint), img_size=size or 1024)
-    elif spec.family == "timm":
-        from .vit import build_timm
-
-        backbone = build_timm(spec.timm_name, input_size=size, checkpoint=str(spec.checkpoint),
-                              checkpoint_size=spec.input_size)
-        if spec.mean is not None:
-            backbone.mean = torch.tensor(spec.mean, dtype=torch.float32).view(1, 3, 1, 1)
-        if spec.std is not None:
-            backbone.std = torch.tensor(spec.std, dtype=torch.float32).view(1, 3, 1, 1)
-    else:
-        from .timm_seg import build_timm_seg
-
-        backbone = build_timm_seg(spec.backbone_name, spec.checkpoint, spec.timm_name, spec.classes, spec.palette,
-                                  spec.input_size, spec.aux_layers, spec.mean, spec.std, run_size=size)
+    backbone = FAMILY_BUILDERS[spec.family](spec, input_size or spec.input_size)
     backbone.name = spec.backbone_name
     return backbone
