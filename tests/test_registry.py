@@ -272,11 +272,13 @@ def _params():
     return [c.default for c in handlers.CONTROLS]
 
 
-def test_app_handlers_run_a_registered_model(models, tmp_path):
+def test_app_handlers_and_api_run_a_registered_model(models, tmp_path, monkeypatch):
     import gradio as gr
 
     from prune_viz.ui.session import Session
-    from prune_viz.webapp import handlers
+    from prune_viz.webapp import api, glue, handlers
+
+    monkeypatch.setattr(glue, "UPLOAD_ROOTS", (*glue.UPLOAD_ROOTS, str(tmp_path)))  # as if uploaded
 
     image = tmp_path / "street.png"
     cv2.imwrite(str(image), _image())
@@ -290,9 +292,13 @@ def test_app_handlers_run_a_registered_model(models, tmp_path):
     assert session.analysis.report["weights"].startswith("file ")
     rows = {r[0]: r for r in out["metrics"]}
     assert rows["Weights"][1].startswith("file ") and "seg.safetensors" in rows["Weights"][2]
+    report = api.api_analyze(str(image), "models:streets", "matp", "3,6", "{}", 0)
+    assert report["backbone"] == "models:streets" and report["weights"].startswith("file ")
     (models / "broken.json").write_text('{"family": "timm_seg"')
     with pytest.raises(gr.Error, match=r"models:broken cannot be used: broken.json: not valid JSON"):
         handlers.on_backbone(session, "models:broken", 1024, "lvtp")
+    with pytest.raises(gr.Error, match=r"models:broken cannot be used"):
+        api.api_analyze(str(image), "models:broken", "random", "3", "{}", 0)
 
 
 # --------------------------------------------------------------------------- weights provenance
