@@ -170,7 +170,7 @@ per-token logits, argmax.
 An example of a registered model (`PRUNE_VIZ_MODELS=assets/models python app.py` lists it as
 `models:{name}`): a second real architecture to prune, with heads for DToP and MATP. It knows only
 the synthetic aerial scenes, predicts one class mix per 16 x 16 px token (coarse borders), and is
-far weaker than the demo segmenter (`assets/MODEL_CARD.md`); small classes (cars) suffer most.
+far weaker than the demo segmenter (val mIoU 0.82 at 512 px, `assets/MODEL_CARD.md`); small classes (cars) suffer most.
 
 ```json
 {json.dumps(card, indent=2)}
