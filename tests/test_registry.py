@@ -24,10 +24,9 @@ from safetensors.torch import save_file
 from prune_viz.backbones import build_backbone, check_backbone_name, describe
 from prune_viz.backbones.registry_folder import model_choices, registry, scan
 from prune_viz.backbones.timm_seg import TimmSegModel
-from prune_viz.engine import Plan, run_baseline, run_pruned
+from prune_viz.engine import run_baseline, run_pruned
 from prune_viz.errors import ParamError
 from prune_viz.flops import measure_macs
-from prune_viz.methods import get_method
 from prune_viz.params import make_plan
 
 TIMM = "vit_tiny_patch16_224"
@@ -103,6 +102,8 @@ def test_a_registered_timm_backbone_reads_its_checkpoint_and_normalisation(model
 
 def test_a_model_dropped_in_later_appears_without_a_restart(models, checkpoints):
     assert "later" not in registry().models
+    with pytest.raises(ParamError, match="no such registered model; registered: models:features, models:streets"):
+        check_backbone_name("models:later")
     shutil.copy(checkpoints["seg"], models / "later.safetensors")
     (models / "later.json").write_text(json.dumps({**SEG_SIDECAR, "checkpoint": "later.safetensors"}))
     assert "later" in registry().models
@@ -112,6 +113,10 @@ def test_no_folder_means_no_registered_models(monkeypatch):
     monkeypatch.delenv("PRUNE_VIZ_MODELS", raising=False)
     assert model_choices() == []
     with pytest.raises(ParamError, match="no models are registered on this server"):
+        check_backbone_name("models:anything")
+    monkeypatch.setenv("PRUNE_VIZ_MODELS", "/nonexistent/models")
+    assert model_choices() == []
+    with pytest.raises(ParamError, match="is not a folder"):
         check_backbone_name("models:anything")
 
 

@@ -125,8 +125,7 @@ def _scan_cached(folder: str, stamp: int) -> Registry:
 def scan(folder: Path) -> Registry:
     """Read every sidecar in ``folder``; log one warning per unusable one."""
     if not folder.is_dir():
-        problem = f"{MODELS_ENV}={folder} is not a folder; no registered models"
-        log.warning(problem)
+        log.warning("%s=%s is not a folder; no registered models", MODELS_ENV, folder)
         return Registry(folder, {}, {})
     models: dict[str, ModelSpec] = {}
     problems: dict[str, str] = {}
@@ -146,7 +145,7 @@ def scan(folder: Path) -> Registry:
     for path in sidecars:
         if path.resolve() in configs:
             problems.pop(path.stem, None)
-    for name, problem in problems.items():
+    for problem in problems.values():
         log.warning("model registry: %s", problem)
     return Registry(folder, models, problems)
 
@@ -270,6 +269,8 @@ def registered_spec(name: str) -> ModelSpec:
         raise SidecarError(f"models:{short} cannot be used: {reg.problems[short]}")
     if reg.folder is None:
         raise ParamError(f"{echo(name)}: no models are registered on this server ({MODELS_ENV} is not set)")
+    if not reg.folder.is_dir():
+        raise ParamError(f"{echo(name)}: no models are registered on this server ({MODELS_ENV} is not a folder)")
     known = ", ".join(MODELS_PREFIX + n for n in reg.models) or "none"
     raise ParamError(f"{echo(name)}: no such registered model; registered: {known}")
 
