@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from .backbones.base import Backbone
+from .backbones.provenance import provenance
 from .engine import Baseline, Plan, Trace, image_key, pad_query_saving, run_baseline, run_pruned
 from .flops import MACS_NOTE, measure_macs
 from .metrics import agreement_miou, boundary_f1, gamma, miou
@@ -187,6 +188,7 @@ def analyze(
 def build_report(backbone: Backbone, plan: Plan, baseline: Baseline, trace: Trace, gt: np.ndarray | None) -> dict[str, Any]:
     seg_b, seg_p = baseline.seg, trace.seg
     k = backbone.num_classes
+    weights = provenance(backbone)
     agree = agreement_miou(seg_p.labels, seg_b.labels, seg_p.kind, k)
     metrics: dict[str, Any] = {
         "agreement_miou": agree,
@@ -203,7 +205,9 @@ def build_report(backbone: Backbone, plan: Plan, baseline: Baseline, trace: Trac
         metrics["gamma"] = gamma(delta_macs_pct, 100.0 * (m_p - m_b))
     return {
         "backbone": backbone.name,
-        "weights": backbone.weights,  # "random weights" in words when so: a random model's output means nothing
+        # pretrained | file <sha256 first 12> | random, and the same in words (a random model's output means nothing)
+        "weights": weights.label,
+        "weights_note": weights.sentence,
         "method": plan.method.name,
         "params": trace.params,
         "layers_pruned": list(plan.layers),

@@ -50,9 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("analyze", help="run one image: token maps, segmentation before/after, report.json")
     a.add_argument("image", type=Path)
     a.add_argument("--out", type=Path, required=True)
-    a.add_argument("--backbone", default="demo", help="demo | sam_vit_b | sam_vit_l | sam_vit_h | timm:NAME")
+    a.add_argument("--backbone", default="demo", help="demo | sam_vit_b | sam_vit_l | sam_vit_h | timm:NAME | models:NAME (registered in $PRUNE_VIZ_MODELS)")
     a.add_argument("--checkpoint", default=None)
-    a.add_argument("--download", action="store_true", help="download official weights when not on disk (needs network)")
+    a.add_argument("--download", action="store_true", help="download official weights when not on disk (SAM; timm: its pretrained weights) (needs network)")
     a.add_argument("--input-size", type=_whole_number(16, MAX_INPUT_SIZE), default=None,
                    help=f"square input size in pixels, 16..{MAX_INPUT_SIZE} (default: the backbone's)")
     a.add_argument("--method", default=DEFAULT_METHOD, choices=sorted(METHODS))
@@ -125,6 +125,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     print(f"{backbone.name} / {plan.method.name} at layers {list(plan.layers)}: "
           f"{m['baseline'] / 1e9:.2f} -> {m['pruned'] / 1e9:.2f} GMACs ({m['delta_pct']:+.1f}%), "
           f"agreement mIoU {result.report['metrics']['agreement_miou']:.3f}; wrote {len(written)} files to {args.out}")
+    print(f"weights: {result.report['weights']} ({result.report['weights_note']})")
     if result.report["latency_ms"]:
         print(latency_line(result.report["latency_ms"]))
     return 0

@@ -229,7 +229,8 @@ def test_reports_say_which_weights_ran():
 
     backbone = build_backbone("timm:vit_tiny_patch16_224", input_size=64)
     result = analyze(backbone, np.zeros((64, 64, 3), np.uint8), make_plan(backbone, "random", "2"), repeat=0, measure=False)
-    assert result.report["weights"] == "random weights"
+    assert result.report["weights"] == "random"
+    assert "RANDOM weights" in result.report["weights_note"]
 
 
 # --------------------------------------------------------------------------- the CLI

@@ -18,6 +18,8 @@ from typing import Callable
 from ..checkpoints import CheckpointError
 from ..errors import ParamError, echo
 from .base import Backbone
+from .provenance import weights_kind
+from .registry_folder import MODELS_PREFIX
 
 # (name, checkpoint, input_size, download, random_weights) -> Backbone
 BuildFn = Callable[[str, "str | None", "int | None", bool, bool], Backbone]
@@ -43,6 +45,7 @@ class BackboneFacts:
     input_sizes: tuple[int, ...] = ()
     downloadable: bool = False
     missing: str = ""
+    weights_kind: str = ""  # pretrained | file | random (see .provenance); "" when not built
 
     @property
     def loaded(self) -> bool:
@@ -139,7 +142,21 @@ def _build_timm(name: str, checkpoint: str | None, input_size: int | None, downl
     check_timm_allowed(name[len(TIMM_PREFIX):])
 
     return build_timm(name[len(TIMM_PREFIX):], input_size=input_size, checkpoint=checkpoint,
-                      pretrained=download and not random_weights)
+                      pretrained=download and not random_weights, random_weights=random_weights)
+
+
+def _download_timm(name: str, progress: Callable[[int, int], None] | None) -> str:
+    from .timm_weights import download_pretrained
+
+    check_timm_allowed(name[len(TIMM_PREFIX):])
+    path = download_pretrained(name[len(TIMM_PREFIX):], progress)
+    return f"Downloaded timm's pretrained weights for {name} to {path}."
+
+
+def _build_registered(name: str, checkpoint: str | None, input_size: int | None, download: bool, random_weights: bool) -> Backbone:
+    from .registry_folder import build_registered
+
+    return build_registered(name, checkpoint, input_size)
 
 
 SAM_SIZES = (1024, 768, 512)  # 1024 = the official input size
@@ -152,8 +169,10 @@ BUILDERS: dict[str, BackboneEntry] = {
                                SAM_SIZES, _sam_facts, _download_sam),
     "sam_vit_l": BackboneEntry("Segment Anything ViT-L image encoder", _build_sam, SAM_SIZES, _sam_facts, _download_sam),
     "sam_vit_h": BackboneEntry("Segment Anything ViT-H image encoder", _build_sam, SAM_SIZES, _sam_facts, _download_sam),
-    TIMM_PREFIX: BackboneEntry("Any timm plain VisionTransformer, e.g. timm:vit_base_patch16_224", _build_timm),
+    TIMM_PREFIX: BackboneEntry("Any timm plain VisionTransformer, e.g. timm:vit_base_patch16_224", _build_timm,
+                               download=_download_timm),
 }
+REGISTERED = BackboneEntry("A model registered in $PRUNE_VIZ_MODELS (a checkpoint and its sidecar)", _build_registered)
 
 _CACHE: "OrderedDict[tuple, Backbone]" = OrderedDict()
 _LOCK = threading.Lock()
@@ -178,7 +197,12 @@ def check_backbone_name(name: str) -> BackboneEntry:
         if not is_model(model_name):
             raise ParamError(f"{echo(name)}: timm has no model called {echo(model_name)} (timm.list_models('vit_*') lists them)")
         return BUILDERS[TIMM_PREFIX]
-    names = ", ".join(n if n != TIMM_PREFIX else "timm:<model_name>" for n in BUILDERS)
+    if name.startswith(MODELS_PREFIX):
+        from .registry_folder import registered_spec
+
+        registered_spec(name)  # ParamError: the sidecar's own message, or the registered names
+        return REGISTERED
+    names = ", ".join(n if n != TIMM_PREFIX else "timm:<model_name>" for n in BUILDERS) + ", models:<NAME>"
     raise ParamError(f"unknown backbone {echo(name)}; choose {names}")
 
 
@@ -198,7 +222,9 @@ def build_backbone(
     """Build (or reuse) a backbone adapter. Raises ParamError / CheckpointError with a reason."""
     entry = check_backbone_name(name)
     # The demo's server-side weights override is part of what identifies the model.
-    key = (name, checkpoint, input_size, random_weights, os.environ.get("PRUNE_VIZ_DEMO_WEIGHTS"))
+    # So are the folders it may come from (SAM and timm's pretrained weights; registered models).
+    key = (name, checkpoint, input_size, random_weights, os.environ.get("PRUNE_VIZ_DEMO_WEIGHTS"),
+           os.environ.get("PRUNE_VIZ_CHECKPOINTS"), os.environ.get("PRUNE_VIZ_MODELS") if name.startswith(MODELS_PREFIX) else None)
     with _LOCK:
         if key in _CACHE:
             _CACHE.move_to_end(key)
@@ -218,7 +244,7 @@ def facts_of(backbone: Backbone) -> BackboneFacts:
         backbone.name, backbone.input_size if entry.input_sizes else None, backbone.num_blocks,
         tuple(backbone.global_layers), tuple(backbone.aux_layers), tuple(backbone.default_layers()),
         int(backbone.num_classes), bool(backbone.supports_prompts), backbone.weights, entry.input_sizes,
-        entry.download is not None,
+        entry.download is not None, weights_kind=weights_kind(backbone),
     )
 
 
@@ -242,4 +268,8 @@ def download_weights(name: str, progress: Callable[[int, int], None] | None = No
     entry = check_backbone_name(name)
     if entry.download is None:
         raise ParamError(f"{name} has no official weights to download")
-    return entry.download(name, progress)
+    message = entry.download(name, progress)
+    with _LOCK:  # built models of this name hold the old (e.g. random) weights
+        for key in [k for k in _CACHE if k[0] == name]:
+            del _CACHE[key]
+    return message

@@ -111,6 +111,10 @@ class Backbone(ABC):
     input_size: int | None = None  # side of the square model input in px
     supports_prompts: bool = False  # answers point / box prompts (``predict_masks``)
     weights: str = ""  # where the weights came from, in words (a file name, "random weights")
+    # Provenance for reports (see .provenance): "pretrained" | "file" | "random" ("" = read ``weights``),
+    # and the weights file on disk (hashed lazily for the report's ``file <sha256[:12]>``).
+    weights_kind: str = ""
+    weights_file: str | None = None
 
     @abstractmethod
     def num_params(self) -> int:

@@ -375,4 +375,5 @@ def build_demo(checkpoint: str | Path | None = None, config: str | Path | None =
         )
     backbone = DemoBackbone(model.eval())
     backbone.weights = weights.name
+    backbone.weights_file = str(weights)
     return backbone

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import math
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -50,7 +51,8 @@ def build_sam(
     v = SAM_VARIANTS[variant]
     sam, weights = load_sam_model(v, checkpoint, img_size, download, progress, random_weights)
     backbone = SamBackbone(sam, v.name, default_layers=v.default_layers, points_per_side=points_per_side)
-    backbone.weights = weights
+    backbone.weights = weights if random_weights else Path(weights).name
+    backbone.weights_file = None if random_weights else weights
     return backbone
 
 

@@ -204,8 +204,8 @@ def load_sam_model(
     random_weights: bool,
 ) -> tuple[nn.Module, str]:
     """segment-anything's ``Sam`` for ``variant`` at ``img_size``, weights from ``checkpoint``,
-    the cache folder or an allowed download (random when ``random_weights``), and a label
-    saying which weights it holds."""
+    the cache folder or an allowed download (random when ``random_weights``), and the path of
+    the weights file ("random weights" when there is none)."""
     if random_weights and checkpoint:
         raise ValueError("give either a checkpoint or random_weights=True, not both")
     v = variant
@@ -220,4 +220,4 @@ def load_sam_model(
     # Sam's pixel_mean/std are non-persistent buffers (not in any checkpoint): make them real.
     sam.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN).view(-1, 1, 1), persistent=False)
     sam.register_buffer("pixel_std", torch.tensor(PIXEL_STD).view(-1, 1, 1), persistent=False)
-    return sam, path.name
+    return sam, str(path)

@@ -154,26 +154,46 @@ class TimmViT(Backbone):
         return kmeans_macs(n, self.segments, self.embed_dim)
 
 
-def build_timm(model_name: str, input_size: int | None = None, checkpoint: str | None = None, pretrained: bool = False) -> TimmViT:
-    """``timm:<name>``: random weights, a local checkpoint, or timm's own hub download when asked."""
+def build_timm(model_name: str, input_size: int | None = None, checkpoint: str | None = None, pretrained: bool = False,
+               random_weights: bool = False, checkpoint_size: int | None = None) -> TimmViT:
+    """``timm:<name>``: a local ``checkpoint``; else timm's pretrained weights when they are in the
+    checkpoint folder (fetched first when ``pretrained``: needs the network); else random weights
+    (or always, with ``random_weights``). ``checkpoint_size``: the input size the checkpoint's
+    position embedding was made for (default: timm's native size); ``input_size`` the one to run at."""
     import timm
 
+    from .timm_weights import cached_pretrained, download_pretrained, load_pretrained
+
     try:
-        model = timm.create_model(model_name, pretrained=pretrained and checkpoint is None, num_classes=0)
+        kw = {"img_size": checkpoint_size} if checkpoint_size else {}
+        model = timm.create_model(model_name, pretrained=False, num_classes=0, **kw)
     except RuntimeError as exc:
         raise CheckpointError(f"could not create timm model '{model_name}': {exc}") from None
-    if checkpoint:
-        state = load_state_dict(checkpoint)
-        state = {k: v for k, v in state.items() if not k.startswith("head.")}
-        try:
-            missing, unexpected = model.load_state_dict(state, strict=False)
-        except RuntimeError as exc:  # shape mismatches: another architecture or size
-            raise CheckpointError(f"{Path(checkpoint).name} does not match timm model '{model_name}': {str(exc).splitlines()[1].strip()}") from None
-        if missing or unexpected:
-            raise CheckpointError(
-                f"{Path(checkpoint).name} does not match timm model '{model_name}' "
-                f"(missing {len(missing)} keys, e.g. {missing[:2]}; unexpected {len(unexpected)}, e.g. {unexpected[:2]})"
-            )
+    fetched = None
+    if not checkpoint and not random_weights:
+        fetched = cached_pretrained(model_name) or (download_pretrained(model_name) if pretrained else None)
+    if fetched is not None:
+        load_pretrained(model, fetched, model_name)
+    elif checkpoint:
+        load_timm_state(model, checkpoint, model_name)
     backbone = TimmViT(model, f"timm:{model_name}", input_size=input_size)
-    backbone.weights = Path(checkpoint).name if checkpoint else ("timm pretrained" if pretrained else "random weights")
+    backbone.weights_file = str(fetched or checkpoint) if (fetched or checkpoint) else None
+    backbone.weights_kind = "pretrained" if fetched else ("file" if checkpoint else "random")
+    backbone.weights = ("timm pretrained" if fetched else Path(checkpoint).name if checkpoint else "random weights")
     return backbone
+
+
+def load_timm_state(model: nn.Module, checkpoint: str | Path, model_name: str, skip: tuple[str, ...] = ("head.",)) -> None:
+    """Load a state dict file into a timm model (keys starting with ``skip`` ignored); every
+    other key must match, else CheckpointError says which."""
+    state = load_state_dict(checkpoint)
+    state = {k: v for k, v in state.items() if not k.startswith(skip)}
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches: another architecture or size
+        raise CheckpointError(f"{Path(checkpoint).name} does not match timm model '{model_name}': {str(exc).splitlines()[1].strip()}") from None
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{Path(checkpoint).name} does not match timm model '{model_name}' "
+            f"(missing {len(missing)} keys, e.g. {missing[:2]}; unexpected {len(unexpected)}, e.g. {unexpected[:2]})"
+        )

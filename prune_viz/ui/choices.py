@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..backbones import BackboneFacts, build_backbone, describe
 from ..backbones.base import Backbone
+from ..backbones.registry_folder import model_choices
 from ..methods import METHODS
 from ..params import method_availability
 
@@ -24,9 +25,15 @@ BACKBONE_CHOICES: list[tuple[str, str]] = [
     ("sam_vit_b — Segment Anything ViT-B (~10 s per forward on 2 cores)", "sam_vit_b"),
     ("sam_vit_l — Segment Anything ViT-L (~30 s per forward)", "sam_vit_l"),
     ("sam_vit_h — Segment Anything ViT-H (~60 s per forward)", "sam_vit_h"),
-    ("timm:vit_small_patch16_224 (random weights offline)", "timm:vit_small_patch16_224"),
-    ("timm:vit_base_patch16_224 (random weights offline)", "timm:vit_base_patch16_224"),
+    ("timm:vit_small_patch16_224 (random weights until downloaded)", "timm:vit_small_patch16_224"),
+    ("timm:vit_base_patch16_224 (random weights until downloaded)", "timm:vit_base_patch16_224"),
 ]
+
+
+def backbone_choices() -> list[tuple[str, str]]:
+    """The dropdown: the built-in backbones, then the models registered in ``$PRUNE_VIZ_MODELS``
+    (read from their sidecars; an unusable one says so, and choosing it shows why)."""
+    return BACKBONE_CHOICES + model_choices()
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ import numpy as np
 
 from ..analysis import Analysis, analyze, attention_layers, mask_refusal, time_forwards
 from ..backbones.base import Backbone
+from ..backbones.provenance import provenance
 from ..engine import Baseline, Plan, estimate_macs, run_baseline
 from ..errors import UserError
 from ..io import InputError, LoadedImage, describe_bands, load_image, load_mask
@@ -167,7 +168,9 @@ class Session:
             self.keep_baseline(baseline, key)
         t0 = time.perf_counter()
         est = estimate_macs(backbone, baseline, plan)
-        return estimate_summary(est, (time.perf_counter() - t0) * 1e3)
+        weights = provenance(backbone)
+        return {**estimate_summary(est, (time.perf_counter() - t0) * 1e3), "weights": weights.label,
+                "weights_note": weights.sentence}
 
     def baseline_for_compare(self, backbone: Backbone, key: ModelKey) -> Baseline:
         """The cached unpruned forward, computed (and kept) when missing."""

@@ -61,12 +61,20 @@ def readout_markdown(summary: dict[str, Any] | None, kind: str = "estimate", ext
     saved = summary["saved_pct"]
     word = "fewer" if saved >= 0 else "more"
     return (
+        f"{random_weights_line(summary)}"
         f"**{gmacs(summary['macs'])} GMACs** = {gmacs(summary['flops'])} GFLOPs per image · **{abs(saved):.1f} % {word}** than the "
         f"unpruned {gmacs(summary['baseline_macs'])} GMACs · last block computes {summary['tokens_last_block']} of "
         f"{summary['tokens_total']} tokens · *{how}*{extra}\n\n"
         f"{engine_line(summary)}"
         f"<small>1 multiply-add = 1 MAC; FLOPs = 2 x MACs; 1 GMAC = 10^9 MACs.</small>"
     )
+
+
+def random_weights_line(summary: dict[str, Any]) -> str:
+    """A plain-words warning first thing in the readout when the model's weights are random."""
+    if summary.get("weights") != "random":
+        return ""
+    return f"⚠️ **{summary.get('weights_note') or 'This model runs on RANDOM weights.'}**\n\n"
 
 
 def engine_line(summary: dict[str, Any]) -> str:
@@ -87,7 +95,7 @@ def report_summary(analysis: Analysis) -> dict[str, Any]:
         "macs": m["pruned"], "flops": 2 * m["pruned"], "baseline_macs": m["baseline"], "baseline_flops": 2 * m["baseline"],
         "saved_pct": -m["delta_pct"], "exact": True, "tokens_per_block": tokens,
         "tokens_last_block": tokens[-1] if tokens else 0, "tokens_total": analysis.trace.grid[0] * analysis.trace.grid[1],
-        "convention": MACS_NOTE,
+        "convention": MACS_NOTE, "weights": analysis.report.get("weights"), "weights_note": analysis.report.get("weights_note"),
     }
 
 
@@ -139,6 +147,7 @@ def metrics_rows(analysis: Analysis, changed_fraction: float | None = None,
         ["Tokens in the last block", f"{last} of {n} ({100 * last / n:.0f} %)", "16 x 16 px patches still computed at the end"],
         ["Agreement with unpruned (mIoU)", num(met.get("agreement_miou")), "1 = same segmentation as without pruning"],
         ["Boundary F vs unpruned", num(met.get("boundary_f1_vs_unpruned")), "1 = same borders (2 px tolerance)"],
+        ["Weights", str(r.get("weights", "—")), r.get("weights_note") or "where the model's weights came from"],
     ]
     if changed_fraction is not None:
         rows.append(["Pixels changed", f"{100 * changed_fraction:.2f} %", "pixels whose label differs from the unpruned run"])

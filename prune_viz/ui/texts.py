@@ -4,6 +4,8 @@ for missing weights. Strings only (plus the small functions that pick one)."""
 from __future__ import annotations
 
 from ..backbones import BUILDERS, TIMM_PREFIX, BackboneFacts, check_backbone_name
+from ..backbones.provenance import random_sentence
+from ..backbones.registry_folder import MODELS_PREFIX, model_note
 from ..methods import get_method
 
 
@@ -18,8 +20,9 @@ BACKBONE_NOTES: dict[str, str] = {
     "sam_vit_l": "SAM ViT-L image encoder. **Roughly 30 s per forward on 2 CPU cores** at 1024 px (about 3x ViT-B's MACs).",
     "sam_vit_h": "SAM ViT-H image encoder (LVTP's paper setting). **Roughly 60 s per forward on 2 CPU cores** at 1024 px "
     "(about 6x ViT-B's MACs).",
-    "timm": "A plain timm ViT. Offline there are no pretrained weights: the weights are **random**, so "
-    "the token statistics are meaningful for the mechanics only; segments are k-means clusters of the features.",
+    "timm": "A plain timm ViT. Its weights are **random** unless its pretrained weights were downloaded (the button "
+    "below, online only); on random weights the token statistics show the mechanics only. Segments are k-means "
+    "clusters of the features.",
 }
 
 
@@ -106,10 +109,27 @@ SCALAR_INFO: dict[str, str] = {
 }
 
 
-def backbone_note(name: str) -> str:
-    """Speed and weights of a backbone family, in markdown."""
+def backbone_note(name: str, facts: BackboneFacts | None = None) -> str:
+    """Speed and weights of a backbone family, in markdown (a registered model: its sidecar's
+    note); with ``facts``, a plain-words line when its weights are random."""
     family = check_backbone_name(name)
-    return BACKBONE_NOTES.get(name) or (BACKBONE_NOTES["timm"] if family is BUILDERS[TIMM_PREFIX] else "")
+    if name.startswith(MODELS_PREFIX):
+        note = model_note(name)
+    else:
+        note = BACKBONE_NOTES.get(name) or (BACKBONE_NOTES["timm"] if family is BUILDERS[TIMM_PREFIX] else "")
+    if facts is not None and facts.weights_kind == "random":
+        fetch = (" Press **Download pretrained weights** below to fetch the library's weights (needs network)."
+                 if facts.downloadable else "")
+        note = f"⚠️ **{random_sentence(name)}**{fetch}\n\n{note}"
+    return note
+
+
+def download_button(facts: BackboneFacts) -> tuple[str, bool]:
+    """(label, visible) of the download button: missing official weights, or random ones that
+    the library has pretrained weights for (timm)."""
+    if facts.downloadable and facts.loaded and facts.weights_kind == "random":
+        return f"Download pretrained weights for {facts.name} (needs network)", True
+    return f"Download {facts.name}", facts.downloadable and not facts.loaded
 
 
 def weights_missing(name: str) -> str:

@@ -280,12 +280,13 @@ def on_backbone(session, backbone, sam_size, method):
     session_of(session).choose_method(method)
     layers = _layers_for(method, facts)
     help_text = texts.missing_weights_help(facts)
+    label, offer = texts.download_button(facts)
     out = {
         "method": gr.Dropdown(choices=method_choices(facts), value=method),
         "layers": gr.CheckboxGroup(choices=layer_choices(facts), value=layers),
-        "backbone_note": texts.backbone_note(facts.name),
+        "backbone_note": texts.backbone_note(facts.name, facts),
         "missing_help": gr.Markdown(help_text, visible=bool(help_text)),
-        "download_btn": gr.Button(f"Download {facts.name}", visible=facts.downloadable and not facts.loaded),
+        "download_btn": gr.Button(label, visible=offer),
         "sam_size": gr.Dropdown(visible=bool(facts.input_sizes)),
         "view_layer": gr.Slider(minimum=1, maximum=facts.num_blocks, value=layers[0]),
         "method_info": texts.method_explanation(method),

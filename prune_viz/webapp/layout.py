@@ -15,7 +15,7 @@ from ..errors import UserError
 from ..methods import METHODS, get_method
 from ..params import DEFAULT_METHOD, default_layers, method_availability
 from ..ui import texts
-from ..ui.choices import BACKBONE_CHOICES, DEFAULT_BACKBONE, backbone_info, layer_choices, method_choices
+from ..ui.choices import DEFAULT_BACKBONE, backbone_choices, backbone_info, layer_choices, method_choices
 from ..ui.compare import COMPARE_HEADERS
 from ..ui.glossary import glossary_markdown
 from ..ui.controls import ParamControl
@@ -48,7 +48,7 @@ def initial_facts() -> tuple[BackboneFacts, str]:
     so the app still starts (the note and the readout then say what is wrong)."""
     try:
         facts = backbone_info(DEFAULT_BACKBONE)[0]
-        return facts, texts.backbone_note(facts.name)
+        return facts, texts.backbone_note(facts.name, facts)
     except UserError as exc:  # CheckpointError, a bad PRUNE_VIZ_DEMO_WEIGHTS: still start, and say why
         facts = BackboneFacts(DEFAULT_BACKBONE, None, 12, (), (), (6,), 0, False, "", missing=str(exc))
         return facts, f"**Cannot load the demo model:** {exc}"
@@ -104,7 +104,7 @@ def build_layout() -> dict[str, Any]:
                                      file_types=[".png", ".tif", ".tiff", ".bmp", ".gif"], type="filepath", height=80)
             c["notices"] = gr.Markdown("")
             c["mask_notices"] = gr.Markdown("")
-            c["backbone"] = gr.Dropdown(choices=BACKBONE_CHOICES, value=DEFAULT_BACKBONE, label="2 · Backbone",
+            c["backbone"] = gr.Dropdown(choices=backbone_choices(), value=DEFAULT_BACKBONE, label="2 · Backbone",
                                         allow_custom_value=True, info="or type timm:<model name>")
             # 512 px first: choosing a SAM backbone starts a run at once, before a size can be picked
             # (at 1024 px that run took ~90 s on 2 cores).
