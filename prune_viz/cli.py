@@ -1,4 +1,4 @@
-"""Command line: ``python -m prune_viz analyze IMAGE --out DIR [...]`` (and ``bench``).
+"""Command line: ``python -m prune_viz analyze IMAGE --out DIR [...]`` (and ``bench``, ``inspect``).
 
 User errors (bad file, bad parameter, missing checkpoint, an ``--out`` that cannot be written)
 print one ``error: ...`` line and exit with code 2, checked before the run where they can be.
@@ -63,8 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--no-measure", action="store_true", help="skip the FLOP-counter cross-check")
     add_method_options(a)
     from .bench import add_bench_parser
+    from .inspect_cli import add_inspect_parser
 
     add_bench_parser(sub)
+    add_inspect_parser(sub, _whole_number, add_method_options)
     return parser
 
 
@@ -150,6 +152,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "analyze":
             return cmd_analyze(args)
+        if args.command == "inspect":
+            from .inspect_cli import cmd_inspect
+
+            return cmd_inspect(args, check_out_dir)
         from .bench import cmd_bench
 
         return cmd_bench(args)
