@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--seed", type=_whole_number(0, MAX_SEED), default=0)
     a.add_argument("--repeat", type=_whole_number(0, 100), default=3, help="timed rounds, each one unpruned and one pruned forward, interleaved (median and spread after one warm-up; 0: no timing)")
     a.add_argument("--no-measure", action="store_true", help="skip the FLOP-counter cross-check")
+    a.add_argument("--attribution", action="store_true", help="also attribute the changed pixels to the pruned tokens "
+                   "(restores groups of them, at most 32 re-runs / 20 s): attribution.png + attribution.json")
     add_method_options(a)
     from .bench import add_bench_parser
     from .inspect_cli import add_inspect_parser
@@ -123,6 +125,12 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     result.report["input_notices"] = input_notices
     result.report["command"] = " ".join(["python -m prune_viz"] + sys.argv[1:]) if sys.argv[1:2] == ["analyze"] else None
     written = save_outputs(result, args.out, loaded.rgb, backbone.patch_size)
+    if args.attribution:
+        from .attribution import attribute, save_attribution
+
+        att = attribute(backbone, loaded.rgb, plan, result.baseline, result.trace)
+        written += save_attribution(att, loaded.rgb, result.baseline, result.trace, backbone.patch_size, args.out)
+        print(att.statement)
     m = result.report["macs"]
     print(f"{backbone.name} / {plan.method.name} at layers {list(plan.layers)}: "
           f"{m['baseline'] / 1e9:.2f} -> {m['pruned'] / 1e9:.2f} GMACs ({m['delta_pct']:+.1f}%), "

@@ -71,10 +71,10 @@ def attribution_map(
     full = (max(h, round(gh * patch_px[0])), max(w, round(gw * patch_px[1])))
     s = upsample_grid(np.nan_to_num(share, nan=0.0).clip(0, 1).astype(np.float32), full)[:h, :w]
     tested = upsample_grid(np.isfinite(share).astype(np.uint8), full)[:h, :w].astype(bool)
-    alpha = np.where(tested, 0.25 + 0.6 * s, 0.0)[..., None]
+    alpha = np.where(tested, 0.15 + 0.55 * s, 0.0)[..., None]
     out = out * (1 - alpha) + np.array((240, 228, 66), np.float32) * alpha
-    out[changed] = out[changed] * 0.3 + np.array(WORSE, np.float32) * 0.7
     out = out.clip(0, 255).astype(np.uint8)
+    out[changed] = WORSE
     for r, c in zip(*np.nonzero(chosen)):
         y0, x0 = int(r * patch_px[0]), int(c * patch_px[1])
         y1, x1 = int((r + 1) * patch_px[0]) - 1, int((c + 1) * patch_px[1]) - 1
