@@ -21,7 +21,7 @@ from .guards import InputError
 
 MAX_SET_MEMBERS: int = 2000  # zip members / folder files looked at; more is refused, not truncated
 MAX_SET_BYTES: int = 2 * 2**30  # declared uncompressed total of a zip's members
-MAX_ZIP_RATIO: float = 1100.0  # deflate's format caps near 1032:1; more is a bomb
+MAX_ZIP_RATIO: float = 200.0  # images are compressed already; a member that deflates 200:1 (over 1 MB) is a bomb
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".gif", ".bmp", ".webp")
 
@@ -112,7 +112,8 @@ class SafeZip:
         if info.file_size > guards.MAX_FILE_BYTES:
             raise InputError(f"{info.file_size / 2**20:.1f} MB unpacked; the limit is {guards.MAX_FILE_BYTES / 2**20:g} MB")
         if info.file_size > 2**20 and info.file_size > MAX_ZIP_RATIO * max(info.compress_size, 1):
-            raise InputError(f"compressed {info.file_size / max(info.compress_size, 1):,.0f}:1, a zip bomb")
+            raise InputError(f"compressed {info.file_size / max(info.compress_size, 1):,.0f}:1 (over "
+                             f"{MAX_ZIP_RATIO:g}:1 is refused as a possible zip bomb; save it as PNG or JPEG first)")
         try:
             with self._zip.open(info) as fh:
                 data = fh.read(guards.MAX_FILE_BYTES + 1)
