@@ -69,8 +69,9 @@ def write_html(report: SetReport, out: Path, command: str | None = None, extra_h
             f"{m['skipped']} skipped. Mean MAC saving {m['mean_saved_pct']} %, mean agreement mIoU "
             f"{m['mean_agreement_miou']}.<br><b>Ranking:</b> {html.escape(m['ranking'])}. "
             "<code>miou</code> is against ground truth and empty without a mask; <code>ood_score</code> "
-            + ("comes from <code>prune_viz.ood</code>." if m.get("ood") else "is empty (no OOD score in this build).")
-            + "</p>")
+            + f"is the unpruned model's mean normalised token entropy (<code>prune_viz.ood</code>; above "
+            f"{m['ood_threshold']} the demo model is likely out of its domain: damage there may be model failure, not "
+            "pruning's); empty where the backbone has no class scores.</p>")
     if command:
         meta += f"<p class='meta'>Command: <code>{html.escape(command)}</code></p>"
     gallery = ["<h2>Worst cases</h2>"]

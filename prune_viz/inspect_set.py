@@ -29,13 +29,10 @@ from .errors import UserError
 from .io import load_image, load_mask
 from .io.archive import SafeZip, SetEntry, folder_entries, read_entry
 from .metrics import ConfusionMatrix
+from .ood import OOD_THRESHOLD, ood_score
 from .viz import change_map, colorize_labels, token_status_map
 from .viz_damage import error_map, png_bytes, thumbnail
 
-try:  # the OOD score lives on the noise branch (#16 item 4); the column stays empty until it is here
-    from .ood import ood_score as _ood_score  # type: ignore[import-not-found]
-except ImportError:  # pragma: no cover - depends on what is merged
-    _ood_score = None
 
 RANKING = ("worst first by agreement mIoU with the unpruned model (lower = pruning changed more of the "
            "segmentation), ties by boundary F against the unpruned model")
@@ -202,9 +199,8 @@ def score_row(name: str, analysis: Any, backbone: Backbone, gt: np.ndarray | Non
             drop = per_class_iou(before, gt, k) - per_class_iou(after, gt, k)
             for c, cname in enumerate(backbone.class_names):
                 row[f"gt_iou_drop:{cname}"] = "" if math.isnan(drop[c]) else round(float(drop[c]), 4)
-    if _ood_score is not None:
-        score = _ood_score(backbone, analysis.baseline)
-        row["ood_score"] = "" if score is None else round(float(score), 4)
+    score = ood_score(backbone, analysis.baseline)  # None without class scores (SAM segments)
+    row["ood_score"] = "" if score is None else round(float(score), 4)
     return row
 
 
@@ -271,7 +267,7 @@ def inspect_set(
         "images": len(scored), "skipped": len(skipped), "with_mask": sum(r["miou"] != "" for r in scored),
         "mean_saved_pct": round(float(np.mean(saved)), 2) if saved else None,
         "mean_agreement_miou": round(float(np.mean(agree)), 4) if agree else None,
-        "ranking": RANKING, "ood": "prune_viz.ood" if _ood_score is not None else None,
+        "ranking": RANKING, "ood_threshold": OOD_THRESHOLD,
     }
     return SetReport(scored + skipped, cases, meta)
 
