@@ -94,6 +94,7 @@ def test_inspect_synthetic_limit_and_errors(tiny_demo, tmp_path, capsys):
     assert main(["inspect", "--synthetic", "shift", "--n", "4", "--size", "64", "--out", str(out), *FLAGS]) == 0
     _, rows = _rows(out / "inspect.csv")
     assert len(rows) == 4 and all(r["miou"] != "" for r in rows)
+    assert all(0 <= float(r["ood_score"]) <= 1 for r in rows)  # prune_viz.ood on the unpruned run
     capsys.readouterr()
     assert main(["inspect", "--out", str(out)]) == 2
     assert capsys.readouterr().err.startswith("error: give either")
