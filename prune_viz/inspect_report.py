@@ -72,6 +72,8 @@ def write_html(report: SetReport, out: Path, command: str | None = None, extra_h
             + f"is the unpruned model's mean normalised token entropy (<code>prune_viz.ood</code>; above "
             f"{m['ood_threshold']} the demo model is likely out of its domain: damage there may be model failure, not "
             "pruning's); empty where the backbone has no class scores.</p>")
+    if m.get("stopped"):
+        meta += f"<p class='meta'><b>Incomplete:</b> {html.escape(m['stopped'])}.</p>"
     if command:
         meta += f"<p class='meta'>Command: <code>{html.escape(command)}</code></p>"
     gallery = ["<h2>Worst cases</h2>"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,8 +117,9 @@ def _read_file_entry(entry: SetEntry, zf: SafeZip | None) -> SetItem:
 
 @contextmanager
 def open_set(source: Path | None = None, masks: Path | None = None, synthetic: str | None = None,
-             n: int = 100, size: int = 512) -> Iterator[ImageSet]:
-    """A folder, a zip, or ``n`` scenes of a generated split (with their ground truth)."""
+             n: int = 100, size: int = 512, quiet: bool = False) -> Iterator[ImageSet]:
+    """A folder, a zip, or ``n`` scenes of a generated split (with their ground truth).
+    ``quiet``: a folder's files that are no images are left out rather than reported."""
     if masks is not None and not masks.is_dir():
         raise UserError(f"--masks {masks}: not a folder")
     if synthetic is not None:
@@ -137,7 +139,7 @@ def open_set(source: Path | None = None, masks: Path | None = None, synthetic: s
     if not source.exists():
         raise UserError(f"{source}: no such file or folder")
     if source.is_dir():
-        entries = folder_entries(source, masks)
+        entries = folder_entries(source, masks, quiet)
         yield ImageSet(entries, lambda e: _read_file_entry(e, None), f"folder {source.name}")
         return
     with SafeZip(source) as zf:
@@ -229,17 +231,24 @@ def inspect_set(
     items: ImageSet | list[SetItem],
     top_k: int = TOP_K,
     progress: Callable[[int, int, str], None] | None = None,
+    stop_after_s: float | None = None,
 ) -> SetReport:
     """Run every item unpruned and pruned (``analysis.analyze``), one at a time; rank the rows.
 
     ``progress(done, total, name)`` after each item. Items that cannot be read are rows with
-    a ``note`` and no numbers, listed after the ranked ones.
+    a ``note`` and no numbers, listed after the ranked ones. ``stop_after_s``: no new image is
+    started after that many seconds (``meta["stopped"]`` then says how far it got).
     """
+    t0 = time.monotonic()
+    stopped = None
     total = len(items)
     scored: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []
     heap: list[tuple[Any, int, Case]] = []  # the worst top_k: (negated rank key, order, case)
     for i, item in enumerate(items):
+        if stop_after_s is not None and time.monotonic() - t0 > stop_after_s:
+            stopped = f"stopped after {i} of {total} images: the server's time limit ({stop_after_s:.0f} s) was reached"
+            break
         if item.rgb is None:
             skipped.append({"image": item.name, "note": f"skipped: {item.skipped}"})
         else:
@@ -267,7 +276,7 @@ def inspect_set(
         "images": len(scored), "skipped": len(skipped), "with_mask": sum(r["miou"] != "" for r in scored),
         "mean_saved_pct": round(float(np.mean(saved)), 2) if saved else None,
         "mean_agreement_miou": round(float(np.mean(agree)), 4) if agree else None,
-        "ranking": RANKING, "ood_threshold": OOD_THRESHOLD,
+        "ranking": RANKING, "ood_threshold": OOD_THRESHOLD, "stopped": stopped,
     }
     return SetReport(scored + skipped, cases, meta)
 

@@ -137,8 +137,9 @@ def _entry(name: str, source: Path | str, mask: Path | str | None) -> SetEntry:
     return SetEntry(name, source, mask)
 
 
-def folder_entries(folder: Path, masks_dir: Path | None = None) -> list[SetEntry]:
-    """A folder's images (not recursive, sorted by name), each with its mask if one matched."""
+def folder_entries(folder: Path, masks_dir: Path | None = None, quiet: bool = False) -> list[SetEntry]:
+    """A folder's images (not recursive, sorted by name), each with its mask if one matched;
+    ``quiet``: files that are no images are left out instead of listed as skipped."""
     files = []
     with os.scandir(folder) as it:
         for e in it:
@@ -148,8 +149,9 @@ def folder_entries(folder: Path, masks_dir: Path | None = None) -> list[SetEntry
                     raise InputError(f"{folder} holds more than {MAX_SET_MEMBERS} files; give a smaller set")
     files.sort()
     masks = match_masks(files, masks_dir)
-    return [_entry(n, folder / n, (folder / m) if isinstance(m, str) else m)
-            for n in files if not is_mask_name(n) for m in [masks.get(n)]]
+    out = [_entry(n, folder / n, (folder / m) if isinstance(m, str) else m)
+           for n in files if not is_mask_name(n) for m in [masks.get(n)]]
+    return [e for e in out if not (quiet and e.skipped)]
 
 
 def read_entry(source: Path | str, zf: SafeZip | None) -> bytes | Path:

@@ -22,6 +22,7 @@ from ..ui.controls import ParamControl
 from ..ui.session import Session
 from ..ui.tables import readout_markdown
 from ..ui.views import legend_html, tabs_for
+from . import inspect_tab
 from .handlers import CONTROLS, PARAM_KEYS, examples
 
 TITLE = "prune_viz — token pruning in ViT segmenters, made visible"
@@ -273,3 +274,4 @@ def _view_tabs(c: dict[str, Any], method0: str, facts0: BackboneFacts) -> None:
         c["export_btn"] = gr.Button("Build zip", variant="primary")
         c["export_file"] = gr.File(label="Download", interactive=False, elem_id="export_file")
         c["export_command"] = gr.Textbox(label="command.txt", lines=3, interactive=False)
+    inspect_tab.build(c)
