@@ -20,7 +20,7 @@ TABLE_COLUMNS = ["rank", "image", "saved_pct", "agreement_miou", "boundary_f", "
 _STYLE = """body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}table{border-collapse:collapse;font-size:13px}
 td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}td.l,th.l{text-align:left}tr:nth-child(even){background:#f6f6f6}
 .case{display:inline-block;vertical-align:top;margin:0 12px 18px 0;border:1px solid #ddd;padding:6px}
-.case img{width:200px;image-rendering:pixelated;margin-right:4px}.case figure{display:inline-block;margin:0}
+.case img{width:200px;image-rendering:pixelated;margin-right:4px}.case figure{display:inline-block;vertical-align:top;margin:0}
 figcaption{font-size:11px;max-width:200px}.meta{font-size:14px}code{background:#eee;padding:0 3px}"""
 
 

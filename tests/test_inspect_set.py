@@ -180,3 +180,16 @@ def test_attribution_refuses_merging_methods(demo_run):
     a = analyze(backbone, image, plan)
     with pytest.raises(ParamError, match="merges"):
         attribute(backbone, image, plan, a.baseline, a.trace)
+
+
+def test_analyze_attribution_flag_writes_map_and_json(image_set, tiny_demo, tmp_path, capsys):
+    import json
+
+    folder, _, _ = image_set
+    out = tmp_path / "att"
+    assert main(["analyze", str(folder / "a.png"), "--out", str(out), "--attribution", "--repeat", "0", "--no-measure",
+                 "--method", "random", "--rate", "0.5", "--layers", "2"]) == 0
+    data = json.loads((out / "attribution.json").read_text())
+    assert data["statement"] in capsys.readouterr().out
+    assert 0 <= data["claimed_share"] <= 1 and data["runs"] <= 32
+    assert cv2.imread(str(out / "attribution.png")).shape[:2] == (96, 96)
