@@ -32,6 +32,8 @@ def add_inspect_parser(sub: argparse._SubParsersAction, whole_number: Callable[[
     p.add_argument("--n", type=whole_number(1, MAX_SYNTHETIC), default=100, help="with --synthetic: how many scenes")
     p.add_argument("--size", type=whole_number(64, 1024), default=512, help="with --synthetic: scene side in pixels")
     p.add_argument("--top-k", type=whole_number(0, 100), default=TOP_K, help="worst cases drawn in the gallery")
+    p.add_argument("--attribution", type=whole_number(0, 100), default=0, metavar="K",
+                   help="also attribute the changed pixels of the K worst cases to their pruned tokens (up to 32 re-runs / 20 s each)")
     add_method_options(p)
 
 
@@ -41,7 +43,7 @@ def cmd_inspect(args: argparse.Namespace, check_out_dir: Callable[[Path], None])
     from .backbones import build_backbone
     from .errors import UserError
     from .inspect_report import write_csv, write_html
-    from .inspect_set import inspect_set, open_set
+    from .inspect_set import attribute_cases, inspect_set, open_set
     from .methods import get_method
     from .params import make_plan, param_names
 
@@ -60,6 +62,9 @@ def cmd_inspect(args: argparse.Namespace, check_out_dir: Callable[[Path], None])
                 bar.update(1)
 
             report = inspect_set(backbone, plan, images, top_k=args.top_k, progress=progress)
+        if args.attribution:
+            with tqdm(total=min(args.attribution, len(report.cases)), desc="attribution", unit="case", file=sys.stderr) as bar:
+                attribute_cases(backbone, plan, images, report, args.attribution, lambda *_: bar.update(1))
     command = " ".join(["python -m prune_viz"] + sys.argv[1:]) if sys.argv[1:2] == ["inspect"] else None
     csv_path = write_csv(report, args.out / "inspect.csv")
     html_path = write_html(report, args.out, command)

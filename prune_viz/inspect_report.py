@@ -13,7 +13,9 @@ from typing import Any
 from .inspect_set import SetReport
 
 GALLERY = (("tokens", "token map (last pruning layer)"), ("change", "changed pixels (vermillion)"),
-           ("error", "vs ground truth: vermillion worse, green better, blue wrong in both"))
+           ("error", "vs ground truth: vermillion worse, green better, blue wrong in both"),
+           ("attribution", "attribution: changed pixels vermillion, tested token groups yellow (stronger = larger share), "
+                           "the statement's tokens outlined"))
 TABLE_COLUMNS = ["rank", "image", "saved_pct", "agreement_miou", "boundary_f", "miou", "miou_unpruned",
                  "changed_pct", "ood_score", "worst_class", "worst_class_loss", "note"]
 
@@ -84,7 +86,9 @@ def write_html(report: SetReport, out: Path, command: str | None = None, extra_h
             for kind, cap in GALLERY if (int(r["rank"]), kind) in files)
         gallery.append(f"<div class='case'><b>#{r['rank']} {html.escape(r['image'])}</b>: agreement mIoU "
                        f"{r['agreement_miou']}, boundary F {r['boundary_f']}, saved {r['saved_pct']} %"
-                       f"{', mIoU ' + str(r['miou']) if r['miou'] != '' else ''}<br>{figs}</div>")
+                       f"{', mIoU ' + str(r['miou']) if r['miou'] != '' else ''}<br>{figs}"
+                       + (f"<p style='max-width:840px;font-size:13px'>{html.escape(case.attribution)}</p>" if case.attribution else "")
+                       + "</div>")
     cols = TABLE_COLUMNS
     rows = ["<tr>" + "".join(_cell(c, row.get(c, "")) for c in cols) + "</tr>" for row in report.rows]
     table = ("<h2>All images (inspect.csv has the per-class columns)</h2><table><tr>"

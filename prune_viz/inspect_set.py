@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from .analysis import analyze, mask_refusal
+from .attribution import attribute, attribution_image
 from .backbones.base import Backbone
 from .data.synthetic import SPLIT_SEEDS, split_scene
 from .engine import Plan
@@ -62,6 +63,8 @@ class Case:
 
     row: dict[str, Any]
     pngs: dict[str, bytes]
+    index: int = -1  # the item's position in its set (to read it again)
+    attribution: str = ""  # the attribution statement, when one was made
 
 
 @dataclass
@@ -91,6 +94,10 @@ class ImageSet:
     def limited(self, n: int | None) -> "ImageSet":
         """The first ``n`` entries (all when None)."""
         return self if n is None else ImageSet(self._entries[:n], self._read, self.label)
+
+    def item(self, index: int) -> SetItem:
+        """Entry ``index`` read again (a worst case, for its attribution)."""
+        return self._read(self._entries[index])
 
     def __iter__(self) -> Iterator[SetItem]:
         for entry in self._entries:
@@ -259,7 +266,7 @@ def inspect_set(
             scored.append(row)
             key = _neg(rank_key(row))
             if top_k > 0 and (len(heap) < top_k or key > heap[0][0]):
-                case = Case(row, case_pngs(analysis, item.rgb, gt, backbone.patch_size))
+                case = Case(row, case_pngs(analysis, item.rgb, gt, backbone.patch_size), i)
                 (heapq.heappush if len(heap) < top_k else heapq.heapreplace)(heap, (key, i, case))
             del analysis
         if progress is not None:
@@ -290,3 +297,25 @@ def _params(plan: Plan) -> dict[str, Any]:
     from dataclasses import asdict, is_dataclass
 
     return asdict(plan.params) if is_dataclass(plan.params) else {}
+
+
+def attribute_cases(backbone: Backbone, plan: Plan, items: ImageSet, report: SetReport, k: int,
+                    progress: Callable[[int, int, str], None] | None = None) -> None:
+    """The attribution (:mod:`prune_viz.attribution`) of the ``k`` worst cases, read again from
+    the still open set: its map joins the case's PNGs, its statement the case."""
+    cases = report.cases[:k]
+    for n, case in enumerate(cases):
+        item = items.item(case.index)
+        if item.rgb is None:
+            continue
+        analysis = analyze(backbone, item.rgb, plan)
+        try:
+            att = attribute(backbone, item.rgb, plan, analysis.baseline, analysis.trace)
+        except UserError as exc:  # e.g. a merging method: nothing to restore
+            case.attribution = f"no attribution: {exc}"
+        else:
+            image = attribution_image(att, item.rgb, analysis.baseline, analysis.trace, backbone.patch_size)
+            case.pngs["attribution"] = png_bytes(thumbnail(image, 256))
+            case.attribution = att.statement
+        if progress is not None:
+            progress(n + 1, len(cases), case.row["image"])

@@ -91,7 +91,10 @@ def test_inspect_zip_with_masks_inside(image_set, tiny_demo, tmp_path):
 
 def test_inspect_synthetic_limit_and_errors(tiny_demo, tmp_path, capsys):
     out = tmp_path / "syn"
-    assert main(["inspect", "--synthetic", "shift", "--n", "4", "--size", "64", "--out", str(out), *FLAGS]) == 0
+    assert main(["inspect", "--synthetic", "shift", "--n", "4", "--size", "64", "--out", str(out), "--attribution", "1",
+                 *FLAGS]) == 0
+    assert len(list((out / "cases").glob("0001_*_attribution.png"))) == 1
+    assert "Pruning changed" in (out / "index.html").read_text()
     _, rows = _rows(out / "inspect.csv")
     assert len(rows) == 4 and all(r["miou"] != "" for r in rows)
     assert all(0 <= float(r["ood_score"]) <= 1 for r in rows)  # prune_viz.ood on the unpruned run
