@@ -58,3 +58,17 @@ def test_set_caps_are_enforced(app_module, tmp_path, monkeypatch):
     monkeypatch.setattr(set_view, "MAX_SET_IMAGES", 1)
     with pytest.raises(UserError, match="at most 1"):
         set_view.run_set(None, None, _zip(tmp_path, 2))
+
+
+def test_old_report_folders_are_removed(tmp_path):
+    import os
+    import time
+
+    from prune_viz.ui import set_view
+
+    old, new = tmp_path / "old", tmp_path / "new"
+    old.mkdir(), new.mkdir()
+    (old / "inspect.csv").write_text("x")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    set_view._clean_old_runs(tmp_path)
+    assert not old.exists() and new.exists()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 import uuid
 import zipfile
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ MAX_SET_UPLOAD_BYTES = 100 * 2**20  # the zip as uploaded
 GALLERY_CASES = 12
 GENERATED_N = 24
 WORK_DIR = Path(tempfile.gettempdir()) / "prune_viz_sets"
+RUN_MAX_AGE_S = 3600.0  # as long as the tab state (gr.State time_to_live) that points at it
 CAPS_TEXT = (f"A zip of PNG / JPEG / TIFF images (masks as `<name>_mask.png` beside them), at most "
              f"{MAX_SET_UPLOAD_BYTES // 2**20} MB and {MAX_SET_IMAGES} images; one set runs at a time on this server "
              "(others wait in the queue). Larger sets: `python -m prune_viz inspect` on the command line.")
@@ -91,6 +93,7 @@ def set_source(bundled: str | None, upload: str | None, examples_dir: Path) -> P
 def run_set(backbone: Backbone, plan: Plan, source: Path, progress: Callable[[int, int, str], None] | None = None,
             stop_after_s: float | None = None) -> SetRun:
     """Inspect ``source`` (capped at :data:`MAX_SET_IMAGES`) into a fresh report folder and zip."""
+    _clean_old_runs(WORK_DIR / "runs")
     folder = WORK_DIR / "runs" / uuid.uuid4().hex
     with open_set(source, quiet=source.is_dir()) as images:  # bundled folders hold a README too
         if len(images) > MAX_SET_IMAGES:
@@ -110,6 +113,19 @@ def run_set(backbone: Backbone, plan: Plan, source: Path, progress: Callable[[in
     cases = [(str(folder / case_file(int(c.row["rank"]), c.row["image"], "tokens")),
               f"#{c.row['rank']} {c.row['image']} · agreement {c.row['agreement_miou']}") for c in report.cases]
     return SetRun(report, folder, zip_path, source, cases)
+
+
+def _clean_old_runs(runs: Path, max_age_s: float = RUN_MAX_AGE_S) -> None:
+    """Report folders older than the tab's state lives (an hour) go, so the server's disk stays bounded."""
+    if not runs.is_dir():
+        return
+    now = time.time()
+    for old in runs.iterdir():
+        try:
+            if now - old.stat().st_mtime > max_age_s:
+                shutil.rmtree(old, ignore_errors=True)
+        except OSError:
+            pass
 
 
 def table_rows(report: SetReport) -> list[list[Any]]:
