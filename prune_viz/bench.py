@@ -300,7 +300,7 @@ def plot_tradeoff(rows: list[dict[str, Any]], out: Path) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    if getattr(args, "noise", None):
+    if getattr(args, "noise", None) or getattr(args, "merge", None):
         from .bench_noise import cmd_noise
 
         return cmd_noise(args)

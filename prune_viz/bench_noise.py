@@ -21,7 +21,9 @@ Per method, kind and level:
 - ``ood_score``: the unpruned model's out-of-domain score (``ood.py``), mean over scenes, and
   ``ood_flag_pct``, the share of scenes over the threshold.
 
-Writes ``DIR/noise.csv`` (one row per method x kind x level, level 0 = clean), ``DIR/noise.md``
+Shards: ``--start S --n N`` runs scenes S..S+N-1; ``--merge DIR1,DIR2 --out DIR`` summarises
+shards together (every run saves its measurements after each scene, so a stopped run still
+counts). Writes ``DIR/noise.csv`` (one row per method x kind x level, level 0 = clean), ``DIR/noise.md``
 (a table in the shape of MATP's noise table, then the details) and ``DIR/noise_raw.npz``.
 """
 
@@ -45,6 +47,8 @@ def add_noise_args(b: argparse.ArgumentParser) -> None:
     g = b.add_argument_group("robustness (--noise)")
     g.add_argument("--noise", default=None, help="corruptions to sweep, e.g. gaussian,saltpepper,blur,jpeg,haze (data/corrupt.py)")
     g.add_argument("--levels", default=None, help="levels for every --noise kind, comma-separated (default: each kind's four)")
+    g.add_argument("--start", type=int, default=0, help="first scene index (to run shards of a split in parallel)")
+    g.add_argument("--merge", default=None, help="comma-separated output folders of shards: summarise them together into --out")
 
 
 def keep_mask(trace: Any) -> np.ndarray:
@@ -93,8 +97,8 @@ def run_noise(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str,
 
     if args.split not in synthetic.SPLIT_SEEDS:
         raise UserError(f"unknown split {args.split!r}; this data module offers {tuple(synthetic.SPLIT_SEEDS)}")
-    if args.n < 1:
-        raise UserError("--n must be at least 1")
+    if args.n < 1 or args.start < 0:
+        raise UserError("--n must be at least 1 and --start at least 0")
     torch.set_num_threads(args.compute_threads)
     kinds = [k.strip() for k in args.noise.split(",") if k.strip()]
     levels = [float(v) for v in args.levels.split(",")] if args.levels else None
@@ -119,13 +123,17 @@ def run_noise(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str,
     saving = np.zeros((j, v, n))
     flips = np.zeros((j, v, n))
     remerge = np.full((j, v, n), np.nan)
+    meta = {"split": args.split, "n": n, "start": args.start, "backbone": args.backbone, "matp_backbone": args.matp_backbone,
+            "compute_threads": args.compute_threads, "seed": args.seed, "boot": args.boot,
+            "todo": todo, "jobs": [(m, name) for m, name, _ in jobs],
+            "command": "python -m prune_viz " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else None}
     t0 = time.time()
     for i in tqdm(range(n), desc=f"noise {args.split}"):
-        clean, gt = synthetic.split_scene(args.split, i, size)
+        clean, gt = synthetic.split_scene(args.split, args.start + i, size)
         kept_clean: list[np.ndarray] = []
         rep_clean: list[np.ndarray | None] = []
         for vi, (kind, level) in enumerate(todo):
-            image = clean if kind == "clean" else corrupt(clean, kind, level, seed=args.seed * 1_000_003 + i)
+            image = clean if kind == "clean" else corrupt(clean, kind, level, seed=args.seed * 1_000_003 + args.start + i)
             bases = {}
             for name, bb in backbones.items():
                 bases[name] = run_baseline(bb, image, attn_layers=attn[name])
@@ -149,14 +157,49 @@ def run_noise(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str,
                 if rep is not None or rep_clean[ji] is not None:
                     own = np.arange(keep.size).reshape(keep.shape)
                     remerge[ji, vi, i] = 100.0 * flip_share(own if rep_clean[ji] is None else rep_clean[ji], own if rep is None else rep)
-    meta = {"split": args.split, "n": n, "backbone": args.backbone, "matp_backbone": args.matp_backbone,
-            "compute_threads": args.compute_threads, "seed": args.seed, "boot": args.boot,
-            "accuracy_s": round(time.time() - t0, 1),
-            "command": "python -m prune_viz " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else None}
-    args.out.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(args.out / "noise_raw.npz", cms=cms, saving=saving, flips=flips, remerge=remerge,
-                        **{f"ref_cms:{nm}": a for nm, a in ref_cms.items()}, **{f"ood:{nm}": a for nm, a in ood.items()})
-    rows = summarise(todo, jobs, ref_cms, ood, cms, saving, flips, remerge, args.boot, is_out_of_domain)
+        # After every scene: a run stopped early still leaves what it measured (``--merge``).
+        meta["accuracy_s"] = round(time.time() - t0, 1)
+        save_raw(args.out, meta, i + 1, {"cms": cms, "saving": saving, "flips": flips, "remerge": remerge,
+                                          **{f"ref_cms:{nm}": a for nm, a in ref_cms.items()}, **{f"ood:{nm}": a for nm, a in ood.items()}})
+    return rows_from_raw([args.out], args.boot)
+
+
+def _scene_axis(key: str) -> int:
+    return 1 if key.startswith(("ref_cms:", "ood:")) else 2
+
+
+def save_raw(out: Path, meta: dict[str, Any], done: int, arrays: dict[str, np.ndarray]) -> None:
+    """``out/noise_raw.npz`` with the first ``done`` scenes of every array and the run's meta."""
+    import json
+
+    out.mkdir(parents=True, exist_ok=True)
+    cut = {key: np.take(a, range(done), axis=_scene_axis(key)) for key, a in arrays.items()}
+    np.savez_compressed(out / "noise_raw.npz", meta=np.array(json.dumps({**meta, "done": done})), **cut)
+
+
+def rows_from_raw(dirs: list[Path], boot: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Summarise one run, or shards of one (same kinds, levels, methods; scenes concatenated
+    in the order given)."""
+    import json
+
+    from .ood import is_out_of_domain
+
+    parts = [np.load(Path(d) / "noise_raw.npz") for d in dirs]
+    metas = [json.loads(str(p["meta"])) for p in parts]
+    meta = dict(metas[0])
+    if any((m["todo"], m["jobs"]) != (meta["todo"], meta["jobs"]) for m in metas):
+        raise UserError("--merge: the shards ran different noise levels or methods")
+    arrays = {key: np.concatenate([p[key] for p in parts], axis=_scene_axis(key)) for key in parts[0].files if key != "meta"}
+    meta["n"] = int(sum(m["done"] for m in metas))
+    meta["scenes"] = [[m["start"], m["start"] + m["done"]] for m in metas]
+    meta["accuracy_s"] = round(sum(m["accuracy_s"] for m in metas), 1)
+    if len(dirs) > 1:
+        meta["command"] = " ; ".join(m["command"] or "?" for m in metas)
+    todo = [tuple(t) for t in meta["todo"]]
+    jobs = [(m, name, None) for m, name in meta["jobs"]]
+    names = dict.fromkeys(name for _, name in meta["jobs"])
+    rows = summarise(todo, jobs, {nm: arrays[f"ref_cms:{nm}"] for nm in names}, {nm: arrays[f"ood:{nm}"] for nm in names},
+                     arrays["cms"], arrays["saving"], arrays["flips"], arrays["remerge"], boot, is_out_of_domain)
     return rows, meta
 
 
@@ -249,7 +292,10 @@ def write_noise(rows: list[dict[str, Any]], meta: dict[str, Any], out: Path) -> 
 def cmd_noise(args: argparse.Namespace) -> int:
     if args.suite or args.sweep or args.set or args.layers:
         raise UserError("--noise runs every method at its defaults; --suite, --sweep, --set and --layers do not combine with it")
-    rows, meta = run_noise(args)
+    if args.merge:
+        rows, meta = rows_from_raw([Path(d) for d in args.merge.split(",") if d.strip()], args.boot)
+    else:
+        rows, meta = run_noise(args)
     write_noise(rows, meta, args.out)
     print((args.out / "noise.md").read_text())
     print(f"wrote {args.out}/noise.csv")
