@@ -137,6 +137,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
           f"agreement mIoU {result.report['metrics']['agreement_miou']:.3f}; wrote {len(written)} files to {args.out}")
     if result.report["latency_ms"]:
         print(latency_line(result.report["latency_ms"]))
+    from .ood import ood_line
+
+    print(ood_line(result.report["ood"]))
     return 0
 
 

@@ -69,3 +69,14 @@ def ood_fields(backbone: Backbone, baseline: Baseline) -> dict[str, object]:
         "signal": "mean normalised entropy of the unpruned decoder's per-token class probabilities"
         if score is not None else "none: this backbone gives no class scores",
     }
+
+
+def ood_line(fields: dict[str, object]) -> str:
+    """One plain-text line for the CLI from :func:`ood_fields`."""
+    score, thr = fields["score"], fields["threshold"]
+    if score is None:
+        return "out-of-domain score: none (this backbone gives no class scores)"
+    if fields["out_of_domain"]:
+        return (f"WARNING: out-of-domain score {score:.3f} > {thr}: the demo model does not know images like this; "
+                "what you see may be model failure, not pruning failure")
+    return f"out-of-domain score {score:.3f} (<= {thr}: like the scenes the demo model was trained on)"
