@@ -31,7 +31,7 @@ from .errors import UserError
 from .io import load_image, load_mask
 from .io.archive import SafeZip, SetEntry, folder_entries, read_entry
 from .metrics import ConfusionMatrix
-from .ood import OOD_THRESHOLD, ood_score
+from .ood import OOD_THRESHOLD, is_out_of_domain, ood_score
 from .viz import change_map, colorize_labels, token_status_map
 from .viz_damage import error_map, png_bytes, thumbnail
 
@@ -262,7 +262,9 @@ def inspect_set(
             gt, mask_note = _gt_for(item, backbone)
             analysis = analyze(backbone, item.rgb, plan, gt=gt)
             row = score_row(item.name, analysis, backbone, gt)
-            row["note"] = "; ".join(n for n in [mask_note, *item.notices] if n)
+            ood = "out of domain? ood_score above the threshold: may be model failure, not pruning's" \
+                if is_out_of_domain(row["ood_score"] if row["ood_score"] != "" else None) else ""
+            row["note"] = "; ".join(n for n in [ood, mask_note, *item.notices] if n)
             scored.append(row)
             key = _neg(rank_key(row))
             if top_k > 0 and (len(heap) < top_k or key > heap[0][0]):

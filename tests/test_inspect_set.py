@@ -98,6 +98,9 @@ def test_inspect_synthetic_limit_and_errors(tiny_demo, tmp_path, capsys):
     _, rows = _rows(out / "inspect.csv")
     assert len(rows) == 4 and all(r["miou"] != "" for r in rows)
     assert all(0 <= float(r["ood_score"]) <= 1 for r in rows)  # prune_viz.ood on the unpruned run
+    from prune_viz.ood import OOD_THRESHOLD
+
+    assert all(("out of domain?" in r["note"]) == (float(r["ood_score"]) > OOD_THRESHOLD) for r in rows)
     capsys.readouterr()
     assert main(["inspect", "--out", str(out)]) == 2
     assert capsys.readouterr().err.startswith("error: give either")
