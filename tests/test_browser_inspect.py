@@ -38,7 +38,7 @@ def test_worst_case_of_a_set_opens_in_the_main_view(served, tmp_path):
         page = browser.new_page(viewport={"width": 1600, "height": 1200})
         page.goto(url, timeout=120_000)
         page.locator("#readout").get_by_text("analytic count for this run").wait_for(timeout=120_000)
-        page.get_by_role("tab", name="Inspect a set").first.click()
+        test_browser.open_tab(page, "Inspect a set")
         page.locator("#set_run").click()
         try:
             page.locator("#set_summary").get_by_text("Ranked worst first").wait_for(timeout=240_000)
