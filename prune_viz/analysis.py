@@ -28,6 +28,7 @@ from .backbones.provenance import provenance
 from .engine import Baseline, Plan, Trace, image_key, pad_query_saving, run_baseline, run_pruned
 from .flops import MACS_NOTE, measure_macs
 from .metrics import agreement_miou, boundary_f1, gamma, miou
+from .ood import ood_fields
 from .viz import colorize_labels, image_to_uint8, token_status_map, write_png
 
 
@@ -235,6 +236,8 @@ def build_report(backbone: Backbone, plan: Plan, baseline: Baseline, trace: Trac
         },
         "latency_ms": None,
         "metrics": metrics,
+        # How unsure the unpruned model is (ood.py): out of its domain, a failure is the model's.
+        "ood": ood_fields(backbone, baseline),
         # Decisions overruled by hand (the token inspector's "what if"): layer, forced in, forced out.
         "overrides": [{"layer": at, "keep": list(keep), "prune": list(prune)} for at, keep, prune in plan.overrides],
         "digest": {

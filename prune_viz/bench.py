@@ -13,7 +13,8 @@ include each decision's own arithmetic (``decision_macs``, measured with the FLO
 LVTP rows also carry the statistics of Eq. 4's alpha at the first pruning layer (``alpha_*``).
 Every scene's unpruned forward is computed once and reused as the prefix cache for all configs.
 
-``--suite v2`` runs the curve benchmark instead (``bench_suite.py``, ``bench_report.py``).
+``--suite v2`` runs the curve benchmark instead (``bench_suite.py``, ``bench_report.py``);
+``--noise KINDS`` the robustness sweep (``bench_noise.py``).
 """
 
 from __future__ import annotations
@@ -60,6 +61,9 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--compute-threads", type=int, default=1, help="torch threads for the accuracy runs")
     s.add_argument("--matp-backbone", default="demo_matp", help="the MATP fine-tune that matp runs on")
     s.add_argument("--from-raw", type=Path, default=None, help="rebuild tables and plots from DIR/raw.npz of an earlier suite run")
+    from .bench_noise import add_noise_args
+
+    add_noise_args(b)
 
 
 def _parse_value(text: str) -> Any:
@@ -296,6 +300,10 @@ def plot_tradeoff(rows: list[dict[str, Any]], out: Path) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if getattr(args, "noise", None) or getattr(args, "merge", None):
+        from .bench_noise import cmd_noise
+
+        return cmd_noise(args)
     if args.suite:
         return cmd_suite(args)
     t0 = time.time()

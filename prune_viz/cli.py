@@ -1,4 +1,4 @@
-"""Command line: ``python -m prune_viz analyze IMAGE --out DIR [...]`` (and ``bench``).
+"""Command line: ``python -m prune_viz analyze IMAGE --out DIR [...]`` (and ``bench``, ``inspect``).
 
 User errors (bad file, bad parameter, missing checkpoint, an ``--out`` that cannot be written)
 print one ``error: ...`` line and exit with code 2, checked before the run where they can be.
@@ -61,10 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--seed", type=_whole_number(0, MAX_SEED), default=0)
     a.add_argument("--repeat", type=_whole_number(0, 100), default=3, help="timed rounds, each one unpruned and one pruned forward, interleaved (median and spread after one warm-up; 0: no timing)")
     a.add_argument("--no-measure", action="store_true", help="skip the FLOP-counter cross-check")
+    a.add_argument("--attribution", action="store_true", help="also attribute the changed pixels to the pruned tokens "
+                   "(restores groups of them, at most 32 re-runs / 20 s): attribution.png + attribution.json")
     add_method_options(a)
     from .bench import add_bench_parser
+    from .inspect_cli import add_inspect_parser
 
     add_bench_parser(sub)
+    add_inspect_parser(sub, _whole_number, add_method_options)
     return parser
 
 
@@ -121,6 +125,12 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     result.report["input_notices"] = input_notices
     result.report["command"] = " ".join(["python -m prune_viz"] + sys.argv[1:]) if sys.argv[1:2] == ["analyze"] else None
     written = save_outputs(result, args.out, loaded.rgb, backbone.patch_size)
+    if args.attribution:
+        from .attribution import attribute, save_attribution
+
+        att = attribute(backbone, loaded.rgb, plan, result.baseline, result.trace)
+        written += save_attribution(att, loaded.rgb, result.baseline, result.trace, backbone.patch_size, args.out)
+        print(att.statement)
     m = result.report["macs"]
     print(f"{backbone.name} / {plan.method.name} at layers {list(plan.layers)}: "
           f"{m['baseline'] / 1e9:.2f} -> {m['pruned'] / 1e9:.2f} GMACs ({m['delta_pct']:+.1f}%), "
@@ -128,6 +138,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     print(f"weights: {result.report['weights']} ({result.report['weights_note']})")
     if result.report["latency_ms"]:
         print(latency_line(result.report["latency_ms"]))
+    from .ood import ood_line
+
+    print(ood_line(result.report["ood"]))
     return 0
 
 
@@ -151,6 +164,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "analyze":
             return cmd_analyze(args)
+        if args.command == "inspect":
+            from .inspect_cli import cmd_inspect
+
+            return cmd_inspect(args, check_out_dir)
         from .bench import cmd_bench
 
         return cmd_bench(args)

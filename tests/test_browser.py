@@ -106,6 +106,16 @@ def _wait_for_change(page, selector: str, before: str, timeout_s: float = 120.0)
     pytest.fail(f"{selector} did not change from {before[:200]!r}; server log: {SERVER_LOG[0].read_text(errors='replace')[-1500:]!r}")
 
 
+def open_tab(page, name: str) -> None:
+    """Click a view tab, through Gradio's "More tabs" menu when the tab bar overflows (1366 px)."""
+    tab = page.get_by_role("tab", name=name).first
+    if tab.count() and tab.is_visible():
+        tab.click()
+        return
+    page.get_by_label("More tabs").first.click()
+    page.locator(".overflow-dropdown button", has_text=name).first.click()
+
+
 def _choose(page, label: str, option: str) -> None:
     page.get_by_label(label).first.click()
     page.get_by_role("option", name=option, exact=False).first.click()
@@ -200,7 +210,7 @@ def test_teaching_view_at_1366x768(app_url, tmp_path):
         # The lecture composite, from the export zip.
         import zipfile
 
-        page.get_by_role("tab", name="Export").first.click()
+        open_tab(page, "Export")
         with page.expect_download(timeout=180_000) as zipped:
             page.get_by_role("button", name="Build zip").click()
             page.locator("#export_file a").first.click(timeout=180_000)

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import gradio as gr
 
-from . import api, handlers as h, sam_prompts as sp, teaching as t
+from . import api, handlers as h, inspect_tab, noise_view as nv, sam_prompts as sp, teaching as t
 
 MODEL = "model"  # one concurrency group for everything that runs a network
 LATEST = dict(trigger_mode="always_last")  # a choice made while a run is going is run afterwards, not dropped
@@ -25,6 +25,7 @@ QUEUES: dict[str, dict[str, Any]] = {
     "estimate": dict(show_progress="hidden", concurrency_id="estimate", concurrency_limit=4, api_visibility="private",
                      **LATEST),
     "clicks": dict(trigger_mode="multiple", api_visibility="private"),
+    "inspect_set": inspect_tab.QUEUE,  # one set at a time per server
 }
 
 STATE_MODEL = ["state", "backbone", "sam_size"]
@@ -56,6 +57,8 @@ def table(c: dict[str, Any]) -> list[Row]:
         (["compare_btn.click"], h.on_compare, [*STATE_MODEL, "seed", "compare_methods", "compare_mode", "compare_target"],
          ["state", "compare_image", "compare_table", "compare_note"], "model", False),
         (["sam_tab.select"], sp.on_sam_tab, ["state"], ["sam_image"], "private", False),
+        (["robust_tab.select", "noise_kind.input", "noise_strength.release"], nv.on_noise, nv.NOISE_IN, nv.NOISE_OUT,
+         "model_latest", False),
         (["view_tabs.select"], h.on_tab, [*STATE_MODEL, "view_layer"], h.TAB_OUT, "private", False),
         (["sam_image.select"], sp.on_prompt_click, ["state", "prompt_mode"], ["state", "sam_image", "prompt_status"],
          "clicks", False),
@@ -77,6 +80,7 @@ def table(c: dict[str, Any]) -> list[Row]:
         (["compare_gif_btn.click"], t.on_compare_gif,
          [*STATE_MODEL, "seed", "compare_methods", "compare_mode", "compare_target"], ["compare_gif"], "model", False),
     ]
+    rows.extend(inspect_tab.rows())
     if "gallery" in c:  # first visit: show an example right away (no examples: a page that says what to do)
         rows.append((["gallery.select"], h.on_example, STATE_MODEL, h.EXAMPLE_OUT, "latest", True))
         rows.append((["demo.load"], h.on_first_visit, STATE_MODEL, h.EXAMPLE_OUT, "private", True))

@@ -24,6 +24,7 @@ from ..ui.choices import Example, backbone_for, backbone_info, find_examples, la
 from ..ui.controls import param_controls, values_for
 from ..ui.export import export_zip
 from ..ui.files import write_png
+from ..ui.robustness import ood_banner
 from ..ui.session import Session
 from ..ui.tables import changed_fraction, metrics_rows, readout_markdown
 from ..ui.charts import charts
@@ -43,7 +44,7 @@ LAYER_OUT = [
 ]
 TAB_KEYS = [f"tab_{t}" for t in VIEW_TABS]
 VIEW_OUT = [
-    "state", "readout", "view_layer", "depth", *LAYER_OUT, *TAB_KEYS,
+    "state", "ood_banner", "readout", "view_layer", "depth", *LAYER_OUT, *TAB_KEYS,
     "seg_slider", "seg_change", "seg_legend", "seg_caption", "metrics", "scalars",
     "chart_tokens", "chart_macs", "chart_cum", "sam_image",
 ]
@@ -167,6 +168,7 @@ def analysis_updates(session: Session, model: Backbone, analysis, layer: int) ->
     out = {
         "state": session,
         "readout": readout_markdown(report_summary(analysis), "exact"),
+        "ood_banner": gr.Markdown(ood_banner(analysis.report), visible=bool(ood_banner(analysis.report))),
         "view_layer": gr.Slider(minimum=1, maximum=model.num_blocks, value=layer),
         "depth": depth_view(analysis, model.num_blocks, model.patch_size),
         "metrics": metrics_rows(analysis, changed_fraction(analysis)),

@@ -22,6 +22,7 @@ from ..ui.controls import ParamControl
 from ..ui.session import Session
 from ..ui.tables import readout_markdown
 from ..ui.views import legend_html, tabs_for
+from . import inspect_tab, noise_view
 from .handlers import CONTROLS, PARAM_KEYS, examples
 
 TITLE = "prune_viz — token pruning in ViT segmenters, made visible"
@@ -118,6 +119,7 @@ def build_layout() -> dict[str, Any]:
                 c["method_info"] = gr.Markdown(texts.method_explanation(method0))
             _pruning_controls(c, facts0, method0, layers0)
         with gr.Column(scale=3, min_width=480):
+            c["ood_banner"] = gr.Markdown("", visible=False, elem_id="ood_banner")  # ood.py: out of the model's domain
             c["readout"] = gr.Markdown(readout_markdown(None), elem_id="readout", container=True)
             c["view_layer"] = gr.Slider(1, facts0.num_blocks, value=layers0[0], step=1, label="Show the tokens after block…",
                                         info="Move through the network: pruning layers show the decision, "
@@ -265,6 +267,9 @@ def _view_tabs(c: dict[str, Any], method0: str, facts0: BackboneFacts) -> None:
             c["mask_before"] = gr.Image(label="Mask from the unpruned encoder", format="png", interactive=False)
             c["mask_after"] = gr.Image(label="Mask from the pruned encoder", format="png", interactive=False)
     c["sam_tab"] = sam_tab
+    with gr.Tab(noise_view.TAB) as robust_tab:
+        noise_view.build_tab(c)
+    c["robust_tab"] = robust_tab
     with gr.Tab("Export"):
         gr.Markdown("A zip with `report.json`, the token maps and segmentations as PNG, the input the model saw "
                     "(`input.png`, plus `mask.png`), `command.txt`: the command line that reproduces the run, and "
@@ -273,3 +278,4 @@ def _view_tabs(c: dict[str, Any], method0: str, facts0: BackboneFacts) -> None:
         c["export_btn"] = gr.Button("Build zip", variant="primary")
         c["export_file"] = gr.File(label="Download", interactive=False, elem_id="export_file")
         c["export_command"] = gr.Textbox(label="command.txt", lines=3, interactive=False)
+    inspect_tab.build(c)
