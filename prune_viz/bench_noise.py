@@ -190,7 +190,12 @@ def rows_from_raw(dirs: list[Path], boot: int) -> tuple[list[dict[str, Any]], di
     if any((m["todo"], m["jobs"]) != (meta["todo"], meta["jobs"]) for m in metas):
         raise UserError("--merge: the shards ran different noise levels or methods")
     arrays = {key: np.concatenate([p[key] for p in parts], axis=_scene_axis(key)) for key in parts[0].files if key != "meta"}
-    meta["n"] = int(sum(m["done"] for m in metas))
+    # A scene measured by two shards (one stopped after its neighbour started) counts once.
+    index = [m["start"] + i for m in metas for i in range(m["done"])]
+    first = sorted({sc: pos for pos, sc in reversed(list(enumerate(index)))}.items())
+    keep = [pos for _, pos in first]
+    arrays = {key: np.take(a, keep, axis=_scene_axis(key)) for key, a in arrays.items()}
+    meta["n"] = len(keep)
     meta["scenes"] = [[m["start"], m["start"] + m["done"]] for m in metas]
     meta["accuracy_s"] = round(sum(m["accuracy_s"] for m in metas), 1)
     if len(dirs) > 1:
