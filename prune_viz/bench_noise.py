@@ -174,7 +174,9 @@ def save_raw(out: Path, meta: dict[str, Any], done: int, arrays: dict[str, np.nd
 
     out.mkdir(parents=True, exist_ok=True)
     cut = {key: np.take(a, range(done), axis=_scene_axis(key)) for key, a in arrays.items()}
-    np.savez_compressed(out / "noise_raw.npz", meta=np.array(json.dumps({**meta, "done": done})), **cut)
+    tmp = out / "noise_raw.partial.npz"  # then renamed: a merge never reads a half-written file
+    np.savez_compressed(tmp, meta=np.array(json.dumps({**meta, "done": done})), **cut)
+    tmp.replace(out / "noise_raw.npz")
 
 
 def rows_from_raw(dirs: list[Path], boot: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
