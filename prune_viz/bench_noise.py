@@ -174,7 +174,9 @@ def save_raw(out: Path, meta: dict[str, Any], done: int, arrays: dict[str, np.nd
 
     out.mkdir(parents=True, exist_ok=True)
     cut = {key: np.take(a, range(done), axis=_scene_axis(key)) for key, a in arrays.items()}
-    np.savez_compressed(out / "noise_raw.npz", meta=np.array(json.dumps({**meta, "done": done})), **cut)
+    tmp = out / "noise_raw.partial.npz"  # then renamed: a merge never reads a half-written file
+    np.savez_compressed(tmp, meta=np.array(json.dumps({**meta, "done": done})), **cut)
+    tmp.replace(out / "noise_raw.npz")
 
 
 def rows_from_raw(dirs: list[Path], boot: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -190,7 +192,12 @@ def rows_from_raw(dirs: list[Path], boot: int) -> tuple[list[dict[str, Any]], di
     if any((m["todo"], m["jobs"]) != (meta["todo"], meta["jobs"]) for m in metas):
         raise UserError("--merge: the shards ran different noise levels or methods")
     arrays = {key: np.concatenate([p[key] for p in parts], axis=_scene_axis(key)) for key in parts[0].files if key != "meta"}
-    meta["n"] = int(sum(m["done"] for m in metas))
+    # A scene measured by two shards (one stopped after its neighbour started) counts once.
+    index = [m["start"] + i for m in metas for i in range(m["done"])]
+    first = sorted({sc: pos for pos, sc in reversed(list(enumerate(index)))}.items())
+    keep = [pos for _, pos in first]
+    arrays = {key: np.take(a, keep, axis=_scene_axis(key)) for key, a in arrays.items()}
+    meta["n"] = len(keep)
     meta["scenes"] = [[m["start"], m["start"] + m["done"]] for m in metas]
     meta["accuracy_s"] = round(sum(m["accuracy_s"] for m in metas), 1)
     if len(dirs) > 1:
@@ -254,6 +261,7 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
            "mIoU in %, against the synthetic labels; Δ in percentage points against the same model on the clean images, "
            "[95 % bootstrap CI over scenes]; MAC saving: pruned vs unpruned forward (1 MAC = 1 multiply-add, decision "
            "arithmetic not counted); flips: % of tokens whose final keep decision differs from the clean image's.", ""]
+    out += stability_summary(rows) + [""]
     for kind in dict.fromkeys(r["noise"] for r in rows if r["noise"] != "clean"):
         kr = [r for r in rows if r["noise"] == kind]
         levels = list(dict.fromkeys(r["level"] for r in kr))
@@ -277,6 +285,24 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
                        f"{'—' if r['remerge_pct'] is None else format(r['remerge_pct'], '.1f')} | {r['ood_flag_pct']:.0f} |")
         out.append("")
     return "\n".join(out)
+
+
+def stability_summary(rows: list[dict[str, Any]]) -> list[str]:
+    """Markdown lines: per method, flips % at each kind's levels (mildest / ... / strongest), and
+    the extra mIoU loss pruning adds at the strongest level (Δ pruned − Δ unpruned, points)."""
+    kinds = list(dict.fromkeys(r["noise"] for r in rows if r["noise"] != "clean"))
+    methods = list(dict.fromkeys((r["method"], r["backbone"]) for r in rows))
+    out = ["### Decision stability: flips % per level (mildest / … / strongest)", "",
+           "| method | " + " | ".join(kinds) + " | extra Δ mIoU from pruning at the strongest level (" + ", ".join(kinds) + ") |",
+           "|---|" + "---|" * (len(kinds) + 1)]
+    for m, b in methods:
+        cells, extra = [], []
+        for kind in kinds:
+            kr = [r for r in rows if r["noise"] == kind and r["method"] == m and r["backbone"] == b]
+            cells.append(" / ".join(f"{r['flip_pct']:.1f}" for r in kr))
+            extra.append(f"{kr[-1]['d_miou_pruned'] - kr[-1]['d_miou_unpruned']:+.2f}")
+        out.append(f"| {m} ({b}) | " + " | ".join(cells) + " | " + ", ".join(extra) + " |")
+    return out
 
 
 def write_noise(rows: list[dict[str, Any]], meta: dict[str, Any], out: Path) -> None:

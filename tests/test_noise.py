@@ -117,3 +117,30 @@ def test_bench_noise_smoke(tmp_path):
     assert float(matp40["flip_pct"]) > 0.0
     md = (out / "noise.md").read_text()
     assert "| unpruned | demo |" in md and "| +matp | demo_matp |" in md
+
+
+def test_merge_shards_counts_each_scene_once(tmp_path):
+    """Two shards that overlap in scene 2 (one was stopped late): the merge keeps 4 scenes,
+    and its numbers are the ones of the scenes it kept (no model runs: made-up measurements)."""
+    from prune_viz.bench_noise import rows_from_raw, save_raw
+
+    k, v, j = 3, 2, 1
+    todo, jobs = [("clean", 0.0), ("blur", 1.0)], [("evit", "demo")]
+
+    def shard(start: int, done: int, flip: float) -> None:
+        eye = np.eye(k, dtype=np.int64) * 10
+        arrays = {"cms": np.broadcast_to(eye, (j, v, done, k, k)).copy(), "saving": np.full((j, v, done), 30.0),
+                  "flips": np.full((j, v, done), flip), "remerge": np.full((j, v, done), np.nan),
+                  "ref_cms:demo": np.broadcast_to(eye, (v, done, k, k)).copy(), "ood:demo": np.full((v, done), 0.1)}
+        arrays["flips"][:, 0] = 0.0
+        meta = {"split": "val", "start": start, "todo": todo, "jobs": jobs, "accuracy_s": 1.0, "command": None,
+                "compute_threads": 1}
+        save_raw(tmp_path / f"s{start}", meta, done, arrays)
+
+    shard(0, 3, 10.0)  # scenes 0, 1, 2
+    shard(2, 2, 40.0)  # scenes 2, 3
+    rows, meta = rows_from_raw([tmp_path / "s0", tmp_path / "s2"], boot=20)
+    assert meta["n"] == 4
+    blur = next(r for r in rows if r["noise"] == "blur")
+    assert blur["flip_pct"] == pytest.approx((10 + 10 + 10 + 40) / 4)
+    assert blur["d_miou_pruned"] == 0.0 and blur["mac_saving_pct"] == 30.0
