@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from .backbones.base import Backbone
-from .engine import Baseline, Plan, Trace, image_key, pad_query_saving, run_baseline, run_pruned
+from .engine import (Baseline, Plan, Trace, downsample_full, image_key, pad_query_saving, run_baseline, run_pruned,
+                     stage_outputs)
 from .flops import MACS_NOTE, measure_macs
 from .metrics import agreement_miou, boundary_f1, gamma, miou
 from .viz import colorize_labels, image_to_uint8, token_status_map, write_png
@@ -133,11 +134,19 @@ def run_suffix_unpruned(backbone: Backbone, baseline: Baseline, first: int) -> A
     """The unpruned forward from the cached output of block ``first`` on: the remaining blocks
     on the full grid and the decode (the counterpart of a pruned run that reuses the cache)."""
     x = baseline.x_after[first]
-    grid = baseline.prep.grid
+    grid = backbone.grid_at(first, baseline.prep.grid)
+    skips = stage_outputs(backbone, baseline.x_after, before=first)
+    if first in backbone.stage_ends:
+        skips.append(backbone.split_prefix(x)[1])
+        x, grid = downsample_full(backbone, first, x, grid)
     for layer in range(first + 1, backbone.num_blocks + 1):
         x = backbone.run_block(layer, x, None, grid).x
+        if layer in backbone.stage_ends:
+            skips.append(backbone.split_prefix(x)[1])
+            x, grid = downsample_full(backbone, layer, x, grid)
     prefix, patches = backbone.split_prefix(x)
-    return backbone.decode(patches.clone(), prefix, baseline.prep)
+    extra = {"stage_outputs": skips} if backbone.stage_ends else {}
+    return backbone.decode(patches.clone(), prefix, baseline.prep, **extra)
 
 
 def latency_report(timing: dict[str, Any], macs: dict[str, Any]) -> dict[str, Any]:

@@ -56,6 +56,7 @@ def run_baseline(
     stats: dict[int, BlockOutput] = {}
     records = []
     n = grid[0] * grid[1]
+    down_macs = 0
     for layer in range(1, backbone.num_blocks + 1):
         check_time(f"at block {layer}")
         tb = _now()
@@ -65,11 +66,49 @@ def run_baseline(
         if layer in attn_layers:
             stats[layer] = BlockOutput(x=torch.empty(0), received=out.received, cls_attn=out.cls_attn)
         macs = backbone.block_macs(layer, None, grid)
-        records.append(LayerRecord(layer, backbone.block_kind(layer), n, macs, macs, (_now() - tb) * 1e3))
+        records.append(LayerRecord(layer, backbone.block_kind(layer), n, macs, macs, (_now() - tb) * 1e3, *_grid_field(backbone, grid)))
+        if layer in backbone.stage_ends:
+            down_macs += backbone.downsample_macs(layer, grid)
+            x, grid = downsample_full(backbone, layer, x, grid)
+            n = grid[0] * grid[1]
     prefix, patches = backbone.split_prefix(x)
-    seg = backbone.decode(patches.clone(), prefix, prep)
-    total = backbone.embed_macs(prep) + sum(r.macs for r in records) + backbone.decode_macs(prep)
+    seg = backbone.decode(patches.clone(), prefix, prep, **_stage_kwargs(backbone, stage_outputs(backbone, x_after)))
+    total = backbone.embed_macs(prep) + sum(r.macs for r in records) + backbone.decode_macs(prep) + down_macs
     return Baseline(image_key(backbone, image), prep, x_after, stats, seg, total, records, (_now() - t0) * 1e3)
+
+
+def _grid_field(backbone: Backbone, grid: tuple[int, int]) -> tuple:
+    """LayerRecord's optional grid: filled on hierarchical backbones only."""
+    return (grid,) if backbone.stage_ends else ()
+
+
+def _stage_kwargs(backbone: Backbone, outputs: list[Tensor]) -> dict[str, Any]:
+    """decode()'s extra argument on hierarchical backbones (none on plain ones)."""
+    return {"stage_outputs": outputs} if backbone.stage_ends else {}
+
+
+def downsample_full(backbone: Backbone, layer: int, x: Tensor, grid: tuple[int, int]) -> tuple[Tensor, tuple[int, int]]:
+    """Unpruned patch merging after block ``layer``: 1 x (P + N) x C -> 1 x (P + N') x C'."""
+    prefix, patches = backbone.split_prefix(x)
+    alive = torch.ones(patches.shape[1], dtype=torch.bool)
+    merged, _, grid = backbone.downsample(layer, patches, alive, grid)
+    return _join(prefix, merged), grid
+
+
+def _join(prefix: Tensor, patches: Tensor) -> Tensor:
+    """Prefix and patch tokens in one sequence. Hierarchical backbones have no prefix tokens
+    (the merge changes the width, which a class token would not follow)."""
+    if prefix.shape[1] == 0:
+        return patches
+    if prefix.shape[-1] != patches.shape[-1]:
+        raise ValueError("prefix tokens cannot cross a patch merging")
+    return torch.cat([prefix, patches], dim=1)
+
+
+def stage_outputs(backbone: Backbone, x_after: list[Tensor], before: int | None = None) -> list[Tensor]:
+    """The patch tokens 1 x N_s x C_s after each stage's last block (stages ending before
+    layer ``before``, all when None), from an unpruned forward's ``x_after``."""
+    return [backbone.split_prefix(x_after[e])[1] for e in backbone.stage_ends if before is None or e < before]
 
 
 def _grid_map(values: Tensor, kept_idx: Tensor, n: int, grid: tuple[int, int]) -> np.ndarray:
@@ -133,21 +172,22 @@ def pad_query_saving(backbone: Backbone, plan: Plan, grid: tuple[int, int]) -> i
     1024 px, 5.4 % of ViT-H's). 0 on backbones without windows. Reports show it as its own line
     and measure the pruning saving against ``baseline - this``.
     """
-    every = torch.arange(grid[0] * grid[1])
+    grids = {layer: backbone.grid_at(layer, grid) for layer in range(plan.layers[0] + 1, backbone.num_blocks + 1)}
     return sum(
-        backbone.block_macs(layer, None, grid) - backbone.block_macs(layer, every, grid)
-        for layer in range(plan.layers[0] + 1, backbone.num_blocks + 1)
+        backbone.block_macs(layer, None, g) - backbone.block_macs(layer, torch.arange(g[0] * g[1]), g)
+        for layer, g in grids.items()
     )
 
 
 def _context(
     backbone: Backbone, plan: Plan, layer: int, patches: Tensor, kept_idx: Tensor, prep: Prepared,
     stats: BlockOutput | None, aux: Tensor | None, sizes: Tensor | None = None,
-    want_diagnostics: bool = True,
+    want_diagnostics: bool = True, grid: tuple[int, int] | None = None,
 ) -> PruneContext:
     """What the method sees after block ``layer``. patches: 1 x Nk x C; aux: Nk x K x S or None;
-    sizes: Nk tokens each kept token stands for (merging methods), or None."""
-    grid = prep.grid
+    sizes: Nk tokens each kept token stands for (merging methods), or None; grid: the layer's
+    token grid (hierarchical backbones; default the input grid), its patch in input pixels."""
+    grid = grid or prep.grid
     return PruneContext(
         layer=layer,
         step=plan.layers.index(layer),
@@ -155,7 +195,7 @@ def _context(
         tokens=patches[0],
         kept_idx=kept_idx,
         grid=grid,
-        patch_size=backbone.patch_size,
+        patch_size=backbone.patch_size * (prep.grid[0] // grid[0]),
         image=prep.image01,
         seed=plan.seed,
         received=stats.received if stats is not None else None,
@@ -194,11 +234,12 @@ def run_pruned(
     if baseline is not None and baseline.key != image_key(backbone, image):
         raise ValueError("baseline cache belongs to another image or backbone")
     prep = baseline.prep if baseline is not None else (prep or backbone.prepare(image))
-    grid = prep.grid
-    n = grid[0] * grid[1]
     method = plan.method
     first = plan.layers[0]
+    grid = backbone.grid_at(first, prep.grid)  # the input grid, except on hierarchical backbones
+    n = grid[0] * grid[1]
     want_attn = method.needs_attention and replay is None
+    hierarchical = bool(backbone.stage_ends)
 
     records: list[LayerRecord] = []
     steps: list[StepRecord] = []
@@ -211,32 +252,42 @@ def run_pruned(
     from_cache = baseline is not None
     rep = torch.arange(n)  # merging methods: grid token -> the token it is decoded as
     merged = False
+    skips: list[Tensor] = []  # hierarchical: full grids after each finished stage (decoder skips)
+    stage_drops = [np.full(backbone.grid_at(e, prep.grid), backbone.num_blocks, dtype=np.int16)
+                   for e in backbone.stage_ends if e < first]  # stages before any pruning: all alive
+    down_macs = sum(backbone.downsample_macs(e, backbone.grid_at(e, prep.grid)) for e in backbone.stage_ends if e < first)
 
     # Blocks 1..first run in full: from the cache if we have one.
     stats: BlockOutput | None = None
     if baseline is not None:
         x = baseline.x_after[first]
         records.extend(baseline.layers[:first])
+        skips = stage_outputs(backbone, baseline.x_after, before=first)
         if want_attn:
             stats = baseline.attn_stats.get(first)
             if stats is None:  # not cached: recompute only block `first` with statistics
-                stats = backbone.run_block(first, baseline.x_after[first - 1], None, grid, want_attn=True)
+                stats = backbone.run_block(first, block_input(backbone, baseline, first), None, grid, want_attn=True)
     else:
         x = backbone.embed(prep)
+        g = prep.grid
         for layer in range(1, first + 1):
             tb = _now()
-            out = backbone.run_block(layer, x, None, grid, want_attn=want_attn and layer == first)
+            out = backbone.run_block(layer, x, None, g, want_attn=want_attn and layer == first)
             x = out.x
-            macs = backbone.block_macs(layer, None, grid)
-            records.append(LayerRecord(layer, backbone.block_kind(layer), n, macs, macs, (_now() - tb) * 1e3))
+            macs = backbone.block_macs(layer, None, g)
+            records.append(LayerRecord(layer, backbone.block_kind(layer), g[0] * g[1], macs, macs, (_now() - tb) * 1e3,
+                                       *_grid_field(backbone, g)))
             if layer == first:
                 stats = out
+            elif layer in backbone.stage_ends:
+                skips.append(backbone.split_prefix(x)[1])
+                x, g = downsample_full(backbone, layer, x, g)
     if want_attn and stats is not None:
         # The statistics cost extra arithmetic in the block that produced them: count it.
         decision_macs += attention_surcharge(backbone, first, grid)
 
     kept_idx = torch.arange(n)
-    full = torch.zeros(1, n, backbone.embed_dim, dtype=x.dtype)
+    full = torch.zeros(1, n, backbone.dim_at(first), dtype=x.dtype)
     for layer in range(first, backbone.num_blocks + 1):
         check_time(f"at block {layer}")
         if layer > first:
@@ -249,8 +300,14 @@ def run_pruned(
             if step_attn:
                 decision_macs += attention_surcharge(backbone, layer, grid, kept_idx)
             base_macs = backbone.block_macs(layer, None, grid)
-            records.append(LayerRecord(layer, backbone.block_kind(layer), kept_idx.numel(), macs, base_macs, (_now() - tb) * 1e3))
+            records.append(LayerRecord(layer, backbone.block_kind(layer), kept_idx.numel(), macs, base_macs, (_now() - tb) * 1e3,
+                                       *_grid_field(backbone, grid)))
         if layer not in plan.layers:
+            if layer in backbone.stage_ends:
+                x, kept_idx, full, grid = _next_stage(backbone, layer, x, kept_idx, full, grid, skips, stage_drops, drop_layer)
+                drop_layer = _pool_drop(drop_layer, stage_drops[-1].shape)
+                n = grid[0] * grid[1]
+                down_macs += backbone.downsample_macs(layer, stage_drops[-1].shape)
             continue
 
         step = plan.layers.index(layer)
@@ -268,7 +325,7 @@ def run_pruned(
             diag: dict[str, Any] = {}
         else:
             sizes = torch.bincount(rep, minlength=n)[kept_idx].float() if merged else None
-            ctx = _context(backbone, plan, layer, patches, kept_idx, prep, stats, aux, sizes, diagnostics)
+            ctx = _context(backbone, plan, layer, patches, kept_idx, prep, stats, aux, sizes, diagnostics, grid)
             if count_decisions:
                 step_macs, decision = measure_macs(lambda: method.decide(ctx, plan.params))
                 decision_macs += step_macs
@@ -280,6 +337,9 @@ def run_pruned(
                 # A merge decides where every token's feature goes; forcing one token in or out
                 # would leave its group without a representative.
                 raise ParamError(f"force keep / force prune is not available for merging methods ({plan.method.name})")
+            if decision.merge_into is not None and hierarchical:
+                raise ParamError(f"merging methods ({plan.method.name}) are not available on {backbone.name}: a merged "
+                                 "group would have to be split again at the next patch merging")
             if decision.merge_into is not None:
                 # Re-point every grid token represented by a merged alive token (itself, or tokens
                 # merged into it earlier) to its new representative.
@@ -314,6 +374,8 @@ def run_pruned(
         drop_layer[gone_idx.numpy()] = layer
         exit_here = leaving & (status == EXITED)
         if exit_here.any():
+            if hierarchical:
+                raise ParamError(f"early exits ({plan.method.name}) are not available on {backbone.name} yet")
             if aux is None:
                 raise RuntimeError(f"method '{method.name}' exited tokens without auxiliary logits")
             if exit_logits is None:
@@ -323,12 +385,18 @@ def run_pruned(
         kept_idx = kept_idx[keep]
         kept_per_step.append(kept_idx.clone())
         x = torch.cat([prefix, patches[:, keep]], dim=1)
+        if layer in backbone.stage_ends:
+            x, kept_idx, full, grid = _next_stage(backbone, layer, x, kept_idx, full, grid, skips, stage_drops, drop_layer)
+            drop_layer = _pool_drop(drop_layer, stage_drops[-1].shape)
+            n = grid[0] * grid[1]
+            down_macs += backbone.downsample_macs(layer, stage_drops[-1].shape)
 
     prefix, patches = backbone.split_prefix(x)
     full[:, kept_idx] = patches
     if merged:  # ToMe's unmerge: a merged token takes its group's final feature
         full = full[:, rep]
-    seg = backbone.decode(full, prefix, prep, exit_logits, exited if exit_logits is not None else None)
+    seg = backbone.decode(full, prefix, prep, exit_logits, exited if exit_logits is not None else None,
+                          **_stage_kwargs(backbone, skips))
 
     embed = backbone.embed_macs(prep)
     blocks = sum(r.macs for r in records)
@@ -341,6 +409,15 @@ def run_pruned(
         "decode": decode,
         "total": embed + blocks + aux_macs + decision_macs + decode,
     }
+    if hierarchical:
+        stage_drops.append(drop_layer.reshape(grid).copy())
+        macs["downsample"] = down_macs
+        macs["total"] += down_macs
+        # The input-grid map: each position shows when its last-stage ancestor left.
+        f = prep.grid[0] // grid[0]
+        drop_layer = np.repeat(np.repeat(drop_layer.reshape(grid), f, axis=0), f, axis=1)
+        exited = torch.zeros(prep.grid, dtype=torch.bool)
+        grid = prep.grid
     return Trace(
         backbone=backbone.name,
         method=method.name,
@@ -358,7 +435,43 @@ def run_pruned(
         from_cache=from_cache,
         num_blocks=backbone.num_blocks,
         merged_into=rep.numpy().reshape(grid) if merged else None,
+        stage_ends=tuple(backbone.stage_ends),
+        stage_drop_layer=stage_drops if hierarchical else None,
     )
+
+
+def _next_stage(
+    backbone: Backbone, layer: int, x: Tensor, kept_idx: Tensor, full: Tensor, grid: tuple[int, int],
+    skips: list[Tensor], stage_drops: list[np.ndarray], drop_layer: np.ndarray,
+) -> tuple[Tensor, Tensor, Tensor, tuple[int, int]]:
+    """Cross a stage boundary after block ``layer``: scatter the alive tokens into the full grid
+    (pruned ones hold their frozen features), keep it as the stage's skip, merge it
+    (``backbone.downsample``) and gather the alive tokens of the next stage.
+    Returns (x 1 x (P + Nk') x C', kept_idx', the next stage's full grid, its grid)."""
+    prefix, patches = backbone.split_prefix(x)
+    full[:, kept_idx] = patches
+    skips.append(full)
+    stage_drops.append(drop_layer.reshape(grid).copy())
+    alive = torch.zeros(grid[0] * grid[1], dtype=torch.bool)
+    alive[kept_idx] = True
+    merged, alive, grid = backbone.downsample(layer, full, alive, grid)
+    kept_idx = torch.nonzero(alive).flatten()
+    return _join(prefix, merged[:, kept_idx]), kept_idx, merged, grid
+
+
+def _pool_drop(drop_layer: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """N drop layers on ``grid`` -> N/4 after a 2 x 2 merge: the latest of the four children
+    (``num_blocks`` when any child is still alive, which is what makes the merged token alive)."""
+    gh, gw = grid
+    return drop_layer.reshape(gh // 2, 2, gw // 2, 2).max(axis=(1, 3)).ravel()
+
+
+def block_input(backbone: Backbone, baseline: Baseline, layer: int) -> Tensor:
+    """The unpruned input of block ``layer`` from the prefix cache (merged when ``layer`` opens a stage)."""
+    x = baseline.x_after[layer - 1]
+    if layer - 1 in backbone.stage_ends:
+        x, _ = downsample_full(backbone, layer - 1, x, backbone.grid_at(layer - 1, baseline.prep.grid))
+    return x
 
 
 def apply_overrides(status: Tensor, kept_idx: Tensor, force_keep: tuple[int, ...], force_prune: tuple[int, ...]) -> tuple[Tensor, Tensor]:
@@ -394,16 +507,17 @@ def estimate_macs(backbone: Backbone, baseline: Baseline, plan: Plan) -> dict[st
     ``subset_rate0`` (the unpruned MACs less :func:`pad_query_saving`).
     """
     validate_plan(backbone, plan)
-    grid = baseline.prep.grid
-    n = grid[0] * grid[1]
     first = plan.layers[0]
+    grid = backbone.grid_at(first, baseline.prep.grid)
+    n = grid[0] * grid[1]
     x = baseline.x_after[first]
     prefix, patches = backbone.split_prefix(x)
     stats = baseline.attn_stats.get(first) if plan.method.needs_attention else None
     if plan.method.needs_attention and stats is None:
-        stats = backbone.run_block(first, baseline.x_after[first - 1], None, grid, want_attn=True)
+        stats = backbone.run_block(first, block_input(backbone, baseline, first), None, grid, want_attn=True)
     aux = backbone.aux_logits(first, patches[0]) if plan.method.needs_aux else None
-    ctx = _context(backbone, plan, first, patches, torch.arange(n), baseline.prep, stats, aux, want_diagnostics=False)
+    ctx = _context(backbone, plan, first, patches, torch.arange(n), baseline.prep, stats, aux, want_diagnostics=False,
+                   grid=grid)
     decision = plan.method.decide(ctx, plan.params)
     keep = decision.keep
     forced = _overrides_at(plan, first)
@@ -413,8 +527,12 @@ def estimate_macs(backbone: Backbone, baseline: Baseline, plan: Plan) -> dict[st
     fraction = kept_idx.numel() / n
     total = backbone.embed_macs(baseline.prep) + backbone.decode_macs(baseline.prep)
     total += sum(r.macs for r in baseline.layers[:first])
-    tokens = [n] * first
+    # Patch merging runs on the full grid whatever is pruned.
+    total += sum(backbone.downsample_macs(e, backbone.grid_at(e, baseline.prep.grid)) for e in backbone.stage_ends)
+    tokens = [r.tokens for r in baseline.layers[:first]]
     aux_macs = backbone.aux_macs(first, n) if plan.method.needs_aux else 0
+    if first in backbone.stage_ends:
+        kept_idx, grid = _merged_kept(backbone, first, kept_idx, grid)
     for layer in range(first + 1, backbone.num_blocks + 1):
         total += backbone.block_macs(layer, kept_idx, grid)
         tokens.append(kept_idx.numel())
@@ -423,5 +541,15 @@ def estimate_macs(backbone: Backbone, baseline: Baseline, plan: Plan) -> dict[st
                 aux_macs += backbone.aux_macs(layer, kept_idx.numel())
             keep_n = max(1, int(round(fraction * kept_idx.numel())))
             kept_idx = kept_idx[torch.linspace(0, kept_idx.numel() - 1, keep_n).round().long().unique()]
+        if layer in backbone.stage_ends:
+            kept_idx, grid = _merged_kept(backbone, layer, kept_idx, grid)
     return {"macs": int(total + aux_macs), "baseline": int(baseline.macs), "tokens": tokens, "exact": len(plan.layers) == 1,
-            "subset_rate0": int(baseline.macs - pad_query_saving(backbone, plan, grid))}
+            "subset_rate0": int(baseline.macs - pad_query_saving(backbone, plan, baseline.prep.grid))}
+
+
+def _merged_kept(backbone: Backbone, layer: int, kept_idx: Tensor, grid: tuple[int, int]) -> tuple[Tensor, tuple[int, int]]:
+    """The alive tokens of the next stage after the patch merging that follows block ``layer``."""
+    alive = torch.zeros(grid[0] * grid[1], dtype=torch.bool)
+    alive[kept_idx] = True
+    alive, grid = backbone.downsample_alive(layer, alive, grid)
+    return torch.nonzero(alive).flatten(), grid

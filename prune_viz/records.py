@@ -37,6 +37,7 @@ class LayerRecord:
     macs: int
     macs_baseline: int
     time_ms: float
+    grid: tuple[int, int] | None = None  # the block's token grid on hierarchical backbones (None: the input grid)
 
 
 @dataclass
@@ -93,6 +94,22 @@ class Trace:
     # gh x gw int64: grid position whose final feature each token is decoded with (itself unless a
     # merging method folded it into a group); None when no merge happened.
     merged_into: np.ndarray | None = None
+    # Hierarchical backbones (Swin): layers after which the grid halves, and per stage its
+    # gh_s x gw_s drop_layer map as the stage ended (a token that entered the stage dead shows
+    # the latest layer any of its children left at). ``drop_layer`` above is then the last
+    # stage's map repeated onto the input grid: the layer after which a position's lineage
+    # stopped being computed.
+    stage_ends: tuple[int, ...] = ()
+    stage_drop_layer: list[np.ndarray] | None = None
+
+    def stage_of(self, layer: int) -> int:
+        """0-based stage of block ``layer`` (0 on plain backbones)."""
+        return sum(1 for end in self.stage_ends if end < layer)
+
+    def grid_at(self, layer: int) -> tuple[int, int]:
+        """The token grid of block ``layer`` (the input grid on plain backbones)."""
+        s = self.stage_of(layer)
+        return (self.grid[0] >> s, self.grid[1] >> s)
 
     @property
     def final_tokens(self) -> int:
@@ -110,8 +127,12 @@ class Trace:
         decision; other layers show alive tokens as KEPT. Tokens removed earlier show as GONE,
         or as EXITED when they left with a final prediction."""
         step = next((s for s in self.steps if s.layer == layer), None)
-        grid = step.status_grid.copy() if step is not None else np.full(self.grid, KEPT, dtype=np.int8)
-        earlier = (self.drop_layer < layer) if step is not None else (self.drop_layer <= layer)
-        earlier &= self.drop_layer < self.num_blocks
-        grid[earlier] = np.where(self.exited[earlier], EXITED, GONE)
+        drop, exited = self.drop_layer, self.exited
+        if self.stage_drop_layer is not None:  # the map of this layer's stage, at its resolution
+            drop = self.stage_drop_layer[self.stage_of(layer)]
+            exited = np.zeros(drop.shape, dtype=bool)
+        grid = step.status_grid.copy() if step is not None else np.full(drop.shape, KEPT, dtype=np.int8)
+        earlier = (drop < layer) if step is not None else (drop <= layer)
+        earlier &= drop < self.num_blocks
+        grid[earlier] = np.where(exited[earlier], EXITED, GONE)
         return grid
