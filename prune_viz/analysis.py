@@ -219,7 +219,8 @@ def build_report(backbone: Backbone, plan: Plan, baseline: Baseline, trace: Trac
         "seed": plan.seed,
         "grid": list(trace.grid),
         "layers": [
-            {"layer": r.layer, "kind": r.kind, "tokens": r.tokens, "macs": r.macs, "macs_baseline": r.macs_baseline}
+            {"layer": r.layer, "kind": r.kind, "tokens": r.tokens, "macs": r.macs, "macs_baseline": r.macs_baseline,
+             **({"grid": list(r.grid)} if r.grid else {})}
             for r in trace.layers
         ],
         "steps": [
@@ -238,6 +239,7 @@ def build_report(backbone: Backbone, plan: Plan, baseline: Baseline, trace: Trac
             "pruning_delta_pct": 100.0 * (trace.macs["total"] - subset0) / subset0,
             "convention": MACS_NOTE,
         },
+        **({"stages": trace.stage_macs()} if trace.stage_ends else {}),
         "latency_ms": None,
         "metrics": metrics,
         # Decisions overruled by hand (the token inspector's "what if"): layer, forced in, forced out.
@@ -270,7 +272,8 @@ def save_outputs(analysis: Analysis, out: Path, image: np.ndarray, patch: int) -
     model_img = analysis.model_image
     for step in analysis.trace.steps:
         p = out / f"token_map_L{step.layer}.png"
-        write_png(p, token_status_map(model_img, step.status_grid, patch))
+        stride = analysis.trace.grid[0] // step.status_grid.shape[0]  # coarser stages of a hierarchical backbone
+        write_png(p, token_status_map(model_img, step.status_grid, patch * stride))
         written.append(p)
     for name, seg in (("seg_before", analysis.baseline.seg), ("seg_after", analysis.trace.seg)):
         p = out / f"{name}.png"

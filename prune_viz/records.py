@@ -106,6 +106,31 @@ class Trace:
         """0-based stage of block ``layer`` (0 on plain backbones)."""
         return sum(1 for end in self.stage_ends if end < layer)
 
+    def layer_label(self, layer: int) -> str:
+        """"block 5", or where stages exist "block 5 (stage 3, block 1)": the numbering views use."""
+        if not self.stage_ends:
+            return f"block {layer}"
+        s = self.stage_of(layer)
+        start = self.stage_ends[s - 1] if s else 0
+        return f"block {layer} (stage {s + 1}, block {layer - start})"
+
+    def stage_macs(self) -> list[dict[str, Any]]:
+        """Per stage (hierarchical backbones; [] otherwise): its blocks, grid, tokens entering its
+        last block, and block MACs pruned vs unpruned (patch merging, always on the full grid,
+        is ``macs["downsample"]``)."""
+        out: list[dict[str, Any]] = []
+        if not self.stage_ends:
+            return out
+        bounds = [0, *self.stage_ends, self.num_blocks]
+        for s in range(len(bounds) - 1):
+            recs = [r for r in self.layers if bounds[s] < r.layer <= bounds[s + 1]]
+            if not recs:
+                continue
+            out.append({"stage": s + 1, "blocks": [bounds[s] + 1, bounds[s + 1]], "grid": list(self.grid_at(recs[0].layer)),
+                        "tokens_last_block": recs[-1].tokens, "macs": sum(r.macs for r in recs),
+                        "macs_baseline": sum(r.macs_baseline for r in recs)})
+        return out
+
     def grid_at(self, layer: int) -> tuple[int, int]:
         """The token grid of block ``layer`` (the input grid on plain backbones)."""
         s = self.stage_of(layer)

@@ -142,7 +142,16 @@ def _build_timm(name: str, checkpoint: str | None, input_size: int | None, downl
                       pretrained=download and not random_weights)
 
 
+def _build_swin(name: str, checkpoint: str | None, input_size: int | None, download: bool, random_weights: bool) -> Backbone:
+    from .swin import build_swin
+
+    check_timm_allowed(name[len(TIMM_PREFIX):])
+    return build_swin(name[len(TIMM_PREFIX):], input_size=input_size, checkpoint=checkpoint,
+                      pretrained=download and not random_weights)
+
+
 SAM_SIZES = (1024, 768, 512)  # 1024 = the official input size
+SWIN_SIZES = (512, 256, 768, 1024)  # the Swin adapter's choices (each stage grid a multiple of its 8 x 8 window)
 TIMM_PREFIX = "timm:"
 BUILDERS: dict[str, BackboneEntry] = {
     "demo": BackboneEntry("Demo segmenter shipped with prune_viz (ViT-Tiny shape, 7 aerial classes, offline)", _build_demo),
@@ -154,6 +163,10 @@ BUILDERS: dict[str, BackboneEntry] = {
     "sam_vit_h": BackboneEntry("Segment Anything ViT-H image encoder", _build_sam, SAM_SIZES, _sam_facts, _download_sam),
     TIMM_PREFIX: BackboneEntry("Any timm plain VisionTransformer, e.g. timm:vit_base_patch16_224", _build_timm),
 }
+
+# timm's hierarchical Swin Transformers (``timm:swin_*``) go to their own adapter (prune_viz.backbones.swin).
+TIMM_SWIN = BackboneEntry("timm Swin Transformer (hierarchical, shifted windows), e.g. timm:swin_tiny_patch4_window7_224",
+                          _build_swin, SWIN_SIZES)
 
 _CACHE: "OrderedDict[tuple, Backbone]" = OrderedDict()
 _LOCK = threading.Lock()
@@ -177,7 +190,9 @@ def check_backbone_name(name: str) -> BackboneEntry:
 
         if not is_model(model_name):
             raise ParamError(f"{echo(name)}: timm has no model called {echo(model_name)} (timm.list_models('vit_*') lists them)")
-        return BUILDERS[TIMM_PREFIX]
+        from .swin import is_swin_name
+
+        return TIMM_SWIN if is_swin_name(model_name) else BUILDERS[TIMM_PREFIX]
     names = ", ".join(n if n != TIMM_PREFIX else "timm:<model_name>" for n in BUILDERS)
     raise ParamError(f"unknown backbone {echo(name)}; choose {names}")
 

@@ -37,8 +37,8 @@ from .base import Backbone, BlockKind, BlockOutput, Prepared, Segmentation, argm
 from .swin_attention import run_swin_block_subset, subset_window_attention, swin_block_macs
 from .vit import resize_rgb
 
-SWIN_SIZES = (512, 256, 768, 1024)  # first = default; each keeps every stage grid a multiple of 8
 DEFAULT_WINDOW = 8
+DEFAULT_SIZE = 512
 
 
 def merged_alive(alive: Tensor, grid: tuple[int, int]) -> Tensor:
@@ -256,7 +256,7 @@ def build_swin(
     a local checkpoint (its relative-position tables must match the window), or timm's hub."""
     import timm
 
-    size = int(input_size or SWIN_SIZES[0])
+    size = int(input_size or DEFAULT_SIZE)
     try:
         model = timm.create_model(model_name, pretrained=pretrained and checkpoint is None, num_classes=0,
                                   img_size=size, window_size=window_size)

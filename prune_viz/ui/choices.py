@@ -26,6 +26,8 @@ BACKBONE_CHOICES: list[tuple[str, str]] = [
     ("sam_vit_h — Segment Anything ViT-H (~60 s per forward)", "sam_vit_h"),
     ("timm:vit_small_patch16_224 (random weights offline)", "timm:vit_small_patch16_224"),
     ("timm:vit_base_patch16_224 (random weights offline)", "timm:vit_base_patch16_224"),
+    ("timm:swin_tiny_patch4_window7_224 — hierarchical Swin-T at 512 px (random weights offline)",
+     "timm:swin_tiny_patch4_window7_224"),
 ]
 
 

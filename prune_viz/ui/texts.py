@@ -3,7 +3,7 @@ for missing weights. Strings only (plus the small functions that pick one)."""
 
 from __future__ import annotations
 
-from ..backbones import BUILDERS, TIMM_PREFIX, BackboneFacts, check_backbone_name
+from ..backbones import BUILDERS, TIMM_PREFIX, TIMM_SWIN, BackboneFacts, check_backbone_name
 from ..methods import get_method
 
 
@@ -20,6 +20,9 @@ BACKBONE_NOTES: dict[str, str] = {
     "(about 6x ViT-B's MACs).",
     "timm": "A plain timm ViT. Offline there are no pretrained weights: the weights are **random**, so "
     "the token statistics are meaningful for the mechanics only; segments are k-means clusters of the features.",
+    "timm_swin": "A timm Swin Transformer (hierarchical: 4 stages, 8 x 8 shifted windows, the grid halving at each "
+    "patch merging; 512 px gives 128 x 128 tokens in stage 1). Offline the weights are **random**. Token maps are drawn "
+    "at each stage's resolution; a merged token lives on if any of its 4 children did (docs/methods/swin.md).",
 }
 
 
@@ -109,6 +112,8 @@ SCALAR_INFO: dict[str, str] = {
 def backbone_note(name: str) -> str:
     """Speed and weights of a backbone family, in markdown."""
     family = check_backbone_name(name)
+    if family is TIMM_SWIN:
+        return BACKBONE_NOTES["timm_swin"]
     return BACKBONE_NOTES.get(name) or (BACKBONE_NOTES["timm"] if family is BUILDERS[TIMM_PREFIX] else "")
 
 
