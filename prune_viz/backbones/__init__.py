@@ -43,6 +43,7 @@ class BackboneFacts:
     input_sizes: tuple[int, ...] = ()
     downloadable: bool = False
     missing: str = ""
+    stage_ends: tuple[int, ...] = ()  # hierarchical backbones: layers after which the grid halves
 
     @property
     def loaded(self) -> bool:
@@ -233,7 +234,7 @@ def facts_of(backbone: Backbone) -> BackboneFacts:
         backbone.name, backbone.input_size if entry.input_sizes else None, backbone.num_blocks,
         tuple(backbone.global_layers), tuple(backbone.aux_layers), tuple(backbone.default_layers()),
         int(backbone.num_classes), bool(backbone.supports_prompts), backbone.weights, entry.input_sizes,
-        entry.download is not None,
+        entry.download is not None, stage_ends=tuple(backbone.stage_ends),
     )
 
 

@@ -66,6 +66,8 @@ class SwinBackbone(Backbone):
         class_names: tuple[str, ...] = (),
         palette: np.ndarray | None = None,
         segments: int = 6,
+        mean: tuple[float, float, float] | None = None,
+        std: tuple[float, float, float] | None = None,
     ):
         from timm.models.swin_transformer import SwinTransformer
 
@@ -98,8 +100,8 @@ class SwinBackbone(Backbone):
         self.palette = palette
         self.segments = int(segments)
         cfg = getattr(encoder, "pretrained_cfg", None) or {}
-        self.mean = torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406))).view(1, 3, 1, 1)
-        self.std = torch.tensor(cfg.get("std", (0.229, 0.224, 0.225))).view(1, 3, 1, 1)
+        self.mean = torch.tensor(mean or cfg.get("mean", (0.485, 0.456, 0.406))).view(1, 3, 1, 1)
+        self.std = torch.tensor(std or cfg.get("std", (0.229, 0.224, 0.225))).view(1, 3, 1, 1)
         self._decoder_macs: int | None = None
 
     # --- structure -----------------------------------------------------------------------------
@@ -274,6 +276,17 @@ def build_swin(
                                   f"(missing {len(missing)} keys, unexpected {len(unexpected)})")
     backbone = SwinBackbone(model, f"timm:{model_name}")
     backbone.weights = Path(checkpoint).name if checkpoint else ("timm pretrained" if pretrained else "random weights")
+    return backbone
+
+
+def from_swin_unet(model: nn.Module, name: str) -> SwinBackbone:
+    """A Swin-UNet segmenter (``.encoder`` a timm SwinTransformer, ``.decoder(stage_features)``,
+    ``.aux`` per-token heads keyed by str(layer), ``.cfg`` with classes, palette, mean, std:
+    the shipped ``demo_swin``) behind the prune_viz protocol."""
+    cfg = model.cfg
+    backbone = SwinBackbone(model.encoder, name, decoder=model.decoder, aux=model.aux, class_names=tuple(cfg.classes),
+                            palette=np.asarray(cfg.palette, dtype=np.uint8), mean=tuple(cfg.mean), std=tuple(cfg.std))
+    backbone.weights = getattr(model, "weights", "random weights")
     return backbone
 
 
