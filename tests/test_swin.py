@@ -13,11 +13,11 @@ from timm.models.swin_transformer import SwinTransformer, window_partition, wind
 
 from prune_viz.analysis import analyze
 from prune_viz.backbones import TIMM_SWIN, check_backbone_name, input_size_for
-from prune_viz.backbones.swin import SwinBackbone, merged_alive
+from prune_viz.backbones.swin import SwinBackbone, from_swin_unet, merged_alive
 from prune_viz.engine import estimate_macs, run_baseline, run_pruned
 from prune_viz.errors import ParamError
 from prune_viz.flops import measure_macs
-from prune_viz.params import make_plan
+from prune_viz.params import make_plan, method_availability
 from prune_viz.ui.tables import metrics_rows
 from prune_viz.ui.views import token_map_view
 
@@ -152,7 +152,7 @@ def test_methods_run_on_swin(swin: SwinBackbone, image: np.ndarray, method: str,
 
 
 def test_merging_methods_are_refused(swin: SwinBackbone, image: np.ndarray) -> None:
-    with pytest.raises(ParamError, match="merging"):
+    with pytest.raises(ParamError, match="merges tokens"):
         run_pruned(swin, image, make_plan(swin, "tome", (3,)))
 
 
@@ -171,3 +171,53 @@ def test_registry_sends_swin_names_to_the_swin_adapter() -> None:
     assert check_backbone_name("timm:swin_tiny_patch4_window7_224") is TIMM_SWIN
     assert check_backbone_name("timm:vit_tiny_patch16_224") is not TIMM_SWIN
     assert input_size_for("timm:swin_tiny_patch4_window7_224", None) == 512
+
+
+class _Decoder(torch.nn.Module):
+    """Stand-in for demo_swin's UNet decoder (the same contract): 4 NCHW stage maps -> logits on
+    the stage-1 grid, every stage projected by a 1x1 conv, upsampled and summed."""
+
+    def __init__(self, dims: tuple[int, ...], k: int):
+        super().__init__()
+        self.proj = torch.nn.ModuleList(torch.nn.Conv2d(d, k, 1) for d in dims)
+
+    def forward(self, stage_features: list[torch.Tensor]) -> torch.Tensor:
+        size = stage_features[0].shape[-2:]
+        return sum(torch.nn.functional.interpolate(p(f), size=size, mode="bilinear", align_corners=False)
+                   for p, f in zip(self.proj, stage_features))
+
+
+@pytest.fixture(scope="module")
+def unet() -> SwinBackbone:
+    from types import SimpleNamespace
+
+    torch.manual_seed(1)
+    model = torch.nn.Module()
+    model.encoder = SwinTransformer(img_size=128, patch_size=4, embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4),
+                                    window_size=4, num_classes=0)
+    model.encoder.norm = torch.nn.Identity()
+    model.decoder = _Decoder((16, 32, 64, 128), 3)
+    model.aux = torch.nn.ModuleDict({"2": torch.nn.Linear(16, 3), "4": torch.nn.Linear(32, 3)})
+    model.cfg = SimpleNamespace(classes=("a", "b", "c"), palette=[[255, 0, 0], [0, 255, 0], [0, 0, 255]],
+                                mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    return from_swin_unet(model, "swin_unet_test")
+
+
+@torch.no_grad()
+def test_swin_unet_decoder_gets_every_stage(unet: SwinBackbone, image: np.ndarray) -> None:
+    base = run_baseline(unet, image)
+    assert base.seg.kind == "semantic" and unet.aux_layers == (2, 4) and unet.num_classes == 3
+    prep = base.prep
+    x, feats = unet.encoder.patch_embed(prep.pixels), []
+    for stage in unet.encoder.layers:
+        x = stage.blocks(stage.downsample(x))
+        feats.append(x.permute(0, 3, 1, 2))
+    ref = unet.decoder(feats)[0].flatten(1).T  # N x K on the stage-1 grid
+    assert torch.allclose(base.seg.token_logits, ref, atol=1e-4)
+    plan = make_plan(unet, "random", (4,), values={"rate": 0.0})
+    assert np.array_equal(run_pruned(unet, image, plan, baseline=base).seg.labels, base.seg.labels)
+    plan = make_plan(unet, "matp", (4,))
+    trace = run_pruned(unet, image, plan, baseline=base)
+    measured, _ = measure_macs(lambda: run_pruned(unet, image, plan))
+    assert trace.macs["aux_heads"] > 0 and abs(measured - trace.macs["total"]) <= 0.01 * trace.macs["total"]
+    assert method_availability(unet)["dtop"] and method_availability(unet)["tome"] and not method_availability(unet)["matp"]
