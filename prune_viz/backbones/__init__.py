@@ -151,6 +151,25 @@ def _build_swin(name: str, checkpoint: str | None, input_size: int | None, downl
                       pretrained=download and not random_weights)
 
 
+def _build_demo_swin(name: str, checkpoint: str | None, input_size: int | None, download: bool, random_weights: bool) -> Backbone:
+    from .demo_swin_model import SwinUNet, build_demo_swin
+    from .swin import from_swin_unet
+
+    model = SwinUNet() if random_weights else build_demo_swin(checkpoint)
+    if input_size and input_size != model.cfg.img_size:
+        raise ParamError(f"{name} takes {model.cfg.img_size} px inputs only (got --input-size {input_size})")
+    return from_swin_unet(model, name)
+
+
+def _demo_swin_facts(name: str, input_size: int | None) -> BackboneFacts:
+    from .demo_swin_model import DEMO_SWIN_WEIGHTS, SwinDemoConfig
+
+    cfg = SwinDemoConfig()
+    ends = cfg.stage_ends[:-1]
+    return BackboneFacts(name, None, cfg.stage_ends[-1], (), cfg.aux_layers, (ends[0] + 1,), len(cfg.classes), False,
+                         DEMO_SWIN_WEIGHTS.name, stage_ends=ends)
+
+
 SAM_SIZES = (1024, 768, 512)  # 1024 = the official input size
 SWIN_SIZES = (512, 256, 768, 1024)  # the Swin adapter's choices (each stage grid a multiple of its 8 x 8 window)
 TIMM_PREFIX = "timm:"
@@ -158,6 +177,8 @@ BUILDERS: dict[str, BackboneEntry] = {
     "demo": BackboneEntry("Demo segmenter shipped with prune_viz (ViT-Tiny shape, 7 aerial classes, offline)", _build_demo),
     "demo_matp": BackboneEntry("The demo segmenter fine-tuned with MATP's pruning in the loop (for the matp method)",
                                _build_demo),
+    "demo_swin": BackboneEntry("Swin-UNet demo segmenter shipped with prune_viz (hierarchical Swin encoder, UNet decoder "
+                               "with skips, aux heads; 7 aerial classes, offline)", _build_demo_swin, facts=_demo_swin_facts),
     "sam_vit_b": BackboneEntry("Segment Anything ViT-B image encoder (windowed + global attention)", _build_sam,
                                SAM_SIZES, _sam_facts, _download_sam),
     "sam_vit_l": BackboneEntry("Segment Anything ViT-L image encoder", _build_sam, SAM_SIZES, _sam_facts, _download_sam),

@@ -21,6 +21,7 @@ EXAMPLE_GLOB = "*.png"
 BACKBONE_CHOICES: list[tuple[str, str]] = [
     ("demo — shipped demo segmenter (fast, offline)", "demo"),
     ("demo_matp — the demo fine-tuned with MATP's pruning (for matp)", "demo_matp"),
+    ("demo_swin — Swin-UNet demo segmenter (hierarchical: token maps per stage)", "demo_swin"),
     ("sam_vit_b — Segment Anything ViT-B (~10 s per forward on 2 cores)", "sam_vit_b"),
     ("sam_vit_l — Segment Anything ViT-L (~30 s per forward)", "sam_vit_l"),
     ("sam_vit_h — Segment Anything ViT-H (~60 s per forward)", "sam_vit_h"),

@@ -20,6 +20,10 @@ BACKBONE_NOTES: dict[str, str] = {
     "(about 6x ViT-B's MACs).",
     "timm": "A plain timm ViT. Offline there are no pretrained weights: the weights are **random**, so "
     "the token statistics are meaningful for the mechanics only; segments are k-means clusters of the features.",
+    "demo_swin": "Swin-UNet-shaped segmenter trained by this project on synthetic aerial scenes (7 classes, 512 x 512 "
+    "input): a 4-stage Swin encoder (patch 8: 64 x 64 tokens in stage 1, halving at each stage), a UNet decoder fed "
+    "by every stage's full grid (pruned tokens frozen), auxiliary heads for MATP. Token maps are drawn at each stage's "
+    "resolution (docs/methods/swin.md).",
     "timm_swin": "A timm Swin Transformer (hierarchical: 4 stages, 8 x 8 shifted windows, the grid halving at each "
     "patch merging; 512 px gives 128 x 128 tokens in stage 1). Offline the weights are **random**. Token maps are drawn "
     "at each stage's resolution; a merged token lives on if any of its 4 children did (docs/methods/swin.md).",
