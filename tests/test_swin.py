@@ -221,3 +221,19 @@ def test_swin_unet_decoder_gets_every_stage(unet: SwinBackbone, image: np.ndarra
     measured, _ = measure_macs(lambda: run_pruned(unet, image, plan))
     assert trace.macs["aux_heads"] > 0 and abs(measured - trace.macs["total"]) <= 0.01 * trace.macs["total"]
     assert method_availability(unet)["dtop"] and method_availability(unet)["tome"] and not method_availability(unet)["matp"]
+
+
+def test_demo_swin_is_registered_and_labelled() -> None:
+    from prune_viz.backbones import build_backbone, describe, facts_of
+    from prune_viz.ui.choices import layer_choices, layer_slider_info
+
+    built = build_backbone("demo_swin", random_weights=True)
+    assert isinstance(built, SwinBackbone) and built.input_size == 512 and built.stage_ends == (2, 4, 8)
+    assert built.aux_layers == (2, 4, 6, 8) and built.num_classes == 7 and built.decoder is not None
+    facts = describe("demo_swin")  # from the weights when they are here, else from the config
+    assert facts.stage_ends == facts_of(built).stage_ends == (2, 4, 8) and facts.num_blocks == 10
+    labels = dict((v, k) for k, v in layer_choices(facts))
+    assert labels[3] == "3 (stage 2, block 1)" and labels[4] == "4 (stage 2, block 2, aux head)"
+    assert "stage 3: 5-8" in layer_slider_info(facts)
+    with pytest.raises(ParamError, match="512 px"):
+        build_backbone("demo_swin", input_size=256, random_weights=True)
