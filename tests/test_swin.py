@@ -18,6 +18,7 @@ from prune_viz.engine import estimate_macs, run_baseline, run_pruned
 from prune_viz.errors import ParamError
 from prune_viz.flops import measure_macs
 from prune_viz.params import make_plan, method_availability
+from prune_viz.ui.inspect import forced_plan, inspect_token
 from prune_viz.ui.tables import metrics_rows
 from prune_viz.ui.views import token_map_view
 
@@ -165,6 +166,15 @@ def test_views_and_report_name_stages(swin: SwinBackbone, image: np.ndarray) -> 
     drawn, caption = token_map_view(analysis, 6, swin.num_blocks, swin.patch_size)
     assert "stage 3, block 2" in caption and "8 x 8 grid" in caption
     assert drawn.shape[0] >= 128
+    # The inspector takes input-grid (row, col) and reads the stage token that holds it.
+    step = analysis.trace.steps[0]
+    r, c = (int(v[0]) for v in np.nonzero(step.status_grid == 2))  # a token pruned at layer 4 (16 x 16 grid)
+    info = inspect_token(analysis, 2 * r + 1, 2 * c)
+    assert "random removed" in info.rule and "pruned" in info.rule
+    plan = forced_plan(make_plan(swin, "random", (4,)), analysis.trace, 2 * r + 1, 2 * c, keep=True)
+    assert plan.overrides == ((4, (r * 16 + c,), ()),)
+    forced = run_pruned(swin, image, plan, baseline=analysis.baseline)
+    assert forced.steps[0].status_grid[r, c] == 0
 
 
 def test_registry_sends_swin_names_to_the_swin_adapter() -> None:
