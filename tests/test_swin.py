@@ -6,6 +6,8 @@ A small Swin is built directly (128 px, patch 4, 4 x 4 windows: stage grids 32, 
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -63,6 +65,11 @@ def _masked_block(block, x: torch.Tensor, alive: torch.Tensor, grid: tuple[int, 
 def test_rate0_matches_timm_forward(swin: SwinBackbone, image: np.ndarray) -> None:
     prep = swin.prepare(image)
     ref = swin.encoder.forward_features(prep.pixels)  # 1 x 4 x 4 x C, after the final norm
+    stock = copy.deepcopy(swin.encoder)  # timm's default (unfused) attention path, as built
+    for module in stock.modules():
+        if hasattr(module, "fused_attn"):
+            module.fused_attn = False
+    assert torch.allclose(stock.forward_features(prep.pixels), ref, atol=1e-4)
     base = run_baseline(swin, image)
     assert torch.allclose(swin.encoder.norm(base.x_after[-1]).reshape(ref.shape), ref, atol=1e-4)
     # The subset code path with every token kept, through every stage and merge.

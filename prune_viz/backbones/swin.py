@@ -69,10 +69,16 @@ class SwinBackbone(Backbone):
         mean: tuple[float, float, float] | None = None,
         std: tuple[float, float, float] | None = None,
     ):
-        from timm.models.swin_transformer import SwinTransformer
+        from timm.models.swin_transformer import SwinTransformer, WindowAttention
 
         if not isinstance(encoder, SwinTransformer):
             raise ParamError(f"{name} is not a timm SwinTransformer")
+        for module in encoder.modules():
+            # timm's own switch (TIMM_FUSED_ATTN=2 sets it; off by default for Swin as
+            # "experimental"): the stock blocks then use the same fused attention kernel as the
+            # subset path, so a wall-time comparison measures pruning, not a kernel choice.
+            if isinstance(module, WindowAttention):
+                module.fused_attn = True
         self.encoder = encoder.eval().requires_grad_(False)
         self.decoder = decoder.eval().requires_grad_(False) if decoder is not None else None
         self.aux = aux.eval().requires_grad_(False) if aux is not None else None

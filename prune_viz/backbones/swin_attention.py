@@ -37,16 +37,19 @@ MASK_VALUE = -100.0  # what timm's get_attn_mask puts between regions of a shift
 
 @dataclass
 class WindowLayout:
-    """Kept tokens sorted by window. order: Nk, position in ``kept_idx`` of the i-th sorted token;
-    local: Nk window-local index (row * ws + col) of each sorted token; region: Nk shifted-window
-    region id (None in unshifted blocks); buckets: per distinct occupancy c, a (windows x c) long
-    tensor of sorted-token positions, one row per window holding c kept tokens."""
+    """Kept tokens sorted by (occupancy of their window, window, local position), so that the
+    windows holding the same number c of kept tokens are one contiguous run of the sorted order.
+    order: Nk, position in ``kept_idx`` of the i-th sorted token; local: Nk window-local index
+    (row * ws + col) of each sorted token; region: Nk shifted-window region id (None in unshifted
+    blocks); buckets: (start, m, c) per distinct occupancy c: sorted tokens start .. start + m*c
+    are m windows of c tokens each."""
 
     order: Tensor
     local: Tensor
     region: Tensor | None
-    buckets: list[Tensor]
+    buckets: list[tuple[int, int, int]]
     counts: Tensor  # kept tokens per window (row-major over the shifted windows)
+    full_windows: Tensor  # ids of the windows whose every cell is kept (the last bucket, if any)
 
 
 def window_layout(kept_idx: Tensor, grid: tuple[int, int], ws: tuple[int, int], shift: tuple[int, int]) -> WindowLayout:
@@ -55,10 +58,13 @@ def window_layout(kept_idx: Tensor, grid: tuple[int, int], ws: tuple[int, int], 
     rows = torch.remainder(kept_idx // gw - shift[0], gh)  # position after timm's roll by -shift
     cols = torch.remainder(kept_idx % gw - shift[1], gw)
     nww = gw // ws[1]
+    nw = (gh // ws[0]) * nww
+    area = ws[0] * ws[1]
     win = (rows // ws[0]) * nww + cols // ws[1]
     local = (rows % ws[0]) * ws[1] + cols % ws[1]
-    order = torch.argsort(win * (ws[0] * ws[1]) + local)
-    win, local = win[order], local[order]
+    counts = torch.bincount(win, minlength=nw)
+    order = torch.argsort((counts[win] * nw + win) * area + local)
+    local = local[order]
     region = None
     if any(shift):
         # timm labels 3 x 3 regions on the rolled grid: [0, H-ws), [H-ws, H-shift), [H-shift, H)
@@ -66,23 +72,13 @@ def window_layout(kept_idx: Tensor, grid: tuple[int, int], ws: tuple[int, int], 
         rid = (r >= gh - ws[0]).long() + (r >= gh - shift[0]).long()
         cid = (c >= gw - ws[1]).long() + (c >= gw - shift[1]).long()
         region = rid * 3 + cid
-    counts = torch.bincount(win, minlength=(gh // ws[0]) * nww)
-    starts = torch.cumsum(counts, 0) - counts
-    buckets = []
-    for c in torch.unique(counts).tolist():
-        if c == 0:
-            continue
-        wins = torch.nonzero(counts == c).flatten()
-        buckets.append(starts[wins][:, None] + torch.arange(c))
-    return WindowLayout(order, local, region, buckets, counts)
-
-
-def rel_pos_bias(attn: nn.Module) -> Tensor:
-    """The block's relative-position bias for every pair of window positions: heads x A x A
-    (A = ws_h * ws_w), read from its own table and index buffer."""
-    a = attn.window_area
-    table = attn.relative_position_bias_table[attn.relative_position_index.view(-1)]
-    return table.view(a, a, -1).permute(2, 0, 1)
+    buckets, start = [], 0
+    occupancy, windows = torch.unique(counts, return_counts=True)  # ascending, as the sort
+    for c, m in zip(occupancy.tolist(), windows.tolist()):
+        if c:
+            buckets.append((start, m, c))
+            start += m * c
+    return WindowLayout(order, local, region, buckets, counts, torch.nonzero(counts == area).flatten())
 
 
 def subset_window_attention(
@@ -100,26 +96,33 @@ def subset_window_attention(
     lay = window_layout(kept_idx, grid, tuple(block.window_size), tuple(block.shift_size))
     qkv = attn.qkv(y.index_select(0, lay.order)).reshape(nk, 3, heads, -1)
     hd = qkv.shape[-1]
-    bias = rel_pos_bias(attn)
+    table = attn.relative_position_bias_table  # (2ws-1)^2 x heads
+    index = attn.relative_position_index  # A x A
+    area = index.shape[0]
     ctx = torch.empty(nk, heads * hd, dtype=y.dtype) if with_output else None
     received = torch.empty(nk, dtype=y.dtype) if want_stats else None
-    for idx in lay.buckets:  # idx: m windows x c tokens
-        m, c = idx.shape
-        q, k, v = qkv[idx].permute(2, 0, 3, 1, 4).unbind(0)  # each m x heads x c x hd
-        loc = lay.local[idx]
-        mask = bias[:, loc[:, :, None], loc[:, None, :]].transpose(0, 1)  # m x heads x c x c
-        if lay.region is not None:
-            reg = lay.region[idx]
+    for start, m, c in lay.buckets:  # m windows of c kept tokens, contiguous in the sorted order
+        sl = slice(start, start + m * c)
+        q, k, v = qkv[sl].view(m, c, 3, heads, hd).permute(2, 0, 3, 1, 4).unbind(0)  # m x heads x c x hd
+        if c == area:  # full windows, cells in order: the block's own bias (and shift mask), as timm adds them
+            mask = table[index].permute(2, 0, 1)[None]  # 1 x heads x A x A
+            if block.attn_mask is not None:
+                mask = mask + block.attn_mask[lay.full_windows][:, None]
+        else:
+            loc = lay.local[sl].view(m, c)
+            mask = table[index[loc[:, :, None], loc[:, None, :]]].permute(0, 3, 1, 2)  # m x heads x c x c
+        if lay.region is not None and c != area:
+            reg = lay.region[sl].view(m, c)
             apart = (reg[:, :, None] != reg[:, None, :])[:, None]  # m x 1 x c x c
             mask = mask + torch.where(apart, MASK_VALUE, 0.0)
         if want_stats:
             probs = ((q * attn.scale) @ k.transpose(-2, -1) + mask).softmax(dim=-1)
-            received[idx.flatten()] = probs.mean(dim=(1, 2)).flatten()
+            received[sl] = probs.mean(dim=(1, 2)).flatten()
             out = probs @ v if with_output else None
         else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask) if with_output else None
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.contiguous()) if with_output else None
         if out is not None:
-            ctx[idx.flatten()] = out.transpose(1, 2).reshape(m * c, heads * hd)
+            ctx[sl] = out.transpose(1, 2).reshape(m * c, heads * hd)
     inverse = torch.empty_like(lay.order)
     inverse[lay.order] = torch.arange(nk)
     out = attn.proj(ctx).index_select(0, inverse) if with_output else None
