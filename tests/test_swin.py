@@ -39,9 +39,11 @@ def image() -> np.ndarray:
     return rng.integers(0, 255, size=(96, 120, 3), dtype=np.uint8)
 
 
-def _masked_block(block, x: torch.Tensor, alive: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+def _masked_block(block, x: torch.Tensor, alive: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
     """timm's block arithmetic on the full grid with pruned tokens removed as keys (-inf): what
-    the subset path must give for the kept tokens. x: 1 x N x C; alive: N bool."""
+    the subset path must give for the kept tokens. x: 1 x N x C; alive: N bool. Returns the
+    block output 1 x N x C and, per token, the attention it received (mean over heads and the
+    alive queries of its window)."""
     gh, gw = grid
     c = x.shape[-1]
     a = block.window_area
@@ -55,10 +57,13 @@ def _masked_block(block, x: torch.Tensor, alive: torch.Tensor, grid: tuple[int, 
     if block.attn_mask is not None:
         scores = scores + block.attn_mask[:, None]
     scores = scores.masked_fill(lw[:, None, None, :] == 0, float("-inf"))
-    o = attn.proj((scores.softmax(-1) @ v).transpose(1, 2).reshape(yw.shape[0], a, -1))
+    probs = scores.softmax(-1)  # windows x heads x A x A
+    o = attn.proj((probs @ v).transpose(1, 2).reshape(yw.shape[0], a, -1))
     o = torch.roll(window_reverse(o.reshape(-1, ws[0], ws[1], c), ws, gh, gw), s, (1, 2)).reshape(1, gh * gw, c)
+    recv = (probs * lw[:, None, :, None]).sum(dim=(1, 2)) / (attn.num_heads * lw.sum(1, keepdim=True))
+    recv = torch.roll(window_reverse(recv.reshape(-1, ws[0], ws[1], 1), ws, gh, gw), s, (1, 2)).reshape(gh * gw)
     out = x + o
-    return out + block.mlp(block.norm2(out))
+    return out + block.mlp(block.norm2(out)), recv
 
 
 @torch.no_grad()
@@ -99,9 +104,9 @@ def test_subset_block_matches_masked_full_block(swin: SwinBackbone, layer: int) 
     block = swin._block(layer)
     assert any(block.shift_size) == (layer in (2, 4))
     out = swin.run_block(layer, x[:, kept], kept, grid, want_attn=True)
-    ref = _masked_block(block, x, alive, grid)
+    ref, received = _masked_block(block, x, alive, grid)
     assert torch.allclose(out.x, ref[:, kept], atol=1e-5)
-    assert out.received is not None and out.received.shape == (kept.numel(),)
+    assert torch.allclose(out.received, received[kept], atol=1e-6)
 
 
 @torch.no_grad()

@@ -16,9 +16,10 @@ the kept tokens only:
   stock block adds, so at rate 0 the result is the stock one);
 * qkv, proj and the MLP run on the Nk kept tokens in one matmul each.
 
-Windows with the same number of kept tokens are batched together (one fused attention call per
-distinct occupancy, no padding), so the arithmetic is exactly sum over windows of n_w^2 pairs and
-the loop is over distinct occupancies (at most ws^2), never over tokens.
+Windows are batched by their kept-token count rounded up to a multiple of 8 (``PAD_TO``; pad
+slots masked out as keys, their queries dropped), one fused attention call per batch: at most
+ws^2 / 8 calls per block, never a loop over tokens. The attention costs sum over windows of p_w^2
+pairs (p_w the padded count), which is what the MAC formula counts.
 """
 
 from __future__ import annotations
@@ -35,21 +36,37 @@ from .base import BlockOutput
 MASK_VALUE = -100.0  # what timm's get_attn_mask puts between regions of a shifted window
 
 
+PAD_TO = 8  # a window's kept tokens are padded up to a multiple of this for batching (see below)
+
+
+@dataclass
+class Bucket:
+    """m windows batched as m x p slots: ``start`` .. ``start + n`` are their n kept tokens in the
+    sorted order (window after window); ``slot`` (m x p, long) the sorted position of each slot,
+    ``n_tokens`` (the dummy row) for pad slots; None when no window of the bucket is padded
+    (then the slots are exactly the contiguous run of sorted tokens)."""
+
+    start: int
+    n: int
+    m: int
+    p: int
+    slot: Tensor | None
+    windows: Tensor  # the m window ids, ascending
+
+
 @dataclass
 class WindowLayout:
-    """Kept tokens sorted by (occupancy of their window, window, local position), so that the
-    windows holding the same number c of kept tokens are one contiguous run of the sorted order.
+    """Kept tokens sorted by (padded occupancy of their window, window, local position).
     order: Nk, position in ``kept_idx`` of the i-th sorted token; local: Nk window-local index
     (row * ws + col) of each sorted token; region: Nk shifted-window region id (None in unshifted
-    blocks); buckets: (start, m, c) per distinct occupancy c: sorted tokens start .. start + m*c
-    are m windows of c tokens each."""
+    blocks); buckets: one per padded occupancy."""
 
     order: Tensor
     local: Tensor
     region: Tensor | None
-    buckets: list[tuple[int, int, int]]
+    buckets: list[Bucket]
     counts: Tensor  # kept tokens per window (row-major over the shifted windows)
-    full_windows: Tensor  # ids of the windows whose every cell is kept (the last bucket, if any)
+    padded: Tensor  # slots per window: counts rounded up to a multiple of PAD_TO (at most ws^2)
 
 
 def window_layout(kept_idx: Tensor, grid: tuple[int, int], ws: tuple[int, int], shift: tuple[int, int]) -> WindowLayout:
@@ -63,7 +80,8 @@ def window_layout(kept_idx: Tensor, grid: tuple[int, int], ws: tuple[int, int], 
     win = (rows // ws[0]) * nww + cols // ws[1]
     local = (rows % ws[0]) * ws[1] + cols % ws[1]
     counts = torch.bincount(win, minlength=nw)
-    order = torch.argsort((counts[win] * nw + win) * area + local)
+    padded = torch.clamp((counts + PAD_TO - 1) // PAD_TO * PAD_TO, max=area)
+    order = torch.argsort((padded[win] * nw + win) * area + local)
     local = local[order]
     region = None
     if any(shift):
@@ -72,13 +90,21 @@ def window_layout(kept_idx: Tensor, grid: tuple[int, int], ws: tuple[int, int], 
         rid = (r >= gh - ws[0]).long() + (r >= gh - shift[0]).long()
         cid = (c >= gw - ws[1]).long() + (c >= gw - shift[1]).long()
         region = rid * 3 + cid
-    buckets, start = [], 0
-    occupancy, windows = torch.unique(counts, return_counts=True)  # ascending, as the sort
-    for c, m in zip(occupancy.tolist(), windows.tolist()):
-        if c:
-            buckets.append((start, m, c))
-            start += m * c
-    return WindowLayout(order, local, region, buckets, counts, torch.nonzero(counts == area).flatten())
+    buckets, start, nk = [], 0, int(kept_idx.numel())
+    for p in torch.unique(padded).tolist():
+        if not p:
+            continue
+        wins = torch.nonzero(padded == p).flatten()
+        n_w = counts[wins]
+        n = int(n_w.sum())
+        slot = None
+        if bool((n_w != p).any()):
+            j = torch.arange(p)[None]
+            first = start + torch.cumsum(n_w, 0) - n_w
+            slot = torch.where(j < n_w[:, None], first[:, None] + j, nk)
+        buckets.append(Bucket(start, n, len(wins), p, slot, wins))
+        start += n
+    return WindowLayout(order, local, region, buckets, counts, padded)
 
 
 def subset_window_attention(
@@ -89,6 +115,13 @@ def subset_window_attention(
     y: Nk x C, tokens after norm1 in ``kept_idx`` order. Returns (Nk x C after attn.proj, or
     None when ``with_output`` is False; Nk mean attention received per kept token over heads and
     the queries of its window when ``want_stats``, else None).
+
+    Batching: the windows whose kept-token count rounds up to the same multiple p of PAD_TO run
+    as one m x p batch (one fused attention call). Pad slots are masked out as keys (-inf: they
+    get exactly zero weight, so the result is that of the kept tokens alone) and their query rows
+    are dropped; they do cost arithmetic, which :func:`swin_block_macs` counts (p^2 pairs per
+    window). Without padding every distinct count would be its own call (~25 per block at a
+    random 50 %), and the calls' fixed costs ate the saving.
     """
     attn = block.attn
     nk = y.shape[0]
@@ -99,30 +132,46 @@ def subset_window_attention(
     table = attn.relative_position_bias_table  # (2ws-1)^2 x heads
     index = attn.relative_position_index  # A x A
     area = index.shape[0]
+    if any(b.slot is not None for b in lay.buckets):  # a zero row for the pad slots to gather
+        qkv = torch.cat([qkv, qkv.new_zeros(1, *qkv.shape[1:])])
+        local = torch.cat([lay.local, lay.local.new_zeros(1)])
+        region = torch.cat([lay.region, lay.region.new_zeros(1)]) if lay.region is not None else None
+    else:
+        local, region = lay.local, lay.region
     ctx = torch.empty(nk, heads * hd, dtype=y.dtype) if with_output else None
     received = torch.empty(nk, dtype=y.dtype) if want_stats else None
-    for start, m, c in lay.buckets:  # m windows of c kept tokens, contiguous in the sorted order
-        sl = slice(start, start + m * c)
-        q, k, v = qkv[sl].view(m, c, 3, heads, hd).permute(2, 0, 3, 1, 4).unbind(0)  # m x heads x c x hd
-        if c == area:  # full windows, cells in order: the block's own bias (and shift mask), as timm adds them
+    for b in lay.buckets:
+        m, p = b.m, b.p
+        sl = slice(b.start, b.start + b.n)
+        rows = qkv[sl] if b.slot is None else qkv[b.slot.flatten()]
+        q, k, v = rows.view(m, p, 3, heads, hd).permute(2, 0, 3, 1, 4).unbind(0)  # m x heads x p x hd
+        if b.slot is None and p == area:  # full windows, cells in order: the block's own bias and shift mask
             mask = table[index].permute(2, 0, 1)[None]  # 1 x heads x A x A
             if block.attn_mask is not None:
-                mask = mask + block.attn_mask[lay.full_windows][:, None]
+                mask = mask + block.attn_mask[b.windows][:, None]
         else:
-            loc = lay.local[sl].view(m, c)
-            mask = table[index[loc[:, :, None], loc[:, None, :]]].permute(0, 3, 1, 2)  # m x heads x c x c
-        if lay.region is not None and c != area:
-            reg = lay.region[sl].view(m, c)
-            apart = (reg[:, :, None] != reg[:, None, :])[:, None]  # m x 1 x c x c
-            mask = mask + torch.where(apart, MASK_VALUE, 0.0)
+            loc = local[sl].view(m, p) if b.slot is None else local[b.slot]
+            mask = table[index[loc[:, :, None], loc[:, None, :]]].permute(0, 3, 1, 2)  # m x heads x p x p
+            if region is not None:
+                reg = region[sl].view(m, p) if b.slot is None else region[b.slot]
+                mask = mask + torch.where((reg[:, :, None] != reg[:, None, :])[:, None], MASK_VALUE, 0.0)
+            if b.slot is not None:
+                mask = mask.masked_fill((b.slot == nk)[:, None, None, :], float("-inf"))
+        real = None if b.slot is None else (b.slot != nk).flatten()
         if want_stats:
-            probs = ((q * attn.scale) @ k.transpose(-2, -1) + mask).softmax(dim=-1)
-            received[sl] = probs.mean(dim=(1, 2)).flatten()
+            probs = ((q * attn.scale) @ k.transpose(-2, -1) + mask).softmax(dim=-1)  # m x heads x p x p
+            if real is None:
+                received[sl] = probs.mean(dim=(1, 2)).flatten()
+            else:  # mean over the window's real queries only
+                q_real = real.view(m, 1, p, 1).to(probs.dtype)
+                per_key = (probs * q_real).sum(dim=(1, 2)) / (heads * q_real.sum(dim=(1, 2)))
+                received[sl] = per_key.flatten()[real]
             out = probs @ v if with_output else None
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.contiguous()) if with_output else None
         if out is not None:
-            ctx[sl] = out.transpose(1, 2).reshape(m * c, heads * hd)
+            out = out.transpose(1, 2).reshape(m * p, heads * hd)
+            ctx[sl] = out if real is None else out[real]
     inverse = torch.empty_like(lay.order)
     inverse[lay.order] = torch.arange(nk)
     out = attn.proj(ctx).index_select(0, inverse) if with_output else None
@@ -147,7 +196,7 @@ def _attn_dim(attn: nn.Module) -> int:
 def swin_block_macs(block: nn.Module, kept_idx: Tensor | None, grid: tuple[int, int], with_output: bool = True) -> int:
     """MACs of a Swin block: on the full grid (``kept_idx`` None, the stock block: every window
     holds ws^2 tokens) or on the kept subset (qkv/proj/MLP on Nk tokens, QK^T and P.V over the
-    n_w^2 kept pairs of each window). ``with_output=False``: only what the attention statistics
+    p_w^2 pairs of each window, p_w its kept count padded to a multiple of PAD_TO). ``with_output=False``: only what the attention statistics
     need (qkv and QK^T), no P.V, proj or MLP."""
     attn = block.attn
     d = _attn_dim(attn)
@@ -157,8 +206,8 @@ def swin_block_macs(block: nn.Module, kept_idx: Tensor | None, grid: tuple[int, 
         pairs = nk * attn.window_area
     else:
         nk = int(kept_idx.numel())
-        counts = window_layout(kept_idx, grid, tuple(block.window_size), tuple(block.shift_size)).counts
-        pairs = int((counts * counts).sum())
+        padded = window_layout(kept_idx, grid, tuple(block.window_size), tuple(block.shift_size)).padded
+        pairs = int((padded * padded).sum())  # pad slots included: they are computed (then masked / dropped)
     macs = linear_macs(attn.qkv, nk) + pairs * d
     if with_output:
         macs += pairs * d + linear_macs(attn.proj, nk) + linear_macs(block.mlp, nk)
