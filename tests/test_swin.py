@@ -20,6 +20,7 @@ from prune_viz.engine import estimate_macs, run_baseline, run_pruned
 from prune_viz.errors import ParamError
 from prune_viz.flops import measure_macs
 from prune_viz.params import make_plan, method_availability
+from prune_viz.ui.charts import charts
 from prune_viz.ui.inspect import forced_plan, inspect_token
 from prune_viz.ui.tables import metrics_rows
 from prune_viz.ui.views import token_map_view
@@ -175,6 +176,9 @@ def test_views_and_report_name_stages(swin: SwinBackbone, image: np.ndarray) -> 
     assert analysis.report["layers"][6]["grid"] == [8, 8]
     rows = {r[0] for r in metrics_rows(analysis)}
     assert "  stage 3 (blocks 5-8, 8 x 8 grid)" in rows and "  patch merging" in rows
+    tokens, _, cumulative = charts(analysis)
+    assert tokens["data"][1]["y"] == [1024] * 2 + [256] * 2 + [64] * 4 + [16] * 2  # unpruned, per stage grid
+    assert abs(cumulative["data"][0]["y"][-1] - analysis.baseline.macs / 1e9) < 1e-3
     drawn, caption = token_map_view(analysis, 6, swin.num_blocks, swin.patch_size)
     assert "stage 3, block 2" in caption and "8 x 8 grid" in caption
     assert drawn.shape[0] >= 128
