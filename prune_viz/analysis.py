@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from .backbones.base import Backbone
-from .engine import (Baseline, Plan, Trace, downsample_full, image_key, pad_query_saving, run_baseline, run_pruned,
-                     stage_outputs)
+from .engine import Baseline, Plan, Trace, image_key, pad_query_saving, run_baseline, run_pruned
+from .stages import downsample_full, stage_outputs
 from .flops import MACS_NOTE, measure_macs
 from .metrics import agreement_miou, boundary_f1, gamma, miou
 from .viz import colorize_labels, image_to_uint8, token_status_map, write_png

@@ -26,7 +26,9 @@ from .budget import check_time
 from .errors import ParamError
 from .flops import measure_macs
 from .methods.base import EXITED, GONE, KEPT, PRUNED, PruneContext
-from .records import Baseline, LayerRecord, Plan, StepRecord, Trace
+from .records import Baseline, LayerRecord, Plan, StepRecord, Trace, diagnostics_to_maps
+from .stages import (block_input, downsample_full, finish_stages, grid_field, merged_kept, next_stage, stage_kwargs,
+                     stage_outputs, stages_before)
 
 
 def image_key(backbone: Backbone, image: np.ndarray) -> str:
@@ -66,72 +68,15 @@ def run_baseline(
         if layer in attn_layers:
             stats[layer] = BlockOutput(x=torch.empty(0), received=out.received, cls_attn=out.cls_attn)
         macs = backbone.block_macs(layer, None, grid)
-        records.append(LayerRecord(layer, backbone.block_kind(layer), n, macs, macs, (_now() - tb) * 1e3, *_grid_field(backbone, grid)))
+        records.append(LayerRecord(layer, backbone.block_kind(layer), n, macs, macs, (_now() - tb) * 1e3, *grid_field(backbone, grid)))
         if layer in backbone.stage_ends:
             down_macs += backbone.downsample_macs(layer, grid)
             x, grid = downsample_full(backbone, layer, x, grid)
             n = grid[0] * grid[1]
     prefix, patches = backbone.split_prefix(x)
-    seg = backbone.decode(patches.clone(), prefix, prep, **_stage_kwargs(backbone, stage_outputs(backbone, x_after)))
+    seg = backbone.decode(patches.clone(), prefix, prep, **stage_kwargs(backbone, stage_outputs(backbone, x_after)))
     total = backbone.embed_macs(prep) + sum(r.macs for r in records) + backbone.decode_macs(prep) + down_macs
     return Baseline(image_key(backbone, image), prep, x_after, stats, seg, total, records, (_now() - t0) * 1e3)
-
-
-def _grid_field(backbone: Backbone, grid: tuple[int, int]) -> tuple:
-    """LayerRecord's optional grid: filled on hierarchical backbones only."""
-    return (grid,) if backbone.stage_ends else ()
-
-
-def _stage_kwargs(backbone: Backbone, outputs: list[Tensor]) -> dict[str, Any]:
-    """decode()'s extra argument on hierarchical backbones (none on plain ones)."""
-    return {"stage_outputs": outputs} if backbone.stage_ends else {}
-
-
-def downsample_full(backbone: Backbone, layer: int, x: Tensor, grid: tuple[int, int]) -> tuple[Tensor, tuple[int, int]]:
-    """Unpruned patch merging after block ``layer``: 1 x (P + N) x C -> 1 x (P + N') x C'."""
-    prefix, patches = backbone.split_prefix(x)
-    alive = torch.ones(patches.shape[1], dtype=torch.bool)
-    merged, _, grid = backbone.downsample(layer, patches, alive, grid)
-    return _join(prefix, merged), grid
-
-
-def _join(prefix: Tensor, patches: Tensor) -> Tensor:
-    """Prefix and patch tokens in one sequence. Hierarchical backbones have no prefix tokens
-    (the merge changes the width, which a class token would not follow)."""
-    if prefix.shape[1] == 0:
-        return patches
-    if prefix.shape[-1] != patches.shape[-1]:
-        raise ValueError("prefix tokens cannot cross a patch merging")
-    return torch.cat([prefix, patches], dim=1)
-
-
-def stage_outputs(backbone: Backbone, x_after: list[Tensor], before: int | None = None) -> list[Tensor]:
-    """The patch tokens 1 x N_s x C_s after each stage's last block (stages ending before
-    layer ``before``, all when None), from an unpruned forward's ``x_after``."""
-    return [backbone.split_prefix(x_after[e])[1] for e in backbone.stage_ends if before is None or e < before]
-
-
-def _grid_map(values: Tensor, kept_idx: Tensor, n: int, grid: tuple[int, int]) -> np.ndarray:
-    """Nk per-token values -> gh x gw float32 map, NaN where the token is not alive."""
-    out = np.full(n, np.nan, dtype=np.float32)
-    out[kept_idx.numpy()] = values.detach().float().numpy()
-    return out.reshape(grid)
-
-
-def _diagnostics_to_maps(diag: dict[str, Any], kept_idx: Tensor, n: int, grid: tuple[int, int]) -> dict[str, Any]:
-    maps: dict[str, Any] = {}
-    nk = kept_idx.numel()
-    for name, value in diag.items():
-        if isinstance(value, Tensor):
-            if value.ndim == 1 and value.numel() == nk:
-                maps[name] = _grid_map(value, kept_idx, n, grid)
-            elif value.ndim == 0:
-                maps[name] = float(value)
-            else:
-                maps[name] = value.detach().float().numpy()
-        else:
-            maps[name] = value
-    return maps
 
 
 def validate_plan(backbone: Backbone, plan: Plan) -> None:
@@ -254,9 +199,7 @@ def run_pruned(
     rep = torch.arange(n)  # merging methods: grid token -> the token it is decoded as
     merged = False
     skips: list[Tensor] = []  # hierarchical: full grids after each finished stage (decoder skips)
-    stage_drops = [np.full(backbone.grid_at(e, prep.grid), backbone.num_blocks, dtype=np.int16)
-                   for e in backbone.stage_ends if e < first]  # stages before any pruning: all alive
-    down_macs = sum(backbone.downsample_macs(e, backbone.grid_at(e, prep.grid)) for e in backbone.stage_ends if e < first)
+    stage_drops, down_macs = stages_before(backbone, first, prep.grid)  # per-stage drop maps, merging MACs
 
     # Blocks 1..first run in full: from the cache if we have one.
     stats: BlockOutput | None = None
@@ -277,7 +220,7 @@ def run_pruned(
             x = out.x
             macs = backbone.block_macs(layer, None, g)
             records.append(LayerRecord(layer, backbone.block_kind(layer), g[0] * g[1], macs, macs, (_now() - tb) * 1e3,
-                                       *_grid_field(backbone, g)))
+                                       *grid_field(backbone, g)))
             if layer == first:
                 stats = out
             elif layer in backbone.stage_ends:
@@ -302,16 +245,15 @@ def run_pruned(
                 decision_macs += attention_surcharge(backbone, layer, grid, kept_idx)
             base_macs = backbone.block_macs(layer, None, grid)
             records.append(LayerRecord(layer, backbone.block_kind(layer), kept_idx.numel(), macs, base_macs, (_now() - tb) * 1e3,
-                                       *_grid_field(backbone, grid)))
+                                       *grid_field(backbone, grid)))
         if layer not in plan.layers:
             if layer in backbone.stage_ends:
-                x, kept_idx, full, grid = _next_stage(backbone, layer, x, kept_idx, full, grid, skips, stage_drops, drop_layer)
-                drop_layer = _pool_drop(drop_layer, stage_drops[-1].shape)
-                n = grid[0] * grid[1]
-                down_macs += backbone.downsample_macs(layer, stage_drops[-1].shape)
+                x, kept_idx, full, grid, drop_layer, down_macs = next_stage(
+                    backbone, layer, x, kept_idx, full, grid, skips, stage_drops, drop_layer, down_macs)
             continue
 
         step = plan.layers.index(layer)
+        n = grid[0] * grid[1]  # this stage's grid
         prefix, patches = backbone.split_prefix(x)
         aux = None
         if method.needs_aux:
@@ -363,7 +305,7 @@ def run_pruned(
                 tokens_in=kept_idx.numel(),
                 tokens_kept=keep.numel(),
                 status_grid=status_grid.reshape(grid),
-                diagnostics=_diagnostics_to_maps(diag, kept_idx, n, grid) if diagnostics else {},
+                diagnostics=diagnostics_to_maps(diag, kept_idx, n, grid) if diagnostics else {},
                 decide_ms=decide_ms,
             )
         )
@@ -387,17 +329,15 @@ def run_pruned(
         kept_per_step.append(kept_idx.clone())
         x = torch.cat([prefix, patches[:, keep]], dim=1)
         if layer in backbone.stage_ends:
-            x, kept_idx, full, grid = _next_stage(backbone, layer, x, kept_idx, full, grid, skips, stage_drops, drop_layer)
-            drop_layer = _pool_drop(drop_layer, stage_drops[-1].shape)
-            n = grid[0] * grid[1]
-            down_macs += backbone.downsample_macs(layer, stage_drops[-1].shape)
+            x, kept_idx, full, grid, drop_layer, down_macs = next_stage(
+                backbone, layer, x, kept_idx, full, grid, skips, stage_drops, drop_layer, down_macs)
 
     prefix, patches = backbone.split_prefix(x)
     full[:, kept_idx] = patches
     if merged:  # ToMe's unmerge: a merged token takes its group's final feature
         full = full[:, rep]
     seg = backbone.decode(full, prefix, prep, exit_logits, exited if exit_logits is not None else None,
-                          **_stage_kwargs(backbone, skips))
+                          **stage_kwargs(backbone, skips))
 
     embed = backbone.embed_macs(prep)
     blocks = sum(r.macs for r in records)
@@ -411,14 +351,9 @@ def run_pruned(
         "total": embed + blocks + aux_macs + decision_macs + decode,
     }
     if hierarchical:
-        stage_drops.append(drop_layer.reshape(grid).copy())
         macs["downsample"] = down_macs
         macs["total"] += down_macs
-        # The input-grid map: each position shows when its last-stage ancestor left.
-        f = prep.grid[0] // grid[0]
-        drop_layer = np.repeat(np.repeat(drop_layer.reshape(grid), f, axis=0), f, axis=1)
-        exited = torch.zeros(prep.grid, dtype=torch.bool)
-        grid = prep.grid
+        drop_layer, exited, grid = finish_stages(drop_layer, grid, prep.grid, stage_drops)
     return Trace(
         backbone=backbone.name,
         method=method.name,
@@ -439,40 +374,6 @@ def run_pruned(
         stage_ends=tuple(backbone.stage_ends),
         stage_drop_layer=stage_drops if hierarchical else None,
     )
-
-
-def _next_stage(
-    backbone: Backbone, layer: int, x: Tensor, kept_idx: Tensor, full: Tensor, grid: tuple[int, int],
-    skips: list[Tensor], stage_drops: list[np.ndarray], drop_layer: np.ndarray,
-) -> tuple[Tensor, Tensor, Tensor, tuple[int, int]]:
-    """Cross a stage boundary after block ``layer``: scatter the alive tokens into the full grid
-    (pruned ones hold their frozen features), keep it as the stage's skip, merge it
-    (``backbone.downsample``) and gather the alive tokens of the next stage.
-    Returns (x 1 x (P + Nk') x C', kept_idx', the next stage's full grid, its grid)."""
-    prefix, patches = backbone.split_prefix(x)
-    full[:, kept_idx] = patches
-    skips.append(full)
-    stage_drops.append(drop_layer.reshape(grid).copy())
-    alive = torch.zeros(grid[0] * grid[1], dtype=torch.bool)
-    alive[kept_idx] = True
-    merged, alive, grid = backbone.downsample(layer, full, alive, grid)
-    kept_idx = torch.nonzero(alive).flatten()
-    return _join(prefix, merged[:, kept_idx]), kept_idx, merged, grid
-
-
-def _pool_drop(drop_layer: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
-    """N drop layers on ``grid`` -> N/4 after a 2 x 2 merge: the latest of the four children
-    (``num_blocks`` when any child is still alive, which is what makes the merged token alive)."""
-    gh, gw = grid
-    return drop_layer.reshape(gh // 2, 2, gw // 2, 2).max(axis=(1, 3)).ravel()
-
-
-def block_input(backbone: Backbone, baseline: Baseline, layer: int) -> Tensor:
-    """The unpruned input of block ``layer`` from the prefix cache (merged when ``layer`` opens a stage)."""
-    x = baseline.x_after[layer - 1]
-    if layer - 1 in backbone.stage_ends:
-        x, _ = downsample_full(backbone, layer - 1, x, backbone.grid_at(layer - 1, baseline.prep.grid))
-    return x
 
 
 def apply_overrides(status: Tensor, kept_idx: Tensor, force_keep: tuple[int, ...], force_prune: tuple[int, ...]) -> tuple[Tensor, Tensor]:
@@ -533,7 +434,7 @@ def estimate_macs(backbone: Backbone, baseline: Baseline, plan: Plan) -> dict[st
     tokens = [r.tokens for r in baseline.layers[:first]]
     aux_macs = backbone.aux_macs(first, n) if plan.method.needs_aux else 0
     if first in backbone.stage_ends:
-        kept_idx, grid = _merged_kept(backbone, first, kept_idx, grid)
+        kept_idx, grid = merged_kept(backbone, first, kept_idx, grid)
     for layer in range(first + 1, backbone.num_blocks + 1):
         total += backbone.block_macs(layer, kept_idx, grid)
         tokens.append(kept_idx.numel())
@@ -543,14 +444,7 @@ def estimate_macs(backbone: Backbone, baseline: Baseline, plan: Plan) -> dict[st
             keep_n = max(1, int(round(fraction * kept_idx.numel())))
             kept_idx = kept_idx[torch.linspace(0, kept_idx.numel() - 1, keep_n).round().long().unique()]
         if layer in backbone.stage_ends:
-            kept_idx, grid = _merged_kept(backbone, layer, kept_idx, grid)
+            kept_idx, grid = merged_kept(backbone, layer, kept_idx, grid)
     return {"macs": int(total + aux_macs), "baseline": int(baseline.macs), "tokens": tokens, "exact": len(plan.layers) == 1,
             "subset_rate0": int(baseline.macs - pad_query_saving(backbone, plan, baseline.prep.grid))}
 
-
-def _merged_kept(backbone: Backbone, layer: int, kept_idx: Tensor, grid: tuple[int, int]) -> tuple[Tensor, tuple[int, int]]:
-    """The alive tokens of the next stage after the patch merging that follows block ``layer``."""
-    alive = torch.zeros(grid[0] * grid[1], dtype=torch.bool)
-    alive[kept_idx] = True
-    alive, grid = backbone.downsample_alive(layer, alive, grid)
-    return torch.nonzero(alive).flatten(), grid

@@ -161,3 +161,26 @@ class Trace:
         earlier &= drop < self.num_blocks
         grid[earlier] = np.where(exited[earlier], EXITED, GONE)
         return grid
+
+
+def grid_map(values: Tensor, kept_idx: Tensor, n: int, grid: tuple[int, int]) -> np.ndarray:
+    """Nk per-token values -> gh x gw float32 map, NaN where the token is not alive."""
+    out = np.full(n, np.nan, dtype=np.float32)
+    out[kept_idx.numpy()] = values.detach().float().numpy()
+    return out.reshape(grid)
+
+
+def diagnostics_to_maps(diag: dict[str, Any], kept_idx: Tensor, n: int, grid: tuple[int, int]) -> dict[str, Any]:
+    maps: dict[str, Any] = {}
+    nk = kept_idx.numel()
+    for name, value in diag.items():
+        if isinstance(value, Tensor):
+            if value.ndim == 1 and value.numel() == nk:
+                maps[name] = grid_map(value, kept_idx, n, grid)
+            elif value.ndim == 0:
+                maps[name] = float(value)
+            else:
+                maps[name] = value.detach().float().numpy()
+        else:
+            maps[name] = value
+    return maps
