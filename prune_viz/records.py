@@ -116,8 +116,9 @@ class Trace:
 
     def stage_macs(self) -> list[dict[str, Any]]:
         """Per stage (hierarchical backbones; [] otherwise): its blocks, grid, tokens entering its
-        last block, and block MACs pruned vs unpruned (patch merging, always on the full grid,
-        is ``macs["downsample"]``)."""
+        last block, block MACs pruned vs unpruned (patch merging, always on the full grid, is
+        ``macs["downsample"]``) and ``frozen_share``: the share of the stage's output grid (what a
+        UNet decoder's skip from this stage receives) that holds frozen features."""
         out: list[dict[str, Any]] = []
         if not self.stage_ends:
             return out
@@ -128,7 +129,9 @@ class Trace:
                 continue
             out.append({"stage": s + 1, "blocks": [bounds[s] + 1, bounds[s + 1]], "grid": list(self.grid_at(recs[0].layer)),
                         "tokens_last_block": recs[-1].tokens, "macs": sum(r.macs for r in recs),
-                        "macs_baseline": sum(r.macs_baseline for r in recs)})
+                        "macs_baseline": sum(r.macs_baseline for r in recs),
+                        "frozen_share": float((self.stage_drop_layer[s] < self.num_blocks).mean())
+                        if self.stage_drop_layer is not None else 0.0})
         return out
 
     def grid_at(self, layer: int) -> tuple[int, int]:

@@ -172,7 +172,10 @@ def test_merging_methods_are_refused(swin: SwinBackbone, image: np.ndarray) -> N
 
 def test_views_and_report_name_stages(swin: SwinBackbone, image: np.ndarray) -> None:
     analysis = analyze(swin, image, make_plan(swin, "random", (4,)))
-    assert [s["grid"] for s in analysis.report["stages"]] == [[32, 32], [16, 16], [8, 8], [4, 4]]
+    stages = analysis.report["stages"]
+    assert [s["grid"] for s in stages] == [[32, 32], [16, 16], [8, 8], [4, 4]]
+    kept = analysis.trace.steps[0].tokens_kept
+    assert stages[0]["frozen_share"] == 0.0 and stages[1]["frozen_share"] == pytest.approx(1 - kept / 256)
     assert analysis.report["layers"][6]["grid"] == [8, 8]
     rows = {r[0] for r in metrics_rows(analysis)}
     assert "  stage 3 (blocks 5-8, 8 x 8 grid)" in rows and "  patch merging" in rows

@@ -167,7 +167,8 @@ def stage_rows(trace: Trace) -> list[list[str]]:
         d = 100.0 * (st["macs"] - st["macs_baseline"]) / st["macs_baseline"] if st["macs_baseline"] else 0.0
         rows.append([f"  stage {st['stage']} (blocks {st['blocks'][0]}-{st['blocks'][1]}, {st['grid'][0]} x {st['grid'][1]} grid)",
                      f"{gmacs(st['macs'])} of {gmacs(st['macs_baseline'])} GMACs ({d:+.1f} %)",
-                     f"blocks of this stage; {st['tokens_last_block']} tokens enter its last block"])
+                     f"blocks of this stage; {st['tokens_last_block']} tokens enter its last block; "
+                     f"{100 * st['frozen_share']:.0f} % of its output (the decoder's skip) is frozen features"])
     if trace.stage_ends:
         rows.append(["  patch merging", f"{gmacs(trace.macs.get('downsample', 0))} GMACs",
                      "2 x 2 merges between stages, on the full grid (pruned tokens keep frozen features)"])
