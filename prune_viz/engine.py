@@ -26,7 +26,7 @@ from .budget import check_time
 from .errors import ParamError
 from .flops import measure_macs
 from .methods.base import EXITED, GONE, KEPT, PRUNED, PruneContext
-from .records import Baseline, LayerRecord, Plan, StepRecord, Trace, diagnostics_to_maps
+from .records import Baseline, LayerRecord, Plan, StepRecord, Trace, diagnostics_to_maps as _diagnostics_to_maps
 from .stages import (block_input, downsample_full, finish_stages, grid_field, merged_kept, next_stage, stage_kwargs,
                      stage_outputs, stages_before)
 
@@ -305,7 +305,7 @@ def run_pruned(
                 tokens_in=kept_idx.numel(),
                 tokens_kept=keep.numel(),
                 status_grid=status_grid.reshape(grid),
-                diagnostics=diagnostics_to_maps(diag, kept_idx, n, grid) if diagnostics else {},
+                diagnostics=_diagnostics_to_maps(diag, kept_idx, n, grid) if diagnostics else {},
                 decide_ms=decide_ms,
             )
         )

@@ -113,6 +113,14 @@ SCALAR_INFO: dict[str, str] = {
 }
 
 
+def input_size_control(facts: BackboneFacts) -> dict[str, str]:
+    """Label and help of the input-size dropdown (the same SAM sizes also suit Swin's 8 x 8 windows)."""
+    if facts.stage_ends:
+        return {"label": "Swin input size (px)",
+                "info": "512 px: 128 x 128 tokens in stage 1 at patch 4, halving at each stage; 1024 is 4x the work"}
+    return {"label": "SAM input size (px)", "info": "512 px is about 4x faster; 1024 = the official size"}
+
+
 def backbone_note(name: str) -> str:
     """Speed and weights of a backbone family, in markdown."""
     family = check_backbone_name(name)

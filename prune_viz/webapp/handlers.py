@@ -287,7 +287,7 @@ def on_backbone(session, backbone, sam_size, method):
         "backbone_note": texts.backbone_note(facts.name),
         "missing_help": gr.Markdown(help_text, visible=bool(help_text)),
         "download_btn": gr.Button(f"Download {facts.name}", visible=facts.downloadable and not facts.loaded),
-        "sam_size": gr.Dropdown(visible=bool(facts.input_sizes)),
+        "sam_size": gr.Dropdown(visible=bool(facts.input_sizes), **texts.input_size_control(facts)),
         "view_layer": gr.Slider(minimum=1, maximum=facts.num_blocks, value=layers[0], info=layer_slider_info(facts)),
         "method_info": texts.method_explanation(method),
         "sam_note": texts.PROMPTS_HOW if facts.supports_prompts else texts.PROMPTS_NEED,
