@@ -20,7 +20,7 @@ FLOORS: dict[str, int] = {
     "prune_viz.ui": 4,
     "prune_viz.webapp": 5, "prune_viz.cli": 5, "prune_viz.bench": 5, "prune_viz.bench_suite": 5,
     "prune_viz.bench_report": 5, "prune_viz.train": 5,
-    "prune_viz.train_matp": 5, "prune_viz.__main__": 5, "app": 5,
+    "prune_viz.train_matp": 5, "prune_viz.train_swin": 5, "prune_viz.train_swin_card": 5, "prune_viz.__main__": 5, "app": 5,
     "prune_viz": 5,  # the package's own __init__
 }
 
