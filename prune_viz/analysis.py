@@ -26,6 +26,7 @@ import torch
 from .backbones.base import Backbone
 from .backbones.provenance import provenance
 from .engine import Baseline, Plan, Trace, image_key, pad_query_saving, run_baseline, run_pruned
+from .stages import downsample_full, stage_outputs
 from .flops import MACS_NOTE, measure_macs
 from .metrics import agreement_miou, boundary_f1, gamma, miou
 from .ood import ood_fields
@@ -135,11 +136,19 @@ def run_suffix_unpruned(backbone: Backbone, baseline: Baseline, first: int) -> A
     """The unpruned forward from the cached output of block ``first`` on: the remaining blocks
     on the full grid and the decode (the counterpart of a pruned run that reuses the cache)."""
     x = baseline.x_after[first]
-    grid = baseline.prep.grid
+    grid = backbone.grid_at(first, baseline.prep.grid)
+    skips = stage_outputs(backbone, baseline.x_after, before=first)
+    if first in backbone.stage_ends:
+        skips.append(backbone.split_prefix(x)[1])
+        x, grid = downsample_full(backbone, first, x, grid)
     for layer in range(first + 1, backbone.num_blocks + 1):
         x = backbone.run_block(layer, x, None, grid).x
+        if layer in backbone.stage_ends:
+            skips.append(backbone.split_prefix(x)[1])
+            x, grid = downsample_full(backbone, layer, x, grid)
     prefix, patches = backbone.split_prefix(x)
-    return backbone.decode(patches.clone(), prefix, baseline.prep)
+    extra = {"stage_outputs": skips} if backbone.stage_ends else {}
+    return backbone.decode(patches.clone(), prefix, baseline.prep, **extra)
 
 
 def latency_report(timing: dict[str, Any], macs: dict[str, Any]) -> dict[str, Any]:
@@ -215,7 +224,8 @@ def build_report(backbone: Backbone, plan: Plan, baseline: Baseline, trace: Trac
         "seed": plan.seed,
         "grid": list(trace.grid),
         "layers": [
-            {"layer": r.layer, "kind": r.kind, "tokens": r.tokens, "macs": r.macs, "macs_baseline": r.macs_baseline}
+            {"layer": r.layer, "kind": r.kind, "tokens": r.tokens, "macs": r.macs, "macs_baseline": r.macs_baseline,
+             **({"grid": list(r.grid)} if r.grid else {})}
             for r in trace.layers
         ],
         "steps": [
@@ -234,6 +244,7 @@ def build_report(backbone: Backbone, plan: Plan, baseline: Baseline, trace: Trac
             "pruning_delta_pct": 100.0 * (trace.macs["total"] - subset0) / subset0,
             "convention": MACS_NOTE,
         },
+        **({"stages": trace.stage_macs()} if trace.stage_ends else {}),
         "latency_ms": None,
         "metrics": metrics,
         # How unsure the unpruned model is (ood.py): out of its domain, a failure is the model's.
@@ -268,7 +279,8 @@ def save_outputs(analysis: Analysis, out: Path, image: np.ndarray, patch: int) -
     model_img = analysis.model_image
     for step in analysis.trace.steps:
         p = out / f"token_map_L{step.layer}.png"
-        write_png(p, token_status_map(model_img, step.status_grid, patch))
+        stride = analysis.trace.grid[0] // step.status_grid.shape[0]  # coarser stages of a hierarchical backbone
+        write_png(p, token_status_map(model_img, step.status_grid, patch * stride))
         written.append(p)
     for name, seg in (("seg_before", analysis.baseline.seg), ("seg_after", analysis.trace.seg)):
         p = out / f"{name}.png"

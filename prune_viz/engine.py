@@ -26,7 +26,9 @@ from .budget import check_time
 from .errors import ParamError
 from .flops import measure_macs
 from .methods.base import EXITED, GONE, KEPT, PRUNED, PruneContext
-from .records import Baseline, LayerRecord, Plan, StepRecord, Trace
+from .records import Baseline, LayerRecord, Plan, StepRecord, Trace, diagnostics_to_maps as _diagnostics_to_maps
+from .stages import (block_input, downsample_full, finish_stages, grid_field, merged_kept, next_stage, stage_kwargs,
+                     stage_outputs, stages_before)
 
 
 def image_key(backbone: Backbone, image: np.ndarray) -> str:
@@ -56,6 +58,7 @@ def run_baseline(
     stats: dict[int, BlockOutput] = {}
     records = []
     n = grid[0] * grid[1]
+    down_macs = 0
     for layer in range(1, backbone.num_blocks + 1):
         check_time(f"at block {layer}")
         tb = _now()
@@ -65,34 +68,15 @@ def run_baseline(
         if layer in attn_layers:
             stats[layer] = BlockOutput(x=torch.empty(0), received=out.received, cls_attn=out.cls_attn)
         macs = backbone.block_macs(layer, None, grid)
-        records.append(LayerRecord(layer, backbone.block_kind(layer), n, macs, macs, (_now() - tb) * 1e3))
+        records.append(LayerRecord(layer, backbone.block_kind(layer), n, macs, macs, (_now() - tb) * 1e3, *grid_field(backbone, grid)))
+        if layer in backbone.stage_ends:
+            down_macs += backbone.downsample_macs(layer, grid)
+            x, grid = downsample_full(backbone, layer, x, grid)
+            n = grid[0] * grid[1]
     prefix, patches = backbone.split_prefix(x)
-    seg = backbone.decode(patches.clone(), prefix, prep)
-    total = backbone.embed_macs(prep) + sum(r.macs for r in records) + backbone.decode_macs(prep)
+    seg = backbone.decode(patches.clone(), prefix, prep, **stage_kwargs(backbone, stage_outputs(backbone, x_after)))
+    total = backbone.embed_macs(prep) + sum(r.macs for r in records) + backbone.decode_macs(prep) + down_macs
     return Baseline(image_key(backbone, image), prep, x_after, stats, seg, total, records, (_now() - t0) * 1e3)
-
-
-def _grid_map(values: Tensor, kept_idx: Tensor, n: int, grid: tuple[int, int]) -> np.ndarray:
-    """Nk per-token values -> gh x gw float32 map, NaN where the token is not alive."""
-    out = np.full(n, np.nan, dtype=np.float32)
-    out[kept_idx.numpy()] = values.detach().float().numpy()
-    return out.reshape(grid)
-
-
-def _diagnostics_to_maps(diag: dict[str, Any], kept_idx: Tensor, n: int, grid: tuple[int, int]) -> dict[str, Any]:
-    maps: dict[str, Any] = {}
-    nk = kept_idx.numel()
-    for name, value in diag.items():
-        if isinstance(value, Tensor):
-            if value.ndim == 1 and value.numel() == nk:
-                maps[name] = _grid_map(value, kept_idx, n, grid)
-            elif value.ndim == 0:
-                maps[name] = float(value)
-            else:
-                maps[name] = value.detach().float().numpy()
-        else:
-            maps[name] = value
-    return maps
 
 
 def validate_plan(backbone: Backbone, plan: Plan) -> None:
@@ -107,7 +91,8 @@ def validate_plan(backbone: Backbone, plan: Plan) -> None:
                 f"pruning layer {layer} is out of range for {backbone.name}: "
                 f"choose layers 1..{backbone.num_blocks - 1} (pruning after the last block saves nothing)"
             )
-    reason = plan.method.unmet_need(backbone.name, tuple(backbone.aux_layers))
+    reason = plan.method.unmet_need(backbone.name, tuple(backbone.aux_layers)) or plan.method.unmet_stage_need(
+        tuple(backbone.stage_ends))
     if reason:
         raise ParamError(f"method '{plan.method.name}' {reason}")
     if plan.method.needs_aux:
@@ -133,21 +118,22 @@ def pad_query_saving(backbone: Backbone, plan: Plan, grid: tuple[int, int]) -> i
     1024 px, 5.4 % of ViT-H's). 0 on backbones without windows. Reports show it as its own line
     and measure the pruning saving against ``baseline - this``.
     """
-    every = torch.arange(grid[0] * grid[1])
+    grids = {layer: backbone.grid_at(layer, grid) for layer in range(plan.layers[0] + 1, backbone.num_blocks + 1)}
     return sum(
-        backbone.block_macs(layer, None, grid) - backbone.block_macs(layer, every, grid)
-        for layer in range(plan.layers[0] + 1, backbone.num_blocks + 1)
+        backbone.block_macs(layer, None, g) - backbone.block_macs(layer, torch.arange(g[0] * g[1]), g)
+        for layer, g in grids.items()
     )
 
 
 def _context(
     backbone: Backbone, plan: Plan, layer: int, patches: Tensor, kept_idx: Tensor, prep: Prepared,
     stats: BlockOutput | None, aux: Tensor | None, sizes: Tensor | None = None,
-    want_diagnostics: bool = True,
+    want_diagnostics: bool = True, grid: tuple[int, int] | None = None,
 ) -> PruneContext:
     """What the method sees after block ``layer``. patches: 1 x Nk x C; aux: Nk x K x S or None;
-    sizes: Nk tokens each kept token stands for (merging methods), or None."""
-    grid = prep.grid
+    sizes: Nk tokens each kept token stands for (merging methods), or None; grid: the layer's
+    token grid (hierarchical backbones; default the input grid), its patch in input pixels."""
+    grid = grid or prep.grid
     return PruneContext(
         layer=layer,
         step=plan.layers.index(layer),
@@ -155,7 +141,7 @@ def _context(
         tokens=patches[0],
         kept_idx=kept_idx,
         grid=grid,
-        patch_size=backbone.patch_size,
+        patch_size=backbone.patch_size * (prep.grid[0] // grid[0]),
         image=prep.image01,
         seed=plan.seed,
         received=stats.received if stats is not None else None,
@@ -194,11 +180,12 @@ def run_pruned(
     if baseline is not None and baseline.key != image_key(backbone, image):
         raise ValueError("baseline cache belongs to another image or backbone")
     prep = baseline.prep if baseline is not None else (prep or backbone.prepare(image))
-    grid = prep.grid
-    n = grid[0] * grid[1]
     method = plan.method
     first = plan.layers[0]
+    grid = backbone.grid_at(first, prep.grid)  # the input grid, except on hierarchical backbones
+    n = grid[0] * grid[1]
     want_attn = method.needs_attention and replay is None
+    hierarchical = bool(backbone.stage_ends)
 
     records: list[LayerRecord] = []
     steps: list[StepRecord] = []
@@ -211,32 +198,40 @@ def run_pruned(
     from_cache = baseline is not None
     rep = torch.arange(n)  # merging methods: grid token -> the token it is decoded as
     merged = False
+    skips: list[Tensor] = []  # hierarchical: full grids after each finished stage (decoder skips)
+    stage_drops, down_macs = stages_before(backbone, first, prep.grid)  # per-stage drop maps, merging MACs
 
     # Blocks 1..first run in full: from the cache if we have one.
     stats: BlockOutput | None = None
     if baseline is not None:
         x = baseline.x_after[first]
         records.extend(baseline.layers[:first])
+        skips = stage_outputs(backbone, baseline.x_after, before=first)
         if want_attn:
             stats = baseline.attn_stats.get(first)
             if stats is None:  # not cached: recompute only block `first` with statistics
-                stats = backbone.run_block(first, baseline.x_after[first - 1], None, grid, want_attn=True)
+                stats = backbone.run_block(first, block_input(backbone, baseline, first), None, grid, want_attn=True)
     else:
         x = backbone.embed(prep)
+        g = prep.grid
         for layer in range(1, first + 1):
             tb = _now()
-            out = backbone.run_block(layer, x, None, grid, want_attn=want_attn and layer == first)
+            out = backbone.run_block(layer, x, None, g, want_attn=want_attn and layer == first)
             x = out.x
-            macs = backbone.block_macs(layer, None, grid)
-            records.append(LayerRecord(layer, backbone.block_kind(layer), n, macs, macs, (_now() - tb) * 1e3))
+            macs = backbone.block_macs(layer, None, g)
+            records.append(LayerRecord(layer, backbone.block_kind(layer), g[0] * g[1], macs, macs, (_now() - tb) * 1e3,
+                                       *grid_field(backbone, g)))
             if layer == first:
                 stats = out
+            elif layer in backbone.stage_ends:
+                skips.append(backbone.split_prefix(x)[1])
+                x, g = downsample_full(backbone, layer, x, g)
     if want_attn and stats is not None:
         # The statistics cost extra arithmetic in the block that produced them: count it.
         decision_macs += attention_surcharge(backbone, first, grid)
 
     kept_idx = torch.arange(n)
-    full = torch.zeros(1, n, backbone.embed_dim, dtype=x.dtype)
+    full = torch.zeros(1, n, backbone.dim_at(first), dtype=x.dtype)
     for layer in range(first, backbone.num_blocks + 1):
         check_time(f"at block {layer}")
         if layer > first:
@@ -249,11 +244,16 @@ def run_pruned(
             if step_attn:
                 decision_macs += attention_surcharge(backbone, layer, grid, kept_idx)
             base_macs = backbone.block_macs(layer, None, grid)
-            records.append(LayerRecord(layer, backbone.block_kind(layer), kept_idx.numel(), macs, base_macs, (_now() - tb) * 1e3))
+            records.append(LayerRecord(layer, backbone.block_kind(layer), kept_idx.numel(), macs, base_macs, (_now() - tb) * 1e3,
+                                       *grid_field(backbone, grid)))
         if layer not in plan.layers:
+            if layer in backbone.stage_ends:
+                x, kept_idx, full, grid, drop_layer, down_macs = next_stage(
+                    backbone, layer, x, kept_idx, full, grid, skips, stage_drops, drop_layer, down_macs)
             continue
 
         step = plan.layers.index(layer)
+        n = grid[0] * grid[1]  # this stage's grid
         prefix, patches = backbone.split_prefix(x)
         aux = None
         if method.needs_aux:
@@ -268,7 +268,7 @@ def run_pruned(
             diag: dict[str, Any] = {}
         else:
             sizes = torch.bincount(rep, minlength=n)[kept_idx].float() if merged else None
-            ctx = _context(backbone, plan, layer, patches, kept_idx, prep, stats, aux, sizes, diagnostics)
+            ctx = _context(backbone, plan, layer, patches, kept_idx, prep, stats, aux, sizes, diagnostics, grid)
             if count_decisions:
                 step_macs, decision = measure_macs(lambda: method.decide(ctx, plan.params))
                 decision_macs += step_macs
@@ -280,6 +280,9 @@ def run_pruned(
                 # A merge decides where every token's feature goes; forcing one token in or out
                 # would leave its group without a representative.
                 raise ParamError(f"force keep / force prune is not available for merging methods ({plan.method.name})")
+            if decision.merge_into is not None and hierarchical:
+                raise ParamError(f"merging methods ({plan.method.name}) are not available on {backbone.name}: a merged "
+                                 "group would have to be split again at the next patch merging")
             if decision.merge_into is not None:
                 # Re-point every grid token represented by a merged alive token (itself, or tokens
                 # merged into it earlier) to its new representative.
@@ -314,6 +317,8 @@ def run_pruned(
         drop_layer[gone_idx.numpy()] = layer
         exit_here = leaving & (status == EXITED)
         if exit_here.any():
+            if hierarchical:
+                raise ParamError(f"early exits ({plan.method.name}) are not available on {backbone.name} yet")
             if aux is None:
                 raise RuntimeError(f"method '{method.name}' exited tokens without auxiliary logits")
             if exit_logits is None:
@@ -323,12 +328,16 @@ def run_pruned(
         kept_idx = kept_idx[keep]
         kept_per_step.append(kept_idx.clone())
         x = torch.cat([prefix, patches[:, keep]], dim=1)
+        if layer in backbone.stage_ends:
+            x, kept_idx, full, grid, drop_layer, down_macs = next_stage(
+                backbone, layer, x, kept_idx, full, grid, skips, stage_drops, drop_layer, down_macs)
 
     prefix, patches = backbone.split_prefix(x)
     full[:, kept_idx] = patches
     if merged:  # ToMe's unmerge: a merged token takes its group's final feature
         full = full[:, rep]
-    seg = backbone.decode(full, prefix, prep, exit_logits, exited if exit_logits is not None else None)
+    seg = backbone.decode(full, prefix, prep, exit_logits, exited if exit_logits is not None else None,
+                          **stage_kwargs(backbone, skips))
 
     embed = backbone.embed_macs(prep)
     blocks = sum(r.macs for r in records)
@@ -341,6 +350,10 @@ def run_pruned(
         "decode": decode,
         "total": embed + blocks + aux_macs + decision_macs + decode,
     }
+    if hierarchical:
+        macs["downsample"] = down_macs
+        macs["total"] += down_macs
+        drop_layer, exited, grid = finish_stages(drop_layer, grid, prep.grid, stage_drops)
     return Trace(
         backbone=backbone.name,
         method=method.name,
@@ -358,6 +371,8 @@ def run_pruned(
         from_cache=from_cache,
         num_blocks=backbone.num_blocks,
         merged_into=rep.numpy().reshape(grid) if merged else None,
+        stage_ends=tuple(backbone.stage_ends),
+        stage_drop_layer=stage_drops if hierarchical else None,
     )
 
 
@@ -394,16 +409,17 @@ def estimate_macs(backbone: Backbone, baseline: Baseline, plan: Plan) -> dict[st
     ``subset_rate0`` (the unpruned MACs less :func:`pad_query_saving`).
     """
     validate_plan(backbone, plan)
-    grid = baseline.prep.grid
-    n = grid[0] * grid[1]
     first = plan.layers[0]
+    grid = backbone.grid_at(first, baseline.prep.grid)
+    n = grid[0] * grid[1]
     x = baseline.x_after[first]
     prefix, patches = backbone.split_prefix(x)
     stats = baseline.attn_stats.get(first) if plan.method.needs_attention else None
     if plan.method.needs_attention and stats is None:
-        stats = backbone.run_block(first, baseline.x_after[first - 1], None, grid, want_attn=True)
+        stats = backbone.run_block(first, block_input(backbone, baseline, first), None, grid, want_attn=True)
     aux = backbone.aux_logits(first, patches[0]) if plan.method.needs_aux else None
-    ctx = _context(backbone, plan, first, patches, torch.arange(n), baseline.prep, stats, aux, want_diagnostics=False)
+    ctx = _context(backbone, plan, first, patches, torch.arange(n), baseline.prep, stats, aux, want_diagnostics=False,
+                   grid=grid)
     decision = plan.method.decide(ctx, plan.params)
     keep = decision.keep
     forced = _overrides_at(plan, first)
@@ -413,8 +429,12 @@ def estimate_macs(backbone: Backbone, baseline: Baseline, plan: Plan) -> dict[st
     fraction = kept_idx.numel() / n
     total = backbone.embed_macs(baseline.prep) + backbone.decode_macs(baseline.prep)
     total += sum(r.macs for r in baseline.layers[:first])
-    tokens = [n] * first
+    # Patch merging runs on the full grid whatever is pruned.
+    total += sum(backbone.downsample_macs(e, backbone.grid_at(e, baseline.prep.grid)) for e in backbone.stage_ends)
+    tokens = [r.tokens for r in baseline.layers[:first]]
     aux_macs = backbone.aux_macs(first, n) if plan.method.needs_aux else 0
+    if first in backbone.stage_ends:
+        kept_idx, grid = merged_kept(backbone, first, kept_idx, grid)
     for layer in range(first + 1, backbone.num_blocks + 1):
         total += backbone.block_macs(layer, kept_idx, grid)
         tokens.append(kept_idx.numel())
@@ -423,5 +443,8 @@ def estimate_macs(backbone: Backbone, baseline: Baseline, plan: Plan) -> dict[st
                 aux_macs += backbone.aux_macs(layer, kept_idx.numel())
             keep_n = max(1, int(round(fraction * kept_idx.numel())))
             kept_idx = kept_idx[torch.linspace(0, kept_idx.numel() - 1, keep_n).round().long().unique()]
+        if layer in backbone.stage_ends:
+            kept_idx, grid = merged_kept(backbone, layer, kept_idx, grid)
     return {"macs": int(total + aux_macs), "baseline": int(baseline.macs), "tokens": tokens, "exact": len(plan.layers) == 1,
-            "subset_rate0": int(baseline.macs - pad_query_saving(backbone, plan, grid))}
+            "subset_rate0": int(baseline.macs - pad_query_saving(backbone, plan, baseline.prep.grid))}
+

@@ -37,6 +37,7 @@ class LayerRecord:
     macs: int
     macs_baseline: int
     time_ms: float
+    grid: tuple[int, int] | None = None  # the block's token grid on hierarchical backbones (None: the input grid)
 
 
 @dataclass
@@ -93,6 +94,50 @@ class Trace:
     # gh x gw int64: grid position whose final feature each token is decoded with (itself unless a
     # merging method folded it into a group); None when no merge happened.
     merged_into: np.ndarray | None = None
+    # Hierarchical backbones (Swin): layers after which the grid halves, and per stage its
+    # gh_s x gw_s drop_layer map as the stage ended (a token that entered the stage dead shows
+    # the latest layer any of its children left at). ``drop_layer`` above is then the last
+    # stage's map repeated onto the input grid: the layer after which a position's lineage
+    # stopped being computed.
+    stage_ends: tuple[int, ...] = ()
+    stage_drop_layer: list[np.ndarray] | None = None
+
+    def stage_of(self, layer: int) -> int:
+        """0-based stage of block ``layer`` (0 on plain backbones)."""
+        return sum(1 for end in self.stage_ends if end < layer)
+
+    def layer_label(self, layer: int) -> str:
+        """"block 5", or where stages exist "block 5 (stage 3, block 1)": the numbering views use."""
+        if not self.stage_ends:
+            return f"block {layer}"
+        s = self.stage_of(layer)
+        start = self.stage_ends[s - 1] if s else 0
+        return f"block {layer} (stage {s + 1}, block {layer - start})"
+
+    def stage_macs(self) -> list[dict[str, Any]]:
+        """Per stage (hierarchical backbones; [] otherwise): its blocks, grid, tokens entering its
+        last block, block MACs pruned vs unpruned (patch merging, always on the full grid, is
+        ``macs["downsample"]``) and ``frozen_share``: the share of the stage's output grid (what a
+        UNet decoder's skip from this stage receives) that holds frozen features."""
+        out: list[dict[str, Any]] = []
+        if not self.stage_ends:
+            return out
+        bounds = [0, *self.stage_ends, self.num_blocks]
+        for s in range(len(bounds) - 1):
+            recs = [r for r in self.layers if bounds[s] < r.layer <= bounds[s + 1]]
+            if not recs:
+                continue
+            out.append({"stage": s + 1, "blocks": [bounds[s] + 1, bounds[s + 1]], "grid": list(self.grid_at(recs[0].layer)),
+                        "tokens_last_block": recs[-1].tokens, "macs": sum(r.macs for r in recs),
+                        "macs_baseline": sum(r.macs_baseline for r in recs),
+                        "frozen_share": float((self.stage_drop_layer[s] < self.num_blocks).mean())
+                        if self.stage_drop_layer is not None else 0.0})
+        return out
+
+    def grid_at(self, layer: int) -> tuple[int, int]:
+        """The token grid of block ``layer`` (the input grid on plain backbones)."""
+        s = self.stage_of(layer)
+        return (self.grid[0] >> s, self.grid[1] >> s)
 
     @property
     def final_tokens(self) -> int:
@@ -110,8 +155,35 @@ class Trace:
         decision; other layers show alive tokens as KEPT. Tokens removed earlier show as GONE,
         or as EXITED when they left with a final prediction."""
         step = next((s for s in self.steps if s.layer == layer), None)
-        grid = step.status_grid.copy() if step is not None else np.full(self.grid, KEPT, dtype=np.int8)
-        earlier = (self.drop_layer < layer) if step is not None else (self.drop_layer <= layer)
-        earlier &= self.drop_layer < self.num_blocks
-        grid[earlier] = np.where(self.exited[earlier], EXITED, GONE)
+        drop, exited = self.drop_layer, self.exited
+        if self.stage_drop_layer is not None:  # the map of this layer's stage, at its resolution
+            drop = self.stage_drop_layer[self.stage_of(layer)]
+            exited = np.zeros(drop.shape, dtype=bool)
+        grid = step.status_grid.copy() if step is not None else np.full(drop.shape, KEPT, dtype=np.int8)
+        earlier = (drop < layer) if step is not None else (drop <= layer)
+        earlier &= drop < self.num_blocks
+        grid[earlier] = np.where(exited[earlier], EXITED, GONE)
         return grid
+
+
+def grid_map(values: Tensor, kept_idx: Tensor, n: int, grid: tuple[int, int]) -> np.ndarray:
+    """Nk per-token values -> gh x gw float32 map, NaN where the token is not alive."""
+    out = np.full(n, np.nan, dtype=np.float32)
+    out[kept_idx.numpy()] = values.detach().float().numpy()
+    return out.reshape(grid)
+
+
+def diagnostics_to_maps(diag: dict[str, Any], kept_idx: Tensor, n: int, grid: tuple[int, int]) -> dict[str, Any]:
+    maps: dict[str, Any] = {}
+    nk = kept_idx.numel()
+    for name, value in diag.items():
+        if isinstance(value, Tensor):
+            if value.ndim == 1 and value.numel() == nk:
+                maps[name] = grid_map(value, kept_idx, n, grid)
+            elif value.ndim == 0:
+                maps[name] = float(value)
+            else:
+                maps[name] = value.detach().float().numpy()
+        else:
+            maps[name] = value
+    return maps

@@ -15,14 +15,15 @@ FLOORS: dict[str, int] = {
     "prune_viz.io": 0, "prune_viz.checkpoints": 0, "prune_viz.flops": 0, "prune_viz.cluster": 0,
     "prune_viz.metrics": 0, "prune_viz.data": 0, "prune_viz.errors": 0, "prune_viz.budget": 0, "prune_viz.stats": 0,
     "prune_viz.backbones": 1, "prune_viz.methods": 1,
-    "prune_viz.engine": 2, "prune_viz.records": 2, "prune_viz.viz": 2,
+    "prune_viz.engine": 2, "prune_viz.records": 2, "prune_viz.stages": 2, "prune_viz.viz": 2,
     "prune_viz.analysis": 3, "prune_viz.params": 3, "prune_viz.ood": 3,
     "prune_viz.viz_damage": 2,
     "prune_viz.inspect_set": 3, "prune_viz.inspect_report": 3, "prune_viz.attribution": 3,
     "prune_viz.ui": 4,
     "prune_viz.webapp": 5, "prune_viz.cli": 5, "prune_viz.bench": 5, "prune_viz.bench_suite": 5, "prune_viz.bench_noise": 5,
     "prune_viz.bench_report": 5, "prune_viz.inspect_cli": 5, "prune_viz.train": 5,
-    "prune_viz.train_matp": 5, "prune_viz.train_timm_seg": 5, "prune_viz.__main__": 5, "app": 5,
+    "prune_viz.train_matp": 5, "prune_viz.train_timm_seg": 5, "prune_viz.train_swin": 5, "prune_viz.train_swin_card": 5,
+    "prune_viz.__main__": 5, "app": 5,
     "prune_viz": 5,  # the package's own __init__
 }
 

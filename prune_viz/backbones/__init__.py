@@ -46,6 +46,7 @@ class BackboneFacts:
     downloadable: bool = False
     missing: str = ""
     weights_kind: str = ""  # pretrained | file | random (see .provenance); "" when not built
+    stage_ends: tuple[int, ...] = ()  # hierarchical backbones: layers after which the grid halves
 
     @property
     def loaded(self) -> bool:
@@ -159,12 +160,42 @@ def _build_registered(name: str, checkpoint: str | None, input_size: int | None,
     return build_registered(name, checkpoint, input_size)
 
 
+def _build_swin(name: str, checkpoint: str | None, input_size: int | None, download: bool, random_weights: bool) -> Backbone:
+    from .swin import build_swin
+
+    check_timm_allowed(name[len(TIMM_PREFIX):])
+    return build_swin(name[len(TIMM_PREFIX):], input_size=input_size, checkpoint=checkpoint,
+                      pretrained=download and not random_weights)
+
+
+def _build_demo_swin(name: str, checkpoint: str | None, input_size: int | None, download: bool, random_weights: bool) -> Backbone:
+    from .demo_swin_model import SwinUNet, build_demo_swin
+    from .swin import from_swin_unet
+
+    model = SwinUNet() if random_weights else build_demo_swin(checkpoint)
+    if input_size and input_size != model.cfg.img_size:
+        raise ParamError(f"{name} takes {model.cfg.img_size} px inputs only (got --input-size {input_size})")
+    return from_swin_unet(model, name)
+
+
+def _demo_swin_facts(name: str, input_size: int | None) -> BackboneFacts:
+    from .demo_swin_model import DEMO_SWIN_WEIGHTS, SwinDemoConfig
+
+    cfg = SwinDemoConfig()
+    ends = cfg.stage_ends[:-1]
+    return BackboneFacts(name, None, cfg.stage_ends[-1], (), cfg.aux_layers, (ends[0] + 1,), len(cfg.classes), False,
+                         DEMO_SWIN_WEIGHTS.name, stage_ends=ends)
+
+
 SAM_SIZES = (1024, 768, 512)  # 1024 = the official input size
+SWIN_SIZES = (512, 256, 768, 1024)  # the Swin adapter's choices (each stage grid a multiple of its 8 x 8 window)
 TIMM_PREFIX = "timm:"
 BUILDERS: dict[str, BackboneEntry] = {
     "demo": BackboneEntry("Demo segmenter shipped with prune_viz (ViT-Tiny shape, 7 aerial classes, offline)", _build_demo),
     "demo_matp": BackboneEntry("The demo segmenter fine-tuned with MATP's pruning in the loop (for the matp method)",
                                _build_demo),
+    "demo_swin": BackboneEntry("Swin-UNet demo segmenter shipped with prune_viz (hierarchical Swin encoder, UNet decoder "
+                               "with skips, aux heads; 7 aerial classes, offline)", _build_demo_swin, facts=_demo_swin_facts),
     "sam_vit_b": BackboneEntry("Segment Anything ViT-B image encoder (windowed + global attention)", _build_sam,
                                SAM_SIZES, _sam_facts, _download_sam),
     "sam_vit_l": BackboneEntry("Segment Anything ViT-L image encoder", _build_sam, SAM_SIZES, _sam_facts, _download_sam),
@@ -173,6 +204,10 @@ BUILDERS: dict[str, BackboneEntry] = {
                                download=_download_timm),
 }
 REGISTERED = BackboneEntry("A model registered in $PRUNE_VIZ_MODELS (a checkpoint and its sidecar)", _build_registered)
+
+# timm's hierarchical Swin Transformers (``timm:swin_*``) go to their own adapter (prune_viz.backbones.swin).
+TIMM_SWIN = BackboneEntry("timm Swin Transformer (hierarchical, shifted windows), e.g. timm:swin_tiny_patch4_window7_224",
+                          _build_swin, SWIN_SIZES)
 
 _CACHE: "OrderedDict[tuple, Backbone]" = OrderedDict()
 _LOCK = threading.Lock()
@@ -196,7 +231,9 @@ def check_backbone_name(name: str) -> BackboneEntry:
 
         if not is_model(model_name):
             raise ParamError(f"{echo(name)}: timm has no model called {echo(model_name)} (timm.list_models('vit_*') lists them)")
-        return BUILDERS[TIMM_PREFIX]
+        from .swin import is_swin_name
+
+        return TIMM_SWIN if is_swin_name(model_name) else BUILDERS[TIMM_PREFIX]
     if name.startswith(MODELS_PREFIX):
         from .registry_folder import registered_spec
 
@@ -244,7 +281,7 @@ def facts_of(backbone: Backbone) -> BackboneFacts:
         backbone.name, backbone.input_size if entry.input_sizes else None, backbone.num_blocks,
         tuple(backbone.global_layers), tuple(backbone.aux_layers), tuple(backbone.default_layers()),
         int(backbone.num_classes), bool(backbone.supports_prompts), backbone.weights, entry.input_sizes,
-        entry.download is not None, weights_kind=weights_kind(backbone),
+        entry.download is not None, weights_kind=weights_kind(backbone), stage_ends=tuple(backbone.stage_ends),
     )
 
 

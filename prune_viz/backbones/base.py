@@ -115,6 +115,9 @@ class Backbone(ABC):
     # and the weights file on disk (hashed lazily for the report's ``file <sha256[:12]>``).
     weights_kind: str = ""
     weights_file: str | None = None
+    # Hierarchical backbones (Swin): 1-based layers after which the grid coarsens (patch
+    # merging); () for plain ViTs, whose grid and width never change.
+    stage_ends: tuple[int, ...] = ()
 
     @abstractmethod
     def num_params(self) -> int:
@@ -142,6 +145,33 @@ class Backbone(ABC):
     ) -> BlockOutput:
         """Run block ``layer`` (1-based) on ``x`` (1 x (P + Nk) x C)."""
 
+    def grid_at(self, layer: int, grid: tuple[int, int]) -> tuple[int, int]:
+        """The token grid entering block ``layer`` when the input grid is ``grid`` (constant
+        unless the backbone is hierarchical)."""
+        return grid
+
+    def dim_at(self, layer: int) -> int:
+        """Channels of the tokens of block ``layer``."""
+        return self.embed_dim
+
+    def layer_label(self, layer: int) -> str:
+        """How block ``layer`` is named in views ("layer 5"; "stage 2, block 3" on Swin)."""
+        return f"layer {layer}"
+
+    def downsample(self, layer: int, full: Tensor, alive: Tensor, grid: tuple[int, int]) -> tuple[Tensor, Tensor, tuple[int, int]]:
+        """Hierarchical backbones, after block ``layer`` in ``stage_ends``: the full grid
+        1 x N x C (pruned tokens carry frozen features) and its N bool alive flags -> the next
+        stage's full grid 1 x N' x C', its alive flags and its grid."""
+        raise NotImplementedError(f"{self.name} has no stages")
+
+    def downsample_alive(self, layer: int, alive: Tensor, grid: tuple[int, int]) -> tuple[Tensor, tuple[int, int]]:
+        """The alive flags and grid ``downsample`` returns, without the features (MAC estimates)."""
+        raise NotImplementedError(f"{self.name} has no stages")
+
+    def downsample_macs(self, layer: int, grid: tuple[int, int]) -> int:
+        """MACs of ``downsample`` after block ``layer`` on ``grid``."""
+        return 0
+
     def aux_logits(self, layer: int, patch_tokens: Tensor) -> Tensor | None:
         """Auxiliary head after block ``layer`` on Nk x C patch tokens -> Nk x K x S logits
         (S = sub-patch positions the head predicts per token, 1 for a token-level head)."""
@@ -159,7 +189,8 @@ class Backbone(ABC):
         """Full grid features 1 x N x C (pruned tokens carry the features they had when dropped)
         and prefix tokens 1 x P x C -> segmentation. ``exited`` (N bool) marks tokens whose
         final prediction is fixed to ``exit_logits`` (N x K x S rows, as ``aux_logits``) by an
-        early exit."""
+        early exit. Hierarchical backbones also get ``stage_outputs=``: the full grids
+        (1 x N_s x C_s) after the last block of each earlier stage, for a decoder's skips."""
 
     # --- MACs (1 multiply-add = 1 MAC) -----------------------------------------------------
     @abstractmethod

@@ -129,11 +129,21 @@ class MethodSpec:
     needs_attention: bool = False
     needs_aux: bool = False
     default_layers: Callable[[int], tuple[int, ...]] | None = None  # num_blocks -> layers
+    exits: bool = False  # may answer EXITED (a token leaves with its aux prediction as final)
+    merges: bool = False  # answers merge_into (groups decoded as one token)
 
     def unmet_need(self, backbone_name: str, aux_layers: tuple[int, ...]) -> str | None:
         """Why this method cannot run on a backbone with these auxiliary heads (None: it can)."""
         if self.needs_aux and not aux_layers:
             return f"needs auxiliary heads, which {backbone_name} does not have (use the demo backbone)"
+        return None
+
+    def unmet_stage_need(self, stage_ends: tuple[int, ...]) -> str | None:
+        """Why this method cannot run on a hierarchical backbone (patch merging between stages)."""
+        if stage_ends and self.exits:
+            return "lets tokens exit early, which hierarchical backbones (Swin) do not support yet"
+        if stage_ends and self.merges:
+            return "merges tokens into groups, which the 2 x 2 patch merging between Swin stages would split"
         return None
 
 

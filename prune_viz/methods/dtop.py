@@ -166,5 +166,6 @@ SPEC = MethodSpec(
         "see context from every category."
     ),
     needs_aux=True,
+    exits=True,
     default_layers=default_layers,
 )

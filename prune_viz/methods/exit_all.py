@@ -41,5 +41,6 @@ SPEC = MethodSpec(
         "The floor that early-exit methods (DToP, MATP) must beat."
     ),
     needs_aux=True,
+    exits=True,
     default_layers=default_layers,
 )

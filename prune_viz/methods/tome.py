@@ -159,4 +159,5 @@ SPEC = MethodSpec(
         "similar pairs are averaged into one token, so later blocks see fewer tokens but nothing is thrown "
         "away; at the end every merged token takes its group's result."
     ),
+    merges=True,
 )

@@ -42,7 +42,8 @@ def charts(analysis: Analysis) -> tuple[dict, dict, dict]:
     n = trace.grid[0] * trace.grid[1]
     f1 = _figure(
         [{"type": "bar", "x": layers, "y": [r.tokens for r in trace.layers], "name": "pruned run", "marker": {"color": BLUE}},
-         {"type": "scatter", "x": layers, "y": [n] * len(layers), "name": "unpruned", "mode": "lines",
+         {"type": "scatter", "x": layers, "y": [r.grid[0] * r.grid[1] if r.grid else n for r in trace.layers],
+          "name": "unpruned", "mode": "lines",
           "line": {"color": GREY, "dash": "dash"}}],
         "Patch tokens entering each block (dotted: pruning after that layer)", "tokens")
     f1["layout"]["shapes"] = [_vline(layer + 0.5, ORANGE) for layer in trace.plan_layers]
@@ -55,7 +56,8 @@ def charts(analysis: Analysis) -> tuple[dict, dict, dict]:
         "MACs per block", "GMACs (1 multiply-add = 1 MAC)")
 
     parts = analysis.report["macs"]["pruned_parts"]
-    embed, decode = parts["embed"] / 1e9, parts["decode"] / 1e9
+    embed = parts["embed"] / 1e9
+    decode = (parts["decode"] + parts.get("downsample", 0)) / 1e9  # hierarchical: patch merging, on the full grid
     xs = ["embed"] + [str(layer) for layer in layers] + ["decode"]
     cb = np.cumsum([embed] + base + [decode]).round(4).tolist()
     cp = np.cumsum([embed] + pruned + [decode + (parts["aux_heads"] + parts["decision"]) / 1e9]).round(4).tolist()

@@ -22,11 +22,14 @@ EXAMPLE_GLOB = "*.png"
 BACKBONE_CHOICES: list[tuple[str, str]] = [
     ("demo — shipped demo segmenter (fast, offline)", "demo"),
     ("demo_matp — the demo fine-tuned with MATP's pruning (for matp)", "demo_matp"),
+    ("demo_swin — Swin-UNet demo segmenter (hierarchical: token maps per stage)", "demo_swin"),
     ("sam_vit_b — Segment Anything ViT-B (~10 s per forward on 2 cores)", "sam_vit_b"),
     ("sam_vit_l — Segment Anything ViT-L (~30 s per forward)", "sam_vit_l"),
     ("sam_vit_h — Segment Anything ViT-H (~60 s per forward)", "sam_vit_h"),
     ("timm:vit_small_patch16_224 (random weights until downloaded)", "timm:vit_small_patch16_224"),
     ("timm:vit_base_patch16_224 (random weights until downloaded)", "timm:vit_base_patch16_224"),
+    ("timm:swin_tiny_patch4_window7_224 — hierarchical Swin-T at 512 px (random weights offline)",
+     "timm:swin_tiny_patch4_window7_224"),
 ]
 
 
@@ -81,6 +84,24 @@ def short_reason(reason: str) -> str:
     return "needs auxiliary heads (demo only)" if "auxiliary" in reason else reason
 
 
+SLIDER_INFO = "Move through the network: pruning layers show the decision, the others who is still computed."
+
+
+def stage_block(layer: int, stage_ends: tuple[int, ...]) -> str:
+    """"stage 2, block 1" for 1-based ``layer`` of a hierarchical backbone."""
+    s = sum(1 for end in stage_ends if end < layer)
+    return f"stage {s + 1}, block {layer - (stage_ends[s - 1] if s else 0)}"
+
+
+def layer_slider_info(facts: BackboneFacts) -> str:
+    """The layer slider's help; on a hierarchical backbone it also maps blocks to stages."""
+    if not facts.stage_ends:
+        return SLIDER_INFO
+    bounds = [0, *facts.stage_ends, facts.num_blocks]
+    stages = " · ".join(f"stage {s + 1}: {bounds[s] + 1}-{bounds[s + 1]}" for s in range(len(bounds) - 1))
+    return f"{SLIDER_INFO} Blocks by stage ({stages}); the token grid halves at each stage."
+
+
 def layer_choices(facts: BackboneFacts) -> list[tuple[str, int]]:
     """Pruning layers 1..num_blocks-1, marking global-attention blocks (among windowed ones)
     and auxiliary heads."""
@@ -91,6 +112,8 @@ def layer_choices(facts: BackboneFacts) -> list[tuple[str, int]]:
             tags.append("global")
         if layer in facts.aux_layers:
             tags.append("aux head")
+        if facts.stage_ends:
+            tags.insert(0, stage_block(layer, facts.stage_ends))
         out.append((f"{layer} ({', '.join(tags)})" if tags else str(layer), layer))
     return out
 

@@ -54,7 +54,7 @@ def match_budget(
         est = estimate_macs(backbone, baseline, p)
         macs = est["macs"]
         if p.method.needs_attention:  # the run also pays for the attention statistics (not in the estimate)
-            macs += attention_surcharge(backbone, p.layers[0], baseline.prep.grid)
+            macs += attention_surcharge(backbone, p.layers[0], backbone.grid_at(p.layers[0], baseline.prep.grid))
         return 100.0 * (est["baseline"] - macs) / est["baseline"], p
 
     r_most, p_most = reduction(1.0)

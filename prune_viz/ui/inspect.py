@@ -82,9 +82,10 @@ def inspect_token(analysis: Analysis, row: Any, col: Any) -> Inspection:
     signals: dict[str, dict[int, float | None]] = {}
     thresholds: dict[int, dict[str, float]] = {}
     for step in trace.steps:
+        f = grid[0] // step.status_grid.shape[0]  # > 1 at a coarser stage of a hierarchical backbone
         for name, v in step.diagnostics.items():
-            if isinstance(v, np.ndarray) and v.shape == grid:
-                signals.setdefault(name, {})[step.layer] = _value(step, name, r, c, grid)
+            if isinstance(v, np.ndarray) and v.shape == step.status_grid.shape:
+                signals.setdefault(name, {})[step.layer] = _value(step, name, r // f, c // f, v.shape)
             elif isinstance(v, (int, float)):
                 thresholds.setdefault(step.layer, {})[name] = float(v)
         params = {k: float(v) for k, v in trace.params.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
@@ -94,9 +95,9 @@ def inspect_token(analysis: Analysis, row: Any, col: Any) -> Inspection:
     status = ("exited" if trace.exited[r, c] else "pruned") if left else "kept to the end"
     step = next((s for s in trace.steps if s.layer == dropped), None) if left else (trace.steps[-1] if trace.steps else None)
     rule = explain(trace, step, r, c) if step is not None else "No pruning step ran."
-    idx = r * grid[1] + c
-    forced = [(o["layer"], "stay" if idx in o["keep"] else "go") for o in analysis.report.get("overrides", [])
-              if idx in o["keep"] or idx in o["prune"]]
+    forced = [(o["layer"], "stay" if _index_at(trace, r, c, o["layer"]) in o["keep"] else "go")
+              for o in analysis.report.get("overrides", [])
+              if _index_at(trace, r, c, o["layer"]) in o["keep"] + o["prune"]]
     if forced:
         layers = ", ".join(str(at) for at, _ in forced)
         rule = (f"You forced it to {forced[0][1]} at layer(s) {layers}, overruling {trace.method}; "
@@ -109,12 +110,15 @@ def _pct(x: float) -> str:
 
 
 def explain(trace: Trace, step: StepRecord, r: int, c: int) -> str:
-    """The rule that decided the token's status at ``step``, in one sentence, per method."""
+    """The rule that decided the token's status at ``step``, in one sentence, per method. (r, c)
+    on the input grid; on a hierarchical backbone, the step's stage token that contains it."""
+    f = trace.grid[0] // step.status_grid.shape[0]
+    r, c = r // f, c // f
     code = int(step.status_grid[r, c])
     if code == GONE:
         return f"It had already been removed before layer {step.layer}."
     what = STATUS_LABELS.get(code, str(code))
-    grid, p, at = trace.grid, trace.params, f"at layer {step.layer}"
+    grid, p, at = step.status_grid.shape, trace.params, f"at layer {step.layer}"
     val = lambda name: _value(step, name, r, c, grid)  # noqa: E731 - a short local reader
     alive = step.status_grid != GONE
     method = trace.method
@@ -203,15 +207,21 @@ def _explain_lvtp(step: StepRecord, r: int, c: int, code: int, p: dict[str, Any]
 # ------------------------------------------------------------------------------ what if?
 
 
+def _index_at(trace: Trace, row: int, col: int, layer: int) -> int:
+    """Row-major index, on the grid of ``layer``'s stage, of the token holding input-grid (row, col)."""
+    gh, gw = trace.grid_at(layer)
+    f = trace.grid[0] // gh
+    return (row // f) * gw + col // f
+
+
 def forced_plan(plan: Plan, trace: Trace, row: int, col: int, keep: bool, layer: int | None = None) -> Plan:
     """``plan`` with the token at (row, col) forced to stay through every pruning layer (``keep``)
     or forced out at ``layer`` (default: the first pruning layer)."""
-    idx = (row * trace.grid[1] + col,)
     if keep:
-        overrides = tuple((at, idx, ()) for at in plan.layers)
+        overrides = tuple((at, (_index_at(trace, row, col, at),), ()) for at in plan.layers)
     else:
         at = layer if layer in plan.layers else plan.layers[0]
-        overrides = ((at, (), idx),)
+        overrides = ((at, (), (_index_at(trace, row, col, at),)),)
     return dataclasses.replace(plan, overrides=overrides)
 
 

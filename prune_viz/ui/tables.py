@@ -125,6 +125,8 @@ def metrics_rows(analysis: Analysis, changed_fraction: float | None = None,
     parts = m["pruned_parts"]
     trace = analysis.trace
     n = trace.grid[0] * trace.grid[1]
+    if trace.stage_ends:  # the last block's tokens are counted on the last stage's grid
+        n = trace.grid_at(trace.num_blocks)[0] * trace.grid_at(trace.num_blocks)[1]
     last = trace.layers[-1].tokens if trace.layers else n
 
     def num(v, fmt="{:.3f}"):
@@ -144,6 +146,7 @@ def metrics_rows(analysis: Analysis, changed_fraction: float | None = None,
         ["  of which method", f"{parts['decision'] / 1e6:.1f} MMACs",
          "the pruning decision's own arithmetic (entropy, clustering, attention statistics)"],
         ["  of which aux heads", f"{parts['aux_heads'] / 1e6:.1f} MMACs", "auxiliary classifiers (DToP / MATP)"],
+        *stage_rows(trace),
         ["Tokens in the last block", f"{last} of {n} ({100 * last / n:.0f} %)", "16 x 16 px patches still computed at the end"],
         ["Agreement with unpruned (mIoU)", num(met.get("agreement_miou")), "1 = same segmentation as without pruning"],
         ["Boundary F vs unpruned", num(met.get("boundary_f1_vs_unpruned")), "1 = same borders (2 px tolerance)"],
@@ -164,6 +167,21 @@ def metrics_rows(analysis: Analysis, changed_fraction: float | None = None,
     else:
         rows.append(["mIoU vs ground truth", "—", "give a ground-truth mask to get mIoU and gamma"])
     return rows + timing_rows(timing, m)
+
+
+def stage_rows(trace: Trace) -> list[list[str]]:
+    """MACs per stage of a hierarchical backbone (Swin), and its patch merging; [] otherwise."""
+    rows = []
+    for st in trace.stage_macs():
+        d = 100.0 * (st["macs"] - st["macs_baseline"]) / st["macs_baseline"] if st["macs_baseline"] else 0.0
+        rows.append([f"  stage {st['stage']} (blocks {st['blocks'][0]}-{st['blocks'][1]}, {st['grid'][0]} x {st['grid'][1]} grid)",
+                     f"{gmacs(st['macs'])} of {gmacs(st['macs_baseline'])} GMACs ({d:+.1f} %)",
+                     f"blocks of this stage; {st['tokens_last_block']} tokens enter its last block; "
+                     f"{100 * st['frozen_share']:.0f} % of its output (the decoder's skip) is frozen features"])
+    if trace.stage_ends:
+        rows.append(["  patch merging", f"{gmacs(trace.macs.get('downsample', 0))} GMACs",
+                     "2 x 2 merges between stages, on the full grid (pruned tokens keep frozen features)"])
+    return rows
 
 
 def timing_rows(timing: dict[str, Any] | None, macs: dict[str, Any]) -> list[list[str]]:

@@ -3,7 +3,7 @@ for missing weights. Strings only (plus the small functions that pick one)."""
 
 from __future__ import annotations
 
-from ..backbones import BUILDERS, TIMM_PREFIX, BackboneFacts, check_backbone_name
+from ..backbones import BUILDERS, TIMM_PREFIX, TIMM_SWIN, BackboneFacts, check_backbone_name
 from ..backbones.provenance import random_sentence
 from ..backbones.registry_folder import MODELS_PREFIX, model_note
 from ..methods import get_method
@@ -23,6 +23,13 @@ BACKBONE_NOTES: dict[str, str] = {
     "timm": "A plain timm ViT. Its weights are **random** unless its pretrained weights were downloaded (the button "
     "below, online only); on random weights the token statistics show the mechanics only. Segments are k-means "
     "clusters of the features.",
+    "demo_swin": "Swin-UNet-shaped segmenter trained by this project on synthetic aerial scenes (7 classes, 512 x 512 "
+    "input): a 4-stage Swin encoder (patch 8: 64 x 64 tokens in stage 1, halving at each stage), a UNet decoder fed "
+    "by every stage's full grid (pruned tokens frozen), auxiliary heads for MATP. Token maps are drawn at each stage's "
+    "resolution (docs/methods/swin.md).",
+    "timm_swin": "A timm Swin Transformer (hierarchical: 4 stages, 8 x 8 shifted windows, the grid halving at each "
+    "patch merging; 512 px gives 128 x 128 tokens in stage 1). Offline the weights are **random**. Token maps are drawn "
+    "at each stage's resolution; a merged token lives on if any of its 4 children did (docs/methods/swin.md).",
 }
 
 
@@ -109,12 +116,22 @@ SCALAR_INFO: dict[str, str] = {
 }
 
 
+def input_size_control(facts: BackboneFacts) -> dict[str, str]:
+    """Label and help of the input-size dropdown (the same SAM sizes also suit Swin's 8 x 8 windows)."""
+    if facts.stage_ends:
+        return {"label": "Swin input size (px)",
+                "info": "512 px: 128 x 128 tokens in stage 1 at patch 4, halving at each stage; 1024 is 4x the work"}
+    return {"label": "SAM input size (px)", "info": "512 px is about 4x faster; 1024 = the official size"}
+
+
 def backbone_note(name: str, facts: BackboneFacts | None = None) -> str:
     """Speed and weights of a backbone family, in markdown (a registered model: its sidecar's
     note); with ``facts``, a plain-words line when its weights are random."""
     family = check_backbone_name(name)
     if name.startswith(MODELS_PREFIX):
         note = model_note(name)
+    elif family is TIMM_SWIN:
+        note = BACKBONE_NOTES["timm_swin"]
     else:
         note = BACKBONE_NOTES.get(name) or (BACKBONE_NOTES["timm"] if family is BUILDERS[TIMM_PREFIX] else "")
     if facts is not None and facts.weights_kind == "random":

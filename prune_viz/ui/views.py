@@ -143,10 +143,12 @@ def token_map_view(analysis: Analysis, layer: int, num_blocks: int, patch: int, 
     counts = {s: int((grid == s).sum()) for s in STATUS_ORDER}
     going_on = counts[KEPT] + counts[PENDING_KEPT]
     step = next((s for s in trace.steps if s.layer == layer), None)
+    where = trace.layer_label(layer) if trace.stage_ends else f"block {layer}"
+    on_grid = f" of its {grid.shape[0]} x {grid.shape[1]} grid" if trace.stage_ends else ""
     if layer >= num_blocks:
-        head = f"**After the last block ({layer})**: {going_on} of {n} tokens reach the decoder with fresh features"
+        head = f"**After the last block ({where})**: {going_on} of {n} tokens{on_grid} reach the decoder with fresh features"
     else:
-        head = f"**After block {layer}**: {going_on} of {n} tokens ({100 * going_on / n:.0f} %) go on into block {layer + 1}"
+        head = f"**After {where}**: {going_on} of {n} tokens{on_grid} ({100 * going_on / n:.0f} %) go on into block {layer + 1}"
     if step is not None:
         parts = [f"{counts[s]} {STATUS_LABELS[s]}" for s in STATUS_ORDER if counts[s]]
         tail = f" — pruning layer: {', '.join(parts)}."
@@ -157,7 +159,8 @@ def token_map_view(analysis: Analysis, layer: int, num_blocks: int, patch: int, 
     k = map_scale(img)
     if k > 1:
         img = np.repeat(np.repeat(img, k, axis=0), k, axis=1)
-    drawn = viz.token_status_map(img, grid, patch * k, show_image=show_image)
+    stride = trace.grid[0] // grid.shape[0]  # > 1 at the coarser stages of a hierarchical backbone
+    drawn = viz.token_status_map(img, grid, patch * k * stride, show_image=show_image)
     return at_image_aspect(drawn, analysis.baseline.prep.orig_hw), head + tail + resize_note(analysis)
 
 
@@ -259,7 +262,8 @@ def diagnostics_panels(
         value = step.diagnostics.get(name)
         if not isinstance(value, np.ndarray) or value.ndim != 2 or not np.isfinite(value).any():
             continue
-        panels.append(_diag_panel(name, value, img, patch, analysis.trace.grid, classes, width, analysis.trace.method,
+        stride = analysis.trace.grid[0] // step.status_grid.shape[0]  # the step's stage (hierarchical backbones)
+        panels.append(_diag_panel(name, value, img, patch * stride, step.status_grid.shape, classes, width, analysis.trace.method,
                                   step.status_grid, analysis.baseline.prep.orig_hw))
     if not panels:
         return None

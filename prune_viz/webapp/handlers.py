@@ -20,7 +20,8 @@ from ..errors import UserError
 from ..methods import METHODS, get_method
 from ..params import DEFAULT_METHOD, default_layers, make_plan, method_availability
 from ..ui import compare, prompts, texts
-from ..ui.choices import Example, backbone_for, backbone_info, find_examples, layer_choices, method_choices
+from ..ui.choices import (Example, backbone_for, backbone_info, find_examples, layer_choices, layer_slider_info,
+                          method_choices)
 from ..ui.controls import param_controls, values_for
 from ..ui.export import export_zip
 from ..ui.files import write_png
@@ -289,8 +290,8 @@ def on_backbone(session, backbone, sam_size, method):
         "backbone_note": texts.backbone_note(facts.name, facts),
         "missing_help": gr.Markdown(help_text, visible=bool(help_text)),
         "download_btn": gr.Button(label, visible=offer),
-        "sam_size": gr.Dropdown(visible=bool(facts.input_sizes)),
-        "view_layer": gr.Slider(minimum=1, maximum=facts.num_blocks, value=layers[0]),
+        "sam_size": gr.Dropdown(visible=bool(facts.input_sizes), **texts.input_size_control(facts)),
+        "view_layer": gr.Slider(minimum=1, maximum=facts.num_blocks, value=layers[0], info=layer_slider_info(facts)),
         "method_info": texts.method_explanation(method),
         "sam_note": texts.PROMPTS_HOW if facts.supports_prompts else texts.PROMPTS_NEED,
         "compare_methods": gr.CheckboxGroup(choices=method_choices(facts),

@@ -15,7 +15,8 @@ from ..errors import UserError
 from ..methods import METHODS, get_method
 from ..params import DEFAULT_METHOD, default_layers, method_availability
 from ..ui import texts
-from ..ui.choices import DEFAULT_BACKBONE, backbone_choices, backbone_info, layer_choices, method_choices
+from ..ui.choices import (DEFAULT_BACKBONE, backbone_choices, backbone_info, layer_choices, layer_slider_info,
+                          method_choices)
 from ..ui.compare import COMPARE_HEADERS
 from ..ui.glossary import glossary_markdown
 from ..ui.controls import ParamControl
@@ -122,8 +123,7 @@ def build_layout() -> dict[str, Any]:
             c["ood_banner"] = gr.Markdown("", visible=False, elem_id="ood_banner")  # ood.py: out of the model's domain
             c["readout"] = gr.Markdown(readout_markdown(None), elem_id="readout", container=True)
             c["view_layer"] = gr.Slider(1, facts0.num_blocks, value=layers0[0], step=1, label="Show the tokens after block…",
-                                        info="Move through the network: pruning layers show the decision, "
-                                        "the others who is still computed.")
+                                        info=layer_slider_info(facts0))
             c["panel_note"] = gr.Markdown("")
             with gr.Tabs() as view_tabs:  # its select event draws a lazily drawn tab when opened
                 _view_tabs(c, method0, facts0)
