@@ -289,11 +289,11 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
 
 def stability_summary(rows: list[dict[str, Any]]) -> list[str]:
     """Markdown lines: per method, flips % at each kind's levels (mildest / ... / strongest), and
-    the extra mIoU loss pruning adds at the strongest level (Δ pruned − Δ unpruned, points)."""
+    Δ pruned − Δ unpruned at the strongest level (points; negative = pruning suffers more)."""
     kinds = list(dict.fromkeys(r["noise"] for r in rows if r["noise"] != "clean"))
     methods = list(dict.fromkeys((r["method"], r["backbone"]) for r in rows))
     out = ["### Decision stability: flips % per level (mildest / … / strongest)", "",
-           "| method | " + " | ".join(kinds) + " | extra Δ mIoU from pruning at the strongest level (" + ", ".join(kinds) + ") |",
+           "| method | " + " | ".join(kinds) + " | Δ pruned − Δ unpruned at the strongest level, points (negative: the pruned model suffers more) (" + ", ".join(kinds) + ") |",
            "|---|" + "---|" * (len(kinds) + 1)]
     for m, b in methods:
         cells, extra = [], []
