@@ -73,6 +73,9 @@ def swin_model_card(cfg: SwinDemoConfig, record: dict, metrics: dict) -> str:
         f"warm-ups, {fwd['threads']} threads, 1-min load average {fwd['load_avg_1min']} on this 2-core machine)"
         + (f"; on 1 thread {1000 * metrics['forward_1thread']['median_s']:.0f} ms (load {metrics['forward_1thread']['load_avg_1min']})"
            if "forward_1thread" in metrics else "") + "  ",
+        *(["(2 threads slower than 1: the machine's cores were oversubscribed by other jobs while this was timed, so "
+           "the 2-thread figure measures the contention, not the model)  "]
+          if metrics.get("forward_1thread", {}).get("median_s", 1e9) < fwd["median_s"] else []),
         f"Evaluation: {metrics['val_scenes']} scenes per split at {cfg.img_size} px",
         "",
         "| split | main mIoU | 95 % CI |",
