@@ -59,3 +59,17 @@ def test_no_class_scores_gives_none(tiny_timm, rgb_image):
     assert ood.ood_score(tiny_timm, run_baseline(tiny_timm, rgb_image)) is None
     fields = ood.ood_fields(tiny_timm, run_baseline(tiny_timm, rgb_image))
     assert fields["score"] is None and fields["out_of_domain"] is False
+
+
+def test_no_score_on_a_model_the_threshold_was_not_calibrated_on(demo, rgb_image):
+    """demo_matp shares demo's classes but not its entropy scale: no score, no banner, and the
+    report says why."""
+    from prune_viz.backbones import build_backbone
+    from prune_viz.engine import run_baseline
+
+    matp = build_backbone("demo_matp")
+    base = run_baseline(matp, rgb_image)
+    assert ood.ood_score(matp, base) is None
+    fields = ood.ood_fields(matp, base)
+    assert not fields["out_of_domain"] and "calibrated on demo only" in fields["signal"]
+    assert ood.ood_score(demo, run_baseline(demo, rgb_image)) is not None
