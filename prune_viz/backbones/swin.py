@@ -35,7 +35,7 @@ from ..errors import ParamError
 from ..flops import conv_macs, linear_macs, measure_macs
 from .base import Backbone, BlockKind, BlockOutput, Prepared, Segmentation, argmax_channels
 from .swin_attention import run_swin_block_subset, subset_window_attention, swin_block_macs
-from .vit import resize_rgb
+from .vit import prepare_square
 
 DEFAULT_WINDOW = 8
 DEFAULT_SIZE = 512
@@ -148,12 +148,7 @@ class SwinBackbone(Backbone):
 
     # --- forward pieces ------------------------------------------------------------------------
     def prepare(self, image: np.ndarray) -> Prepared:
-        s = self.input_size
-        resized = resize_rgb(image, s, s)
-        image01 = torch.from_numpy(resized).permute(2, 0, 1).float() / 255.0
-        pixels = (image01[None] - self.mean) / self.std
-        g = s // self.patch_size
-        return Prepared(pixels=pixels, image01=image01, grid=(g, g), valid_hw=(s, s), orig_hw=image.shape[:2])
+        return prepare_square(image, self.input_size, self.patch_size, self.mean, self.std)
 
     def embed(self, prep: Prepared) -> Tensor:
         """Patch embedding (conv + norm) -> 1 x N x C on the stage-1 grid (row-major)."""

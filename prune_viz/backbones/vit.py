@@ -60,6 +60,17 @@ def resize_rgb(image: np.ndarray, h: int, w: int) -> np.ndarray:
     return cv2.resize(image, (w, h), interpolation=interp)
 
 
+def prepare_square(image: np.ndarray, size: int, patch: int, mean: Tensor, std: Tensor) -> Prepared:
+    """H x W x 3 uint8 -> the square ``size`` x ``size`` model input of a timm-style backbone
+    (resized, no padding; normalised with ``mean`` / ``std`` of shape 1 x 3 x 1 x 1); the grid is
+    ``size // patch`` on each side."""
+    resized = resize_rgb(image, size, size)
+    image01 = torch.from_numpy(resized).permute(2, 0, 1).float() / 255.0
+    pixels = (image01[None] - mean) / std
+    g = size // patch
+    return Prepared(pixels=pixels, image01=image01, grid=(g, g), valid_hw=(size, size), orig_hw=image.shape[:2])
+
+
 class TimmViT(Backbone):
     """Any timm ``VisionTransformer``; ``input_size`` picks the square input resolution."""
 
@@ -99,12 +110,7 @@ class TimmViT(Backbone):
 
     # --- forward pieces ----------------------------------------------------------------------
     def prepare(self, image: np.ndarray) -> Prepared:
-        s = self.input_size
-        resized = resize_rgb(image, s, s)
-        image01 = torch.from_numpy(resized).permute(2, 0, 1).float() / 255.0
-        pixels = (image01[None] - self.mean) / self.std
-        g = s // self.patch_size
-        return Prepared(pixels=pixels, image01=image01, grid=(g, g), valid_hw=(s, s), orig_hw=image.shape[:2])
+        return prepare_square(image, self.input_size, self.patch_size, self.mean, self.std)
 
     def embed(self, prep: Prepared) -> Tensor:
         m = self.model
