@@ -80,7 +80,7 @@ def run_again(page) -> float:
 
 def switch_method(page, method: str) -> float:
     quiet(page)
-    box = page.get_by_label("Method", exact=True)
+    box = page.get_by_label("3 · Pruning method", exact=True)
     box.click()
     option = page.get_by_role("option", name=method, exact=True)
     option.wait_for()

@@ -26,10 +26,14 @@ import json
 import logging
 import os
 import re
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python < 3.11 (a Space's older default): JSON sidecars only
+    tomllib = None  # type: ignore[assignment]
 
 import torch
 
@@ -156,11 +160,13 @@ def _read(path: Path) -> dict[str, Any]:
     if size > MAX_SIDECAR_BYTES:
         raise SidecarError(f"{where}: {size:,} bytes; a sidecar is at most {MAX_SIDECAR_BYTES:,}")
     text = path.read_bytes().decode("utf-8", errors="replace")
+    if path.suffix != ".json" and tomllib is None:
+        raise SidecarError(f"{where}: TOML sidecars need Python 3.11 or newer; write it as {path.stem}.json")
     try:
         data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
     except json.JSONDecodeError as exc:
         raise SidecarError(f"{where}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
-    except tomllib.TOMLDecodeError as exc:
+    except getattr(tomllib, "TOMLDecodeError", ValueError) as exc:
         raise SidecarError(f"{where}: not valid TOML ({exc})") from None
     if not isinstance(data, dict):
         raise SidecarError(f"{where}: must hold one object of fields (family, checkpoint, ...)")
