@@ -60,3 +60,14 @@ def test_shipped_model_loads_offline_and_reaches_its_card_on_a_few_scenes(no_net
     card_val = json.loads(DEMO_SWIN_CONFIG.read_text())["extra"]["metrics"]["splits"]["val"]["main"]
     got = evaluate_heads(EvalView(model), "val", SCENES, progress=False)["main"]["miou"]
     assert got >= card_val["ci95"][0] - MARGIN, (got, card_val)
+
+
+def test_reports_name_the_shipped_file_by_its_hash():
+    """``weights: file <sha256[:12]>`` as for the ViT demo, not the bare file name."""
+    from prune_viz.backbones import build_backbone
+    from prune_viz.backbones.provenance import file_sha256, provenance
+    from prune_viz.backbones.demo_swin_model import DEMO_SWIN_WEIGHTS
+
+    got = provenance(build_backbone("demo_swin"))
+    assert got.kind == "file"
+    assert got.label == f"file {file_sha256(DEMO_SWIN_WEIGHTS)[:12]}"

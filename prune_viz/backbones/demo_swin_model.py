@@ -253,4 +253,5 @@ def build_demo_swin(checkpoint: str | Path | None = None) -> SwinUNet:
     if missing or unexpected:
         raise CheckpointError(f"{weights.name} does not match its config (missing {missing[:2]}, unexpected {unexpected[:2]})")
     model.weights = weights.name
+    model.weights_file = str(weights)  # reports hash it: ``weights: file <sha256[:12]>``
     return model.eval()

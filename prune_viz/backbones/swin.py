@@ -277,6 +277,7 @@ def build_swin(
                                   f"(missing {len(missing)} keys, unexpected {len(unexpected)})")
     backbone = SwinBackbone(model, f"timm:{model_name}")
     backbone.weights = Path(checkpoint).name if checkpoint else ("timm pretrained" if pretrained else "random weights")
+    backbone.weights_file = str(checkpoint) if checkpoint else None
     return backbone
 
 
@@ -288,6 +289,7 @@ def from_swin_unet(model: nn.Module, name: str) -> SwinBackbone:
     backbone = SwinBackbone(model.encoder, name, decoder=model.decoder, aux=model.aux, class_names=tuple(cfg.classes),
                             palette=np.asarray(cfg.palette, dtype=np.uint8), mean=tuple(cfg.mean), std=tuple(cfg.std))
     backbone.weights = getattr(model, "weights", "random weights")
+    backbone.weights_file = getattr(model, "weights_file", None)
     return backbone
 
 
