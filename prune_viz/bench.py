@@ -130,8 +130,7 @@ def expand_configs(methods: list[str], fixed: dict[str, list[Any]], sweep: dict[
 
 def count_params_m(backbone) -> float:
     """Parameters of everything the backbone holds (heads included), in millions."""
-    module = getattr(backbone, "net", None) or getattr(backbone, "sam", None) or backbone.model
-    return sum(p.numel() for p in module.parameters()) / 1e6
+    return backbone.num_params() / 1e6  # the adapter's own count: every family, Swin included
 
 
 def run_bench(args: argparse.Namespace) -> list[dict[str, Any]]:
