@@ -127,3 +127,14 @@ def client(app_module):
         yield Client(f"http://127.0.0.1:{port}/", verbose=False)
     finally:
         app_module.demo.close()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, request):
+    """``python app.py`` (queue 16, 2 workers) for one browser-test module: (url, server log)."""
+    from bench import bench_load as load
+
+    log = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1]) / "server.log"
+    proc, url = load.start_server(queue_size=16, workers=2, log=log)
+    yield url, log
+    load.stop_server(proc)

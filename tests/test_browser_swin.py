@@ -11,20 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from bench import bench_load as load
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 if not os.path.exists(CHROMIUM):
     pytest.skip("Debian's chromium is not installed", allow_module_level=True)
-
-
-@pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    log = tmp_path_factory.mktemp("browser_swin") / "server.log"
-    proc, url = load.start_server(queue_size=16, workers=2, log=log)
-    yield url, log
-    load.stop_server(proc)
 
 
 def _unpruned_gmacs(readout: str) -> float:
