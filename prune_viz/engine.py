@@ -24,6 +24,7 @@ from torch import Tensor
 from .backbones.base import Backbone, BlockOutput, Prepared
 from .budget import check_time
 from .errors import ParamError
+from .exits import Exits
 from .flops import measure_macs
 from .methods.base import EXITED, GONE, KEPT, PRUNED, PruneContext
 from .records import Baseline, LayerRecord, Plan, StepRecord, Trace, diagnostics_to_maps as _diagnostics_to_maps
@@ -191,8 +192,7 @@ def run_pruned(
     steps: list[StepRecord] = []
     kept_per_step: list[Tensor] = []
     drop_layer = np.full(n, backbone.num_blocks, dtype=np.int16)
-    exited = torch.zeros(n, dtype=torch.bool)
-    exit_logits: Tensor | None = None
+    exits = Exits.none(prep.grid)  # on the input grid: a hierarchical stage token covers several cells
     decision_macs = 0
     aux_macs = 0
     from_cache = baseline is not None
@@ -317,14 +317,9 @@ def run_pruned(
         drop_layer[gone_idx.numpy()] = layer
         exit_here = leaving & (status == EXITED)
         if exit_here.any():
-            if hierarchical:
-                raise ParamError(f"early exits ({plan.method.name}) are not available on {backbone.name} yet")
             if aux is None:
                 raise RuntimeError(f"method '{method.name}' exited tokens without auxiliary logits")
-            if exit_logits is None:
-                exit_logits = torch.zeros(n, *aux.shape[1:])
-            exit_logits[kept_idx[exit_here]] = aux[exit_here].float()
-            exited[kept_idx[exit_here]] = True
+            exits.add(layer, kept_idx[exit_here], aux[exit_here], grid)
         kept_idx = kept_idx[keep]
         kept_per_step.append(kept_idx.clone())
         x = torch.cat([prefix, patches[:, keep]], dim=1)
@@ -336,8 +331,7 @@ def run_pruned(
     full[:, kept_idx] = patches
     if merged:  # ToMe's unmerge: a merged token takes its group's final feature
         full = full[:, rep]
-    seg = backbone.decode(full, prefix, prep, exit_logits, exited if exit_logits is not None else None,
-                          **stage_kwargs(backbone, skips))
+    seg = backbone.decode(full, prefix, prep, *exits.decode_args(), **stage_kwargs(backbone, skips))
 
     embed = backbone.embed_macs(prep)
     blocks = sum(r.macs for r in records)
@@ -353,7 +347,7 @@ def run_pruned(
     if hierarchical:
         macs["downsample"] = down_macs
         macs["total"] += down_macs
-        drop_layer, exited, grid = finish_stages(drop_layer, grid, prep.grid, stage_drops)
+        drop_layer, grid = finish_stages(drop_layer, grid, prep.grid, stage_drops, exits)
     return Trace(
         backbone=backbone.name,
         method=method.name,
@@ -363,7 +357,7 @@ def run_pruned(
         layers=records,
         steps=steps,
         drop_layer=drop_layer.reshape(grid),
-        exited=exited.numpy().reshape(grid),
+        exited=exits.mask.numpy().reshape(grid),
         kept_per_step=kept_per_step,
         seg=seg,
         macs=macs,

@@ -158,7 +158,8 @@ class Trace:
         drop, exited = self.drop_layer, self.exited
         if self.stage_drop_layer is not None:  # the map of this layer's stage, at its resolution
             drop = self.stage_drop_layer[self.stage_of(layer)]
-            exited = np.zeros(drop.shape, dtype=bool)
+            f = exited.shape[0] // drop.shape[0]  # a stage token shows EXITED when part of its region exited
+            exited = exited.reshape(drop.shape[0], f, drop.shape[1], f).any(axis=(1, 3))
         grid = step.status_grid.copy() if step is not None else np.full(drop.shape, KEPT, dtype=np.int8)
         earlier = (drop < layer) if step is not None else (drop <= layer)
         earlier &= drop < self.num_blocks

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from .backbones.base import Backbone
+from .exits import Exits
 from .records import Baseline
 
 
@@ -83,14 +84,19 @@ def stages_before(backbone: Backbone, first: int, grid: tuple[int, int]) -> tupl
 
 
 def finish_stages(
-    drop_layer: np.ndarray, grid: tuple[int, int], input_grid: tuple[int, int], stage_drops: list[np.ndarray]
-) -> tuple[np.ndarray, Tensor, tuple[int, int]]:
+    drop_layer: np.ndarray, grid: tuple[int, int], input_grid: tuple[int, int], stage_drops: list[np.ndarray],
+    exits: Exits | None = None,
+) -> tuple[np.ndarray, tuple[int, int]]:
     """End of a hierarchical run: keep the last stage's drop map, and return the input-grid map
-    (each position shows when its last-stage ancestor left), no exits, and the input grid."""
+    and the input grid. Each position shows when its last-stage ancestor left, except positions
+    whose prediction was fixed by an early exit: they show their exit layer (an exited stage-1
+    token whose merged parent went on, because a sibling was alive, still exited where it did)."""
     stage_drops.append(drop_layer.reshape(grid).copy())
     f = input_grid[0] // grid[0]
     up = np.repeat(np.repeat(drop_layer.reshape(grid), f, axis=0), f, axis=1)
-    return up, torch.zeros(input_grid, dtype=torch.bool), input_grid
+    if exits is not None and exits.any:
+        up = np.where(exits.mask.numpy().reshape(input_grid), exits.layer.reshape(input_grid), up).astype(np.int16)
+    return up, input_grid
 
 
 def pool_drop(drop_layer: np.ndarray, grid: tuple[int, int]) -> np.ndarray:

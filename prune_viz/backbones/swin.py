@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from ..checkpoints import CheckpointError, load_state_dict
 from ..cluster import cosine_kmeans, kmeans_macs
 from ..errors import ParamError
+from ..exits import exit_pixels
 from ..flops import conv_macs, linear_macs, measure_macs
 from .base import Backbone, BlockKind, BlockOutput, Prepared, Segmentation, argmax_channels
 from .swin_attention import run_swin_block_subset, subset_window_attention, swin_block_macs
@@ -160,6 +161,8 @@ class SwinBackbone(Backbone):
         """x: 1 x N x C on ``grid`` (the grid of block ``layer``'s stage; ``kept_idx`` None: timm's
         block) or 1 x Nk x C, the kept tokens in ``kept_idx`` order (subset path)."""
         block = self._block(layer)
+        if kept_idx is not None and kept_idx.numel() == 0:  # every token left (e.g. all exited): nothing runs
+            return BlockOutput(x=x, received=x.new_zeros(0) if want_attn else None)
         if kept_idx is not None:
             return run_swin_block_subset(block, x, kept_idx, grid, want_attn)
         gh, gw = grid
@@ -206,7 +209,8 @@ class SwinBackbone(Backbone):
         stage_outputs: list[Tensor] | None = None,
     ) -> Segmentation:
         """Final-stage full grid 1 x N_S x C_S (+ the earlier stages' full grids, pruned tokens
-        frozen, for a decoder's skips) -> segmentation at the original size."""
+        frozen, for a decoder's skips) -> segmentation at the original size. ``exited`` (N bool)
+        and ``exit_logits`` (N x K x 1) are on the stage-1 grid (``prune_viz.exits``)."""
         oh, ow = prep.orig_hw
         if self.decoder is None:
             feats = self.encoder.norm(patch_grid)[0]
@@ -218,8 +222,13 @@ class SwinBackbone(Backbone):
             raise ValueError(f"{self.name}'s decoder needs the {len(self.stage_ends)} earlier stage outputs")
         logits = self.decoder(self._stage_maps(stage_outputs, patch_grid, prep.grid))  # 1 x K x gh x gw
         up = F.interpolate(logits.float(), size=(oh, ow), mode="bilinear", align_corners=False)[0]
-        labels = argmax_channels(up, torch.int32).numpy()
         token_logits = logits[0].flatten(1).T  # N x K
+        if exited is not None and exit_logits is not None:
+            # Early exits (on the stage-1 grid, however coarse the exiting token was): their
+            # cells' pixels take the exit logits unblended; the decoder's output there is unused.
+            up = exit_pixels(exited, exit_logits, up, prep.grid)
+            token_logits = torch.where(exited[:, None], exit_logits.float().mean(-1).to(token_logits.dtype), token_logits)
+        labels = argmax_channels(up, torch.int32).numpy()
         return Segmentation(labels=labels, kind="semantic", class_names=self.class_names, palette=self.palette,
                             token_logits=token_logits)
 

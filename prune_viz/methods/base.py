@@ -140,8 +140,6 @@ class MethodSpec:
 
     def unmet_stage_need(self, stage_ends: tuple[int, ...]) -> str | None:
         """Why this method cannot run on a hierarchical backbone (patch merging between stages)."""
-        if stage_ends and self.exits:
-            return "lets tokens exit early, which hierarchical backbones (Swin) do not support yet"
         if stage_ends and self.merges:
             return "merges tokens into groups, which the 2 x 2 patch merging between Swin stages would split"
         return None
