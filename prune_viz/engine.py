@@ -150,6 +150,7 @@ def _context(
         aux_logits=aux.mean(-1) if aux is not None else None,
         num_tokens_total=grid[0] * grid[1],
         sizes=sizes,
+        window=backbone.merge_window(layer),
         want_diagnostics=want_diagnostics,
     )
 
@@ -248,8 +249,9 @@ def run_pruned(
                                        *grid_field(backbone, grid)))
         if layer not in plan.layers:
             if layer in backbone.stage_ends:
-                x, kept_idx, full, grid, drop_layer, down_macs = next_stage(
-                    backbone, layer, x, kept_idx, full, grid, skips, stage_drops, drop_layer, down_macs)
+                x, kept_idx, full, grid, drop_layer, down_macs, rep = next_stage(
+                    backbone, layer, x, kept_idx, full, grid, skips, stage_drops, drop_layer, down_macs,
+                    rep if merged else None)
             continue
 
         step = plan.layers.index(layer)
@@ -280,9 +282,6 @@ def run_pruned(
                 # A merge decides where every token's feature goes; forcing one token in or out
                 # would leave its group without a representative.
                 raise ParamError(f"force keep / force prune is not available for merging methods ({plan.method.name})")
-            if decision.merge_into is not None and hierarchical:
-                raise ParamError(f"merging methods ({plan.method.name}) are not available on {backbone.name}: a merged "
-                                 "group would have to be split again at the next patch merging")
             if decision.merge_into is not None:
                 # Re-point every grid token represented by a merged alive token (itself, or tokens
                 # merged into it earlier) to its new representative.
@@ -324,8 +323,9 @@ def run_pruned(
         kept_per_step.append(kept_idx.clone())
         x = torch.cat([prefix, patches[:, keep]], dim=1)
         if layer in backbone.stage_ends:
-            x, kept_idx, full, grid, drop_layer, down_macs = next_stage(
-                backbone, layer, x, kept_idx, full, grid, skips, stage_drops, drop_layer, down_macs)
+            x, kept_idx, full, grid, drop_layer, down_macs, rep = next_stage(
+                backbone, layer, x, kept_idx, full, grid, skips, stage_drops, drop_layer, down_macs,
+                rep if merged else None)
 
     prefix, patches = backbone.split_prefix(x)
     full[:, kept_idx] = patches
@@ -364,7 +364,7 @@ def run_pruned(
         time_ms=(_now() - t0) * 1e3,
         from_cache=from_cache,
         num_blocks=backbone.num_blocks,
-        merged_into=rep.numpy().reshape(grid) if merged else None,
+        merged_into=rep.numpy().reshape(grid) if merged and not hierarchical else None,  # Swin: groups end with a stage
         stage_ends=tuple(backbone.stage_ends),
         stage_drop_layer=stage_drops if hierarchical else None,
     )
@@ -428,7 +428,7 @@ def estimate_macs(backbone: Backbone, baseline: Baseline, plan: Plan) -> dict[st
     tokens = [r.tokens for r in baseline.layers[:first]]
     aux_macs = backbone.aux_macs(first, n) if plan.method.needs_aux else 0
     if first in backbone.stage_ends:
-        kept_idx, grid = merged_kept(backbone, first, kept_idx, grid)
+        kept_idx, grid = merged_kept(backbone, first, kept_idx, grid, plan.method.merges)
     for layer in range(first + 1, backbone.num_blocks + 1):
         total += backbone.block_macs(layer, kept_idx, grid)
         tokens.append(kept_idx.numel())
@@ -438,7 +438,7 @@ def estimate_macs(backbone: Backbone, baseline: Baseline, plan: Plan) -> dict[st
             keep_n = max(1, int(round(fraction * kept_idx.numel())))
             kept_idx = kept_idx[torch.linspace(0, kept_idx.numel() - 1, keep_n).round().long().unique()]
         if layer in backbone.stage_ends:
-            kept_idx, grid = merged_kept(backbone, layer, kept_idx, grid)
+            kept_idx, grid = merged_kept(backbone, layer, kept_idx, grid, plan.method.merges)
     return {"macs": int(total + aux_macs), "baseline": int(baseline.macs), "tokens": tokens, "exact": len(plan.layers) == 1,
             "subset_rate0": int(baseline.macs - pad_query_saving(backbone, plan, baseline.prep.grid))}
 

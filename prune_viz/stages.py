@@ -57,14 +57,21 @@ def stage_outputs(backbone: Backbone, x_after: list[Tensor], before: int | None 
 def next_stage(
     backbone: Backbone, layer: int, x: Tensor, kept_idx: Tensor, full: Tensor, grid: tuple[int, int],
     skips: list[Tensor], stage_drops: list[np.ndarray], drop_layer: np.ndarray, down_macs: int,
-) -> tuple[Tensor, Tensor, Tensor, tuple[int, int], np.ndarray, int]:
+    rep: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor, tuple[int, int], np.ndarray, int, Tensor]:
     """Cross a stage boundary after block ``layer``: scatter the alive tokens into the full grid
     (pruned ones hold their frozen features), keep it as the stage's skip and its drop map, merge
     it (``backbone.downsample``) and gather the alive tokens of the next stage.
+    rep: after a merging method (ToMe), N long, the alive token each grid token is represented
+    by. The groups are **unmerged first** (every member takes its group's feature and is alive
+    again), so no group crosses the patch merging.
     Returns (x 1 x (P + Nk') x C', kept_idx', the next stage's full grid, its grid, its drop map
-    (N' drop layers), ``down_macs`` plus this merge's MACs)."""
+    (N' drop layers), ``down_macs`` plus this merge's MACs, the next grid's identity ``rep``)."""
     prefix, patches = backbone.split_prefix(x)
     full[:, kept_idx] = patches
+    if rep is not None:
+        full = full[:, rep]
+        kept_idx = torch.nonzero(torch.isin(rep, kept_idx)).flatten()
     skips.append(full)
     stage_drops.append(drop_layer.reshape(grid).copy())
     alive = torch.zeros(grid[0] * grid[1], dtype=torch.bool)
@@ -72,7 +79,10 @@ def next_stage(
     merged, alive, new_grid = backbone.downsample(layer, full, alive, grid)
     kept_idx = torch.nonzero(alive).flatten()
     down_macs += backbone.downsample_macs(layer, grid)
-    return join_tokens(prefix, merged[:, kept_idx]), kept_idx, merged, new_grid, pool_drop(drop_layer, grid), down_macs
+    drop = pool_drop(drop_layer, grid)
+    drop[alive.numpy()] = backbone.num_blocks  # alive again after an unmerge (a no-op otherwise)
+    return (join_tokens(prefix, merged[:, kept_idx]), kept_idx, merged, new_grid, drop, down_macs,
+            torch.arange(new_grid[0] * new_grid[1]))
 
 
 def stages_before(backbone: Backbone, first: int, grid: tuple[int, int]) -> tuple[list[np.ndarray], int]:
@@ -114,9 +124,12 @@ def block_input(backbone: Backbone, baseline: Baseline, layer: int) -> Tensor:
     return x
 
 
-def merged_kept(backbone: Backbone, layer: int, kept_idx: Tensor, grid: tuple[int, int]) -> tuple[Tensor, tuple[int, int]]:
-    """The alive tokens of the next stage after the patch merging that follows block ``layer``."""
+def merged_kept(
+    backbone: Backbone, layer: int, kept_idx: Tensor, grid: tuple[int, int], unmerge: bool = False
+) -> tuple[Tensor, tuple[int, int]]:
+    """The alive tokens of the next stage after the patch merging that follows block ``layer``
+    (``unmerge``: a merging method's groups are undone first, so every token is alive again)."""
     alive = torch.zeros(grid[0] * grid[1], dtype=torch.bool)
-    alive[kept_idx] = True
+    alive[torch.arange(grid[0] * grid[1]) if unmerge else kept_idx] = True
     alive, grid = backbone.downsample_alive(layer, alive, grid)
     return torch.nonzero(alive).flatten(), grid

@@ -165,9 +165,9 @@ def test_methods_run_on_swin(swin: SwinBackbone, image: np.ndarray, method: str,
     assert trace.layers[-1].grid == (4, 4)
 
 
-def test_merging_methods_are_refused(swin: SwinBackbone, image: np.ndarray) -> None:
-    with pytest.raises(ParamError, match="merges tokens"):
-        run_pruned(swin, image, make_plan(swin, "tome", (3,)))
+def test_merging_runs_within_a_stage(swin: SwinBackbone, image: np.ndarray) -> None:
+    trace = run_pruned(swin, image, make_plan(swin, "tome", (3,), values={"rate": 0.5}))
+    assert [r.tokens for r in trace.layers[2:5]] == [256, 128, 64]  # groups undone before the merge (tests/test_swin_merge.py)
 
 
 def test_views_and_report_name_stages(swin: SwinBackbone, image: np.ndarray) -> None:
@@ -249,7 +249,8 @@ def test_swin_unet_decoder_gets_every_stage(unet: SwinBackbone, image: np.ndarra
     trace = run_pruned(unet, image, plan, baseline=base)
     measured, _ = measure_macs(lambda: run_pruned(unet, image, plan))
     assert trace.macs["aux_heads"] > 0 and abs(measured - trace.macs["total"]) <= 0.01 * trace.macs["total"]
-    assert method_availability(unet)["dtop"] is None and method_availability(unet)["tome"] and not method_availability(unet)["matp"]
+    assert method_availability(unet)["dtop"] is None and method_availability(unet)["tome"] is None
+    assert not method_availability(unet)["matp"]
 
 
 def test_demo_swin_is_registered_and_labelled() -> None:

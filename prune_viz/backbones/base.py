@@ -208,6 +208,11 @@ class Backbone(ABC):
     def aux_macs(self, layer: int, n_tokens: int) -> int:
         return 0
 
+    def merge_window(self, layer: int) -> tuple[int, int] | None:
+        """The tile (grid rows, cols) a merging method must keep each group inside after block
+        ``layer`` (Swin: the stage's attention window); None: groups may span the grid."""
+        return None
+
     # --- helpers shared by adapters ----------------------------------------------------------
     def split_prefix(self, x: Tensor) -> tuple[Tensor, Tensor]:
         p = self.num_prefix_tokens

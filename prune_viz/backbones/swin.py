@@ -187,6 +187,10 @@ class SwinBackbone(Backbone):
         merge = self.encoder.layers[self.stage_of(layer) + 1].downsample
         return linear_macs(merge, (grid[0] // 2) * (grid[1] // 2))
 
+    def merge_window(self, layer: int) -> tuple[int, int] | None:
+        """ToMe on Swin merges within the stage's (unshifted) attention windows (docs/methods/swin.md)."""
+        return tuple(int(v) for v in self._block(layer).window_size)
+
     def aux_logits(self, layer: int, patch_tokens: Tensor) -> Tensor | None:
         if self.aux is None or str(layer) not in self.aux:
             return None

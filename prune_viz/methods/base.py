@@ -82,6 +82,9 @@ class PruneContext:
     aux_logits: Tensor | None = None
     num_tokens_total: int = 0  # gh * gw, for rates stated against the full grid
     sizes: Tensor | None = None
+    # Hierarchical backbones (Swin): the attention window (rows, cols of grid tokens) of this
+    # layer's stage; merging methods keep every group inside one (unshifted) window. None: no windows.
+    window: tuple[int, int] | None = None
     # False on the timed path (``analyze --repeat``, the Metrics timing): compute only what the
     # decision needs and skip view-only diagnostics (maps, histograms), which are not part of
     # the cost of pruning. The decision itself must not depend on this flag.
@@ -139,9 +142,8 @@ class MethodSpec:
         return None
 
     def unmet_stage_need(self, stage_ends: tuple[int, ...]) -> str | None:
-        """Why this method cannot run on a hierarchical backbone (patch merging between stages)."""
-        if stage_ends and self.merges:
-            return "merges tokens into groups, which the 2 x 2 patch merging between Swin stages would split"
+        """Why this method cannot run on a hierarchical backbone (patch merging between stages): every
+        registered method can now (exits carry across merges, merges are undone before them)."""
         return None
 
 

@@ -69,6 +69,50 @@ def bipartite_soft_matching(metric: Tensor, r: int) -> tuple[Tensor, Tensor]:
     return merge_into, sim_out
 
 
+def window_soft_matching(metric: Tensor, r: int, groups: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`bipartite_soft_matching` with every pair inside one group (an attention window).
+
+    metric: M x C; groups: M long, the window of each token. Within each window the tokens
+    alternate (in their order) into A and B; an A token's partner is its most similar B token
+    **of the same window**; the ``r`` best pairs over all windows merge (a window with a single
+    token has no pair). One batched product of W x |A_w| x |B_w| (windows padded to the fullest
+    one), not the M/2 x M/2 of a global matching. Returns (merge_into M, sim M) as there.
+    """
+    m = metric.shape[0]
+    merge_into = torch.arange(m)
+    sim_out = torch.full((m,), float("nan"))
+    if m < 2 or r <= 0:
+        return merge_into, sim_out
+    _, gid = torch.unique(groups, return_inverse=True)
+    order = torch.sort(gid, stable=True).indices  # by window, original order within
+    starts = torch.ones(m, dtype=torch.bool)
+    starts[1:] = gid[order][1:] != gid[order][:-1]
+    position = torch.arange(m)
+    rank = torch.empty(m, dtype=torch.long)
+    rank[order] = position - torch.cummax(torch.where(starts, position, torch.zeros_like(position)), 0).values
+    a_idx, b_idx = torch.nonzero(rank % 2 == 0).flatten(), torch.nonzero(rank % 2 == 1).flatten()
+    if b_idx.numel() == 0:
+        return merge_into, sim_out
+    w, na, nb = int(gid.max()) + 1, int(rank[a_idx].max()) // 2 + 1, int(rank[b_idx].max()) // 2 + 1
+    unit = F.normalize(metric.float(), dim=-1)
+    a_slots = torch.zeros(w, na, unit.shape[1])
+    b_slots = torch.zeros(w, nb, unit.shape[1])
+    a_slots[gid[a_idx], rank[a_idx] // 2] = unit[a_idx]
+    b_slots[gid[b_idx], rank[b_idx] // 2] = unit[b_idx]
+    b_token = torch.full((w, nb), -1, dtype=torch.long)
+    b_token[gid[b_idx], rank[b_idx] // 2] = b_idx
+    scores = (a_slots @ b_slots.transpose(1, 2)).masked_fill((b_token < 0)[:, None, :], float("-inf"))
+    best, best_b = scores.max(dim=-1)  # W x |A_w|
+    best_a = best[gid[a_idx], rank[a_idx] // 2]
+    partner = b_token[gid[a_idx], best_b[gid[a_idx], rank[a_idx] // 2]]
+    has = torch.isfinite(best_a)
+    sim_out[a_idx[has]] = best_a[has]
+    r = min(int(r), int(has.sum()))
+    src = torch.sort(torch.where(has, best_a, torch.tensor(float("-inf"))), descending=True, stable=True).indices[:r]
+    merge_into[a_idx[src]] = partner[src]
+    return merge_into, sim_out
+
+
 def matching_macs(m: int) -> int:
     """MACs of one :func:`bipartite_soft_matching` round on M tokens of C channels, per channel:
     |A| x |B| (the similarity product); multiply by C. Element-wise work (normalisation, the
@@ -96,8 +140,11 @@ def merge_features(x: Tensor, sizes: Tensor, merge_into: Tensor) -> tuple[Tensor
     return out, new_sizes
 
 
-def merge_rounds(x: Tensor, sizes: Tensor, n_remove: int) -> tuple[Tensor, Tensor, Tensor, Tensor, list[int]]:
-    """Repeat matching rounds on the survivors until ``n_remove`` tokens are merged away.
+def merge_rounds(
+    x: Tensor, sizes: Tensor, n_remove: int, groups: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor, Tensor, list[int]]:
+    """Repeat matching rounds on the survivors until ``n_remove`` tokens are merged away (or,
+    with ``groups`` (Nk long windows), until no window has two tokens left).
 
     x: Nk x C, sizes: Nk. Returns (keep: sorted local indices of the survivors, features
     len(keep) x C, merge_into Nk long local representative, sim Nk best cosine in the round a
@@ -112,7 +159,10 @@ def merge_rounds(x: Tensor, sizes: Tensor, n_remove: int) -> tuple[Tensor, Tenso
     remaining = n_remove
     while remaining > 0 and alive.numel() > 1:
         round_sizes.append(alive.numel())
-        into, best = bipartite_soft_matching(feats, remaining)
+        if groups is None:
+            into, best = bipartite_soft_matching(feats, remaining)
+        else:
+            into, best = window_soft_matching(feats, remaining, groups[alive])
         feats, sz = merge_features(feats, sz, into)
         moved = into != torch.arange(alive.numel())
         # Tokens that pointed at a now-merged token follow it to its representative.
@@ -121,10 +171,19 @@ def merge_rounds(x: Tensor, sizes: Tensor, n_remove: int) -> tuple[Tensor, Tenso
         step[alive] = local_into
         merge_into = step[merge_into]
         sim[alive[moved]] = best[moved]
+        if not moved.any():  # windows of one token each: nothing left to pair
+            break
         remaining -= int(moved.sum())
         stay = ~moved
         alive, feats, sz = alive[stay], feats[stay], sz[stay]
     return alive, feats, merge_into, sim, round_sizes
+
+
+def window_of(kept_idx: Tensor, grid: tuple[int, int], window: tuple[int, int]) -> Tensor:
+    """Nk row-major positions on ``grid`` -> Nk long ids of the (unshifted) ``window`` tiles
+    that hold them."""
+    r, c = kept_idx // grid[1], kept_idx % grid[1]
+    return (r // window[0]) * (-(-grid[1] // window[1])) + c // window[1]
 
 
 def decide(ctx: PruneContext, params: ToMeParams) -> Decision:
@@ -138,7 +197,8 @@ def decide(ctx: PruneContext, params: ToMeParams) -> Decision:
     nk = x.shape[0]
     sizes = ctx.sizes if ctx.sizes is not None else torch.ones(nk)
     n_remove = nk - num_to_keep(nk, params.rate) if nk else 0
-    keep, feats, merge_into, sim, rounds = merge_rounds(x, sizes, n_remove)
+    groups = window_of(ctx.kept_idx, ctx.grid, ctx.window) if ctx.window is not None else None
+    keep, feats, merge_into, sim, rounds = merge_rounds(x, sizes, n_remove, groups)
     status = torch.full((nk,), PRUNED, dtype=torch.long)
     status[keep] = KEPT
     group = torch.zeros(nk).index_add_(0, merge_into, sizes.float())
