@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from ..errors import echo
+from ..threads import single_threaded
 from .base import EXITED, KEPT, MAX_KEEP_PER_CLASS, Decision, MethodSpec, PruneContext, validate_params
 
 # The demo segmenter's stage boundaries: its auxiliary heads after blocks 3, 6, 9 of 12 (it also
@@ -122,6 +123,7 @@ def exit_mask(conf: Tensor, pred: Tensor, threshold: float, k: int) -> Tensor:
     return confident & (rank_within_class(conf, pred) >= k)
 
 
+@single_threaded  # many small operations: one thread is faster (prune_viz/threads.py)
 def decide(ctx: PruneContext, params: DToPParams) -> Decision:
     """DToP decision on the Nk tokens alive after block ``ctx.layer`` (a stage boundary).
 

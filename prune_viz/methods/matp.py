@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import echo
+from ..threads import single_threaded
 from .base import KEPT, MAX_KEEP_PER_CLASS, PRUNED, Decision, MethodSpec, PruneContext, num_to_keep, validate_params
 from .dtop import MAX_KEEP_PER_CLASS, confidence_and_entropy, rank_within_class
 
@@ -224,6 +225,7 @@ def matp_masks(
     return candidate & ~retained, diag
 
 
+@single_threaded  # many small operations: one thread is faster (prune_viz/threads.py)
 def decide(ctx: PruneContext, params: MATPParams) -> Decision:
     """MATP decision on the Nk tokens alive after block ``ctx.layer``.
 
