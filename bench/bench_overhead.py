@@ -131,8 +131,11 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     image = load_image(args.image).rgb
+    from prune_viz.threads import _runtimes
+
     print(f"torch {torch.__version__}, {args.threads} thread(s), load average at start {os.getloadavg()[0]:.2f}, "
-          f"{args.image}; medians of interleaved rounds after one warm-up")
+          f"{args.image}; medians of interleaved rounds after one warm-up; LVTP/DToP/MATP decisions on one intra-op "
+          f"thread: {'yes' if args.threads > 1 and _runtimes() is not None else 'no'} (prune_viz/threads.py)")
     if args.only in (None, "demo"):
         rows, models = [], {}
         for bname, method, layers, values in DEMO_CASES:

@@ -3,7 +3,8 @@
 Used by LVTP (Eq. 7-8, on entropy-weighted features) and by the training-free segmentation of
 plain timm ViTs (clustering final patch features, as people do with DINO features). A fixed
 number of iterations (no early stop) keeps the cost exactly countable: each iteration is one
-N x K similarity matmul and one K x N assignment matmul, ``2 * N * K * C`` MACs.
+N x K similarity matmul, one K x N assignment matmul and a K x N x 2 member tally,
+``N * K * (2 * C + 2)`` MACs.
 """
 
 from __future__ import annotations
@@ -38,28 +39,31 @@ def cosine_kmeans(
     centres = x[torch.randperm(n, generator=g)[:k]].clone()
     xn = F.normalize(x, dim=-1)
     w = None if weights is None else weights.to(x.dtype).reshape(n)
-    xw = None if w is None else x * w[:, None]  # weighted features (Eq. 6), fixed across iterations
+    src = x if w is None else x * w[:, None]  # weighted features (Eq. 6), fixed across iterations
+    # Per token: 1 (its count) and whether it weighs anything. One matmul with the one-hot gives
+    # both per cluster, exactly (sums of 0/1); a cluster can hold its centre only if a member
+    # weighs > 0 (a zero total weight would give a zero centre, no direction).
+    tally = torch.ones(n, 2, dtype=x.dtype)
+    if w is not None:
+        tally[:, 1] = (w > 0).to(x.dtype)
+    classes = torch.arange(k)
     labels = torch.zeros(n, dtype=torch.long)
+    # Few, whole-tensor operations per iteration (this loop runs iters times per decision and
+    # each operation costs dispatch time): the same arithmetic as F.normalize, F.one_hot and
+    # a boolean-indexed update, in fewer calls.
     for _ in range(iters):
         check_time("while clustering")
-        sim = xn @ F.normalize(centres, dim=-1).T  # N x k
-        labels = sim.argmax(dim=1)
-        one_hot = F.one_hot(labels, k).to(x.dtype)  # N x k
-        counts = one_hot.sum(0)
-        if weights is None:
-            sums = one_hot.T @ x  # k x C
-            nonempty = counts > 0
-        else:
-            sums = one_hot.T @ xw
-            # counts > 0 but zero total weight would give a zero centre (no direction).
-            nonempty = (counts > 0) & ((one_hot.T @ w) > 0)
-        # torch.where, not a boolean-indexed assignment: the same values in one op instead of
-        # four (nonzero, two gathers, a scatter), in a loop that runs iters times per decision.
-        centres = torch.where(nonempty[:, None], sums / counts.clamp_min(1)[:, None], centres)
+        unit = centres / centres.norm(dim=-1, keepdim=True).clamp_min(1e-12)  # F.normalize
+        labels = (xn @ unit.T).argmax(dim=1)  # N x k similarities -> N
+        one_hot = (labels[:, None] == classes).to(x.dtype)  # N x k
+        counts = one_hot.T @ tally  # k x 2: members, members with weight > 0
+        nonempty = counts[:, 1:] > 0
+        centres = torch.where(nonempty, (one_hot.T @ src) / counts[:, :1].clamp_min(1), centres)
     return labels, centres
 
 
 def kmeans_macs(n: int, k: int, c: int, iters: int = 10) -> int:
-    """MACs of :func:`cosine_kmeans` (the two matmuls per iteration)."""
+    """MACs of :func:`cosine_kmeans`: per iteration the similarity and centre-sum matmuls
+    (N x k x C each) and the member tally (N x k x 2)."""
     k = max(1, min(k, n))
-    return iters * 2 * n * k * c
+    return iters * n * k * (2 * c + 2)

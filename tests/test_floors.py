@@ -15,6 +15,7 @@ FLOORS: dict[str, int] = {
     "prune_viz.io": 0, "prune_viz.checkpoints": 0, "prune_viz.flops": 0, "prune_viz.cluster": 0,
     "prune_viz.metrics": 0, "prune_viz.data": 0, "prune_viz.errors": 0, "prune_viz.budget": 0, "prune_viz.stats": 0,
     "prune_viz.exits": 0,
+    "prune_viz.threads": 0,
     "prune_viz.backbones": 1, "prune_viz.methods": 1,
     "prune_viz.engine": 2, "prune_viz.records": 2, "prune_viz.stages": 2, "prune_viz.viz": 2,
     "prune_viz.analysis": 3, "prune_viz.params": 3, "prune_viz.ood": 3,

@@ -298,9 +298,11 @@ class DemoBackbone(TimmViT):
     def prepare(self, image: np.ndarray) -> Prepared:
         s = self.cfg.img_size
         resized = resize_rgb(image, s, s)
-        image01 = torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1).float() / 255.0
+        image01 = torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1).float().div_(255.0)
         g = s // self.patch_size
-        return Prepared((image01[None] - self.mean) / self.std, image01, (g, g), (s, s), image.shape[:2])
+        # In place where a new tensor would only be thrown away: the same values, one 3 MB
+        # allocation (and its page faults) less per step, on the timed path.
+        return Prepared((image01[None] - self.mean).div_(self.std), image01, (g, g), (s, s), image.shape[:2])
 
     def embed(self, prep: Prepared) -> Tensor:
         return self.net.embed(prep.pixels)
@@ -338,14 +340,24 @@ class DemoBackbone(TimmViT):
         return self.net.decode_macs(*prep.grid)
 
 
+# Up to this many bytes of upsampled logits are made in one call (7 classes: up to ~1500 x 1500 px).
+ONE_CALL_BYTES = 64 << 20
+
+
 def logits_to_labels(logit_map: Tensor, out_hw: tuple[int, int]) -> np.ndarray:
     """1 x K x h x w logits -> out_h x out_w int32 labels (bilinear on logits, then argmax).
 
-    One class at a time (bilinear upsampling treats channels independently), so only one
-    upsampled map exists at once: 67 MB for a 4096 x 4096 image instead of 470 MB."""
+    Large outputs go one class at a time (bilinear upsampling treats channels independently),
+    so only one upsampled map exists at once: 67 MB for a 4096 x 4096 image instead of 470 MB.
+    Small ones (the demo's 512 px) take one call: the same values, without a fresh 1 MB map per
+    class (allocation and page faults were a third of this function's time)."""
     logits = logit_map.float()
-    maps = (F.interpolate(logits[:, k : k + 1], size=out_hw, mode="bilinear", align_corners=False)[0, 0]
-            for k in range(logits.shape[1]))
+    k, (h, w) = logits.shape[1], out_hw
+    if k * h * w * 4 <= ONE_CALL_BYTES:
+        return argmax_channels(F.interpolate(logits, size=out_hw, mode="bilinear", align_corners=False)[0],
+                               torch.int32).numpy()
+    maps = (F.interpolate(logits[:, c : c + 1], size=out_hw, mode="bilinear", align_corners=False)[0, 0]
+            for c in range(k))
     return argmax_channels(maps, torch.int32).numpy()
 
 

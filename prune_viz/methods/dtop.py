@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from ..errors import echo
+from ..threads import single_threaded
 from .base import EXITED, KEPT, MAX_KEEP_PER_CLASS, Decision, MethodSpec, PruneContext, validate_params
 
 # The demo segmenter's stage boundaries: its auxiliary heads after blocks 3, 6, 9 of 12 (it also
@@ -72,13 +73,16 @@ def confidence_and_entropy(logits: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     The entropy is divided by ``log K`` (its value for a uniform prediction) so that maps from
     models with different class counts share one scale; with K = 1 it is 0.
     """
-    conf, pred, logp = confidence(logits)
-    return conf, pred, prediction_entropy(logp)
+    logp = torch.log_softmax(logits.detach().float(), dim=-1)
+    p = logp.exp()  # once for both: confidence() and prediction_entropy() each took it
+    conf, pred = p.max(dim=-1)
+    return conf, pred, prediction_entropy(logp, p)
 
 
-def prediction_entropy(logp: Tensor) -> Tensor:
-    """Nk x K log-probabilities -> Nk entropies divided by log K, in [0, 1] (0 when K = 1)."""
-    p = logp.exp()
+def prediction_entropy(logp: Tensor, p: Tensor | None = None) -> Tensor:
+    """Nk x K log-probabilities (and their exp, when at hand) -> Nk entropies divided by log K,
+    in [0, 1] (0 when K = 1)."""
+    p = logp.exp() if p is None else p
     k = logp.shape[-1]
     # p * logp with p -> 0 is 0; log_softmax keeps logp finite so the product is never NaN.
     entropy = -(p * logp).sum(-1)
@@ -122,6 +126,7 @@ def exit_mask(conf: Tensor, pred: Tensor, threshold: float, k: int) -> Tensor:
     return confident & (rank_within_class(conf, pred) >= k)
 
 
+@single_threaded  # many small operations: one thread is faster (prune_viz/threads.py)
 def decide(ctx: PruneContext, params: DToPParams) -> Decision:
     """DToP decision on the Nk tokens alive after block ``ctx.layer`` (a stage boundary).
 

@@ -34,6 +34,7 @@ from torch import Tensor
 
 from ..cluster import cosine_kmeans
 from ..errors import echo
+from ..threads import single_threaded
 from .base import KEPT, PENDING_KEPT, PRUNED, Decision, MethodSpec, PruneContext, validate_params
 
 EntropyMode = Literal["mtsallis", "shannon", "none"]
@@ -161,19 +162,28 @@ def tsallis_entropy(p: Tensor, q: float, dim: int = -1) -> Tensor:
     return _tsallis_from_log(p, torch.log(p.clamp_min(torch.finfo(p.dtype).tiny)), q, dim)
 
 
-def _tsallis_from_log(p: Tensor, logp: Tensor, q: float, dim: int = -1) -> Tensor:
-    """:func:`tsallis_entropy` given ``log p`` (shared between the two scales of Eq. 3)."""
+def _tsallis_from_log(p: Tensor, logp: Tensor, q: float, dim: int = -1, logp_max: Tensor | None = None) -> Tensor:
+    """:func:`tsallis_entropy` given ``log p`` (shared between the two scales of Eq. 3).
+    logp_max: ``logp.max()`` when known (0-d), to skip a search over every entry."""
     if q == 1:
         return -(p * logp).sum(dim)
     d = q - 1.0
-    return -(p * _expm1(d * logp)).sum(dim) / d
+    x = d * logp
+    # |d * log p| is smallest where log p (<= 0) is largest, and rounding keeps that order, so
+    # the one product d * max(log p) tells whether any entry needs expm1: the same answer as
+    # searching x, without the three passes over Nk x C (abs, compare, any).
+    any_small = None if logp_max is None or float(logp_max) > 0 else bool((d * logp_max).abs() < 0.5)
+    return -(p * _expm1(x, any_small)).sum(dim) / d
 
 
-def _expm1(x: Tensor) -> Tensor:
+def _expm1(x: Tensor, any_small: bool | None = None) -> Tensor:
     """``expm1(x)``, with ``exp(x) - 1`` where |x| >= 0.5 (no cancellation there: the two agree
     to ~2 ulp). Why: torch's CPU expm1 is not vectorised and measured 5x slower than exp, and
-    it was half of LVTP's decision time; most entries of ``(q - 1) log p`` are far from 0."""
+    it was half of LVTP's decision time; most entries of ``(q - 1) log p`` are far from 0.
+    any_small: whether some |x| < 0.5, when the caller knows (None: look)."""
     y = torch.exp(x).sub_(1.0)
+    if any_small is False:
+        return y
     small = x.abs() < 0.5
     if bool(small.any()):
         y[small] = torch.expm1(x[small])
@@ -268,8 +278,9 @@ def multiscale_tsallis(
     logp = token_log_distribution(tokens)  # log-softmax: exact logs even for tiny p
     p = logp.exp()
     c = p.shape[-1]
-    s1 = _tsallis_from_log(p, logp, q1) / max(tsallis_max(c, q1), 1e-12)
-    s2 = _tsallis_from_log(p, logp, q2) / max(tsallis_max(c, q2), 1e-12)
+    top = logp.max() if logp.numel() else None
+    s1 = _tsallis_from_log(p, logp, q1, logp_max=top) / max(tsallis_max(c, q1), 1e-12)
+    s2 = _tsallis_from_log(p, logp, q2, logp_max=top) / max(tsallis_max(c, q2), 1e-12)
     alpha = token_alpha_literal(tokens) if alpha_mode == "literal" else token_alpha(tokens)
     return alpha * s1 + (1.0 - alpha) * s2, s1, s2, alpha
 
@@ -367,7 +378,7 @@ def to_gray(image: Tensor) -> Tensor:
     if img.shape[0] == 1:
         return img[0]
     w = torch.tensor(_GRAY_WEIGHTS, dtype=img.dtype)
-    return torch.einsum("c,chw->hw", w, img)
+    return torch.tensordot(w, img, dims=1)  # the einsum "c,chw->hw", bit for bit, in fewer calls
 
 
 def sobel_magnitude(image: Tensor) -> Tensor:
@@ -482,6 +493,7 @@ def _score_and_weights(x: Tensor, p: LVTPParams, want_diagnostics: bool = True) 
     return diag, score, minmax_weights(score)
 
 
+@single_threaded  # hundreds of small operations: one thread is faster (prune_viz/threads.py)
 def decide(ctx: PruneContext, params: LVTPParams) -> Decision:
     """LVTP decision on the Nk tokens alive after block ``ctx.layer``.
 

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import echo
+from ..threads import single_threaded
 from .base import KEPT, MAX_KEEP_PER_CLASS, PRUNED, Decision, MethodSpec, PruneContext, num_to_keep, validate_params
 from .dtop import MAX_KEEP_PER_CLASS, confidence_and_entropy, rank_within_class
 
@@ -121,7 +122,8 @@ def class_relation(tokens: Tensor, pred: Tensor) -> Tensor:
     k = int(pred.max()) + 1
     # A one-hot matmul, not index_add_: the same sums (up to summation order), but index_add_
     # measured ~1000x slower with 2 threads than with 1 (26 ms vs 0.03 ms for 1024 x 192).
-    protos = F.one_hot(pred, k).T.to(unit.dtype) @ unit
+    # The one-hot by comparison: F.one_hot's values without its range checks (two more passes).
+    protos = (pred[:, None] == torch.arange(k)).T.to(unit.dtype) @ unit
     protos = F.normalize(protos, dim=-1)
     return (unit * protos[pred]).sum(-1).clamp(-1.0, 1.0)
 
@@ -224,6 +226,7 @@ def matp_masks(
     return candidate & ~retained, diag
 
 
+@single_threaded  # many small operations: one thread is faster (prune_viz/threads.py)
 def decide(ctx: PruneContext, params: MATPParams) -> Decision:
     """MATP decision on the Nk tokens alive after block ``ctx.layer``.
 
