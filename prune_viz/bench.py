@@ -59,7 +59,7 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--time-runs", type=int, default=5, help="timed runs per configuration (median, IQR); 0 = no latency")
     s.add_argument("--threads", type=int, default=2, help="torch threads for the latency runs")
     s.add_argument("--compute-threads", type=int, default=1, help="torch threads for the accuracy runs")
-    s.add_argument("--matp-backbone", default="demo_matp", help="the MATP fine-tune that matp runs on")
+    s.add_argument("--matp-backbone", default=None, help="the MATP fine-tune that matp runs on (default: demo_matp for demo; else the backbone itself, no fine-tune)")
     s.add_argument("--from-raw", type=Path, default=None, help="rebuild tables and plots from DIR/raw.npz of an earlier suite run")
     from .bench_noise import add_noise_args
 
@@ -299,6 +299,10 @@ def plot_tradeoff(rows: list[dict[str, Any]], out: Path) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if getattr(args, "matp_backbone", "") is None:
+        from .bench_suite import default_matp_backbone
+
+        args.matp_backbone = default_matp_backbone(args.backbone)
     if getattr(args, "noise", None) or getattr(args, "merge", None):
         from .bench_noise import cmd_noise
 

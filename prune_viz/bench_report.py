@@ -27,8 +27,17 @@ import numpy as np
 from .bench_suite import Measured
 from .stats import CurvePoint, area_under_curve, at_budget, median_iqr, percentile_ci, point_and_samples, resample_counts
 
-BUDGET_COLUMNS = ["method", "budget_pct", "reached", "miou", "ci_low", "ci_high", "latency_ms"]
+BUDGET_COLUMNS = ["method", "budget_pct", "reached", "miou", "ci_low", "ci_high", "latency_ms", "note"]
 BUDGET_METHODS = ("random", "evit", "tome", "lvtp", "dtop", "matp", "exit@3", "exit@6", "exit@9", "lowres")
+
+
+def budget_methods(names: Any) -> list[str]:
+    """The methods budgets.csv lists, in issue 11's order: the fixed names, with ``exit@L`` for
+    whichever aux-head layers the backbone has (3, 6, 9 on the demo; 2, 4, 6, 8 on demo_swin)."""
+    names = list(dict.fromkeys(names))
+    exits = sorted((n for n in names if n.startswith("exit@") and n[5:].isdigit()), key=lambda n: int(n[5:]))
+    head = [m for m in BUDGET_METHODS[:6] if m in names]
+    return head + exits + [m for m in BUDGET_METHODS[9:] if m in names]
 
 
 def _r(v: float | None, nd: int = 4) -> float | None:
@@ -107,7 +116,8 @@ def findings(table: list[dict[str, Any]], budgets: tuple[float, ...]) -> list[st
     whether the best one's CI is clear of random's. Computed, never typed in."""
     out = []
     for b in budgets:
-        rows = [r for r in table if r["budget_pct"] == b and r["method"] in BUDGET_METHODS]
+        listed = set(budget_methods(r["method"] for r in table))
+        rows = [r for r in table if r["budget_pct"] == b and r["method"] in listed]
         reached = [r for r in rows if r["reached"]]
         missing = [r["method"] for r in rows if not r["reached"]]
         if not reached:
@@ -133,23 +143,33 @@ def findings(table: list[dict[str, Any]], budgets: tuple[float, ...]) -> list[st
 def write_suite(summary: dict[str, Any], out: Path, command: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     rows, budgets = summary["rows"], summary["budgets"]
+    meta = summary["meta"]
+    na = meta.get("not_applicable") or {}
+    notes = {"matp": meta.get("matp_note") or ""}
     with open(out / "budgets.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=BUDGET_COLUMNS, extrasaction="ignore")
         w.writeheader()
-        for name in BUDGET_METHODS:
+        for name in budget_methods([*(b["method"] for b in budgets), *na]):
+            if name in na:  # refused by the method/backbone: one row per budget, saying why
+                for pct in meta.get("budgets", ()):
+                    w.writerow({"method": name, "budget_pct": int(pct) if float(pct).is_integer() else pct, "reached": "false",
+                                "note": f"not applicable: {na[name]}"})
+                continue
             for b in (b for b in budgets if b["method"] == name):
-                w.writerow({**b, "reached": str(b["reached"]).lower()} | ({} if b["reached"] else {k: "" for k in BUDGET_COLUMNS[3:]}))
+                row = {**b, "reached": str(b["reached"]).lower(), "note": notes.get(name, "")}
+                w.writerow(row | ({} if b["reached"] else {k: "" for k in BUDGET_COLUMNS[3:-1]}))
     with open(out / "curves.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
     (out / "curves.json").write_text(json.dumps({k: summary[k] for k in ("meta", "ref_gmacs", "ref_miou", "rows", "budgets", "auc", "findings")}, indent=1, default=str))
-    meta = summary["meta"]
     head = (f"Suite v2, {meta['split']} split, {meta['n']} scenes, backbone {meta['backbone']} (MATP on {meta['matp_backbone']}); "
             f"{meta['seeds']} seed(s) for stochastic methods; 95 % bootstrap CI over scenes ({meta['boot']} draws); latency: median "
             f"(IQR) of {meta['time_runs']} interleaved runs, {meta['threads']} threads; measured in {meta.get('wall_s', '?')} s.\n\n`{command}`"
             + (f" (tables rebuilt from `{meta['rebuilt_from']}`)" if meta.get("rebuilt_from") else "") + "\n\n"
-            "MACs per image (1 multiply-add = 1 MAC), decisions included; reductions against the unpruned original model.\n")
+            "MACs per image (1 multiply-add = 1 MAC), decisions included; reductions against the unpruned original model.\n"
+            + (f"\nMATP: {meta['matp_note']}.\n" if meta.get("matp_note") else "")
+            + "".join(f"\n- {name}: not applicable: {why}" for name, why in na.items()) + ("\n" if na else ""))
     budget_md = md_table(budgets, ["method", "budget_pct", "reached", "miou", "ci_low", "ci_high", "vs_random_pts", "vs_random_ci", "random_ref", "latency_ms", "how"])
     (out / "budgets.md").write_text(head + "\n" + budget_md + "\n")
     auc_rows = [{"method": k, **v, "covered_pct": f"{-v['covered_pct'][0]:+.1f} .. {-v['covered_pct'][1]:+.1f}"} for k, v in summary["auc"].items()]

@@ -41,6 +41,13 @@ RATES = (0.1, 0.3, 0.5, 0.7, 0.85, 0.99)
 DTOP_THRESHOLDS = (0.99999, 0.99995, 0.9999, 0.999, 0.99, 0.9, 0.7, 0.4)
 MATP_ALPHAS = (0.2, 0.5, 0.8, 1.2, 2.0, 4.0)
 STOCHASTIC = {"random"}  # methods whose decision depends on the seed
+# Backbone -> the registered backbone that is its MATP fine-tune (the paper trains with pruning in
+# the loop). A backbone without one runs MATP on itself, and the outputs say "no fine-tune".
+MATP_FINETUNES = {"demo": "demo_matp"}
+
+
+def default_matp_backbone(backbone: str) -> str:
+    return MATP_FINETUNES.get(backbone, backbone)
 
 
 @dataclass(frozen=True)
@@ -122,10 +129,39 @@ def stage_layers(bb: Any) -> tuple[int, ...]:
 
 def lowres_sizes(bb: Any, quick: bool) -> list[int]:
     """The native size (the curve's 0 % point), then minus 4, 6, 8, ... patches down to half the
-    native side (512: 512, 448, 416, 384, 352, 320, 288, 256)."""
+    native side (512: 512, 448, 416, 384, 352, 320, 288, 256). Hierarchical backbones (Swin):
+    the sizes down to half the native side whose stage grids the windows tile
+    (``stage_grids``; demo_swin, patch 8, window 8: 512 and 256 only)."""
     native, step = int(bb.input_size), 2 * int(bb.patch_size)
-    sizes = [native] + [native - step * i for i in range(2, 9) if native - step * i >= native // 2]
+    if getattr(bb, "stage_ends", ()):
+        step = int(bb.patch_size) << len(bb.stage_ends)
+        sizes = [s for s in range(native, native // 2 - 1, -step) if bb.stage_grids(s) is not None]
+    else:
+        sizes = [native] + [native - step * i for i in range(2, 9) if native - step * i >= native // 2]
     return list(dict.fromkeys([sizes[1], sizes[-1]] if quick and len(sizes) > 2 else sizes))
+
+
+def resized_input(bb: Any, size: int) -> Any:
+    """The ``lowres`` baseline's backbone: a Swin's own re-sized copy, else :class:`ResizedInput`."""
+    return bb.at_input_size(size) if hasattr(bb, "at_input_size") else ResizedInput(bb, size)
+
+
+def stage_starts(bb: Any) -> tuple[int, ...]:
+    """Hierarchical backbones: the first block of every stage but the last, where that block is
+    not also the stage's last (demo_swin: 1, 3, 5). Pruning there lets the stage's remaining
+    blocks run on the kept tokens; pruning at a stage's *end* saves little, since a merged token
+    lives on when any of its four children does (random 50 % keeps 94 % of the next stage)."""
+    ends = tuple(bb.stage_ends)
+    starts = (1,) + tuple(e + 1 for e in ends[:-1])
+    return tuple(s for s in starts if s not in ends and s < bb.num_blocks)
+
+
+def method_refusal(bb: Any, method: str) -> str | None:
+    """Why ``method`` cannot run on ``bb`` (None: it can), as the method itself says."""
+    from .methods import get_method
+
+    spec = get_method(method)
+    return spec.unmet_need(bb.name, tuple(bb.aux_layers)) or spec.unmet_stage_need(tuple(getattr(bb, "stage_ends", ())))
 
 
 def build_suite(bb: Any, matp_bb: Any, matp_name: str, seeds: int, quick: bool) -> list[Curve]:
@@ -134,7 +170,13 @@ def build_suite(bb: Any, matp_bb: Any, matp_name: str, seeds: int, quick: bool) 
     from .methods import matp
 
     nb = bb.num_blocks
-    stages = stage_layers(bb) or (max(1, nb // 4),)
+    hier = bool(getattr(bb, "stage_ends", ()))
+    if hier:  # Swin: exits / DToP / MATP at the aux heads; rate sweeps at each stage's first block
+        stages = tuple(layer for layer in bb.aux_layers if layer < nb) or (max(1, nb // 4),)
+        rate_layers = stage_starts(bb) or (1,)
+    else:
+        stages = stage_layers(bb) or (max(1, nb // 4),)
+        rate_layers = stages[:1]
     first, mid = stages[0], max(1, nb // 2)
     seed_list = tuple(range(1 if quick else seeds))
 
@@ -154,20 +196,34 @@ def build_suite(bb: Any, matp_bb: Any, matp_name: str, seeds: int, quick: bool) 
         Point(stages, (("rate", 0.6),)), Point(stages, (("drop", 0.5), ("second", "none"))),
         Point(every_other, (("rate", 0.6),)), Point(every_other, (("drop", 0.5), ("second", "none"))),
     ]
-    matp_layers = tuple(layer for layer in matp.default_layers(nb) if layer in matp_bb.aux_layers) or stages
+    if hier:
+        # LVTP's Swin setting (first block of stage 2), then the first block of each stage, then
+        # more blocks inside the stages (never a stage's last block but the deepest one), since one
+        # LVTP step keeps at least half its first-pass clusters (demo_swin: about -50 % at most).
+        s2 = rate_layers[1:2] or rate_layers[:1]
+        inner = tuple(sorted({*rate_layers, *(layer for layer in range(rate_layers[-1], nb) if layer not in bb.stage_ends)}))[:5]
+        dense = tuple(range(1, bb.stage_ends[-1] + 1))
+        lvtp = [Point(s2, (("rate", 0.3),)), Point(s2, (("rate", 0.9),)), Point(rate_layers[:1], (("rate", 0.9),)),
+                Point(rate_layers, (("rate", 0.6),)), Point(rate_layers, (("rate", 0.9),)),
+                Point(inner, (("rate", 0.9),)), Point(inner, (("drop", 0.5), ("second", "none"))),
+                Point(dense, (("drop", 0.5), ("second", "none")))]
+    if hier:  # every aux head but one on the last block: the paper's 3 / 6 / 8 are ViT layers
+        matp_layers = tuple(layer for layer in matp_bb.aux_layers if layer < nb) or stages
+    else:
+        matp_layers = tuple(layer for layer in matp.default_layers(nb) if layer in matp_bb.aux_layers) or stages
     # MATP's alpha at its paper's layers, plus its last one or two layers alone for small savings.
     matp_points = [Point(matp_layers[-1:], (("alpha", 1.2),)), Point(matp_layers[-2:], (("alpha", 1.2),))]
     matp_points = list(dict.fromkeys(matp_points)) + [Point(matp_layers, (("alpha", a),)) for a in MATP_ALPHAS]
     curves = [
-        Curve("random", "random", bb.name, rate_points((first,)), seed_list, "rate"),
-        Curve("evit", "evit", bb.name, rate_points((first,)), (0,), "rate"),
-        Curve("tome", "tome", bb.name, rate_points((first,)), (0,), "rate"),
+        Curve("random", "random", bb.name, rate_points(rate_layers), seed_list, "rate"),
+        Curve("evit", "evit", bb.name, rate_points(rate_layers), (0,), "rate"),
+        Curve("tome", "tome", bb.name, rate_points(rate_layers), (0,), "rate"),
         Curve("lvtp", "lvtp", bb.name, [lvtp[1], lvtp[-1]] if quick else lvtp, (0,), "layers x rate/drop"),
         Curve("dtop", "dtop", bb.name, [Point(stages, (("threshold", t),)) for t in pick(DTOP_THRESHOLDS)], (0,), "threshold"),
         Curve("matp", "matp", matp_name, [matp_points[0], matp_points[-1]] if quick else matp_points, (0,), "layers x alpha"),
-        # The MATP fine-tune pruned at random: separates MATP's criterion from its fine-tune.
-        Curve(f"random@{matp_name}", "random", matp_name, rate_points((first,)), seed_list, "rate"),
     ]
+    if matp_name != bb.name:  # the MATP fine-tune pruned at random: separates MATP's criterion from its fine-tune
+        curves.append(Curve(f"random@{matp_name}", "random", matp_name, rate_points(rate_layers), seed_list, "rate"))
     curves += [Curve(f"exit@{layer}", "exit", bb.name, [Point((layer,))], (0,), "layer") for layer in stages]
     curves.append(Curve("lowres", "lowres", bb.name, [Point(size=s) for s in lowres_sizes(bb, quick)], (0,), "input size"))
     return curves
@@ -213,6 +269,14 @@ def run_suite(args: argparse.Namespace) -> tuple[list[Measured], dict[str, Measu
     if args.methods:
         wanted = {m.strip() for m in args.methods.split(",")}
         curves = [c for c in curves if c.name in wanted or c.method in wanted]
+    # A method the backbone refuses (its own words: MethodSpec.unmet_need / unmet_stage_need) is
+    # left out and named in the outputs as "not applicable", never silently dropped.
+    not_applicable = {}
+    for c in curves:
+        reason = None if c.method == "lowres" else method_refusal(backbones[c.backbone], c.method)
+        if reason:
+            not_applicable[c.name] = reason
+    curves = [c for c in curves if c.name not in not_applicable]
     k = bb.num_classes
     n = args.n
     jobs: list[tuple[Measured, Any, list[Any]]] = []  # (measured, backbone, plan per seed)
@@ -221,7 +285,7 @@ def run_suite(args: argparse.Namespace) -> tuple[list[Measured], dict[str, Measu
             shape = (len(c.seeds), n)
             m = Measured(c, p, np.zeros((*shape, k, k), np.int64), np.zeros((*shape, k, k), np.int64), np.zeros(shape), np.zeros(shape))
             if c.method == "lowres":
-                jobs.append((m, ResizedInput(backbones[c.backbone], p.size), []))
+                jobs.append((m, resized_input(backbones[c.backbone], p.size), []))
             else:
                 plans = [make_plan(backbones[c.backbone], c.method, p.layers, s, dict(p.values)) for s in c.seeds]
                 jobs.append((m, backbones[c.backbone], plans))
@@ -258,7 +322,9 @@ def run_suite(args: argparse.Namespace) -> tuple[list[Measured], dict[str, Measu
     time_configs(args, jobs, refs, backbones, synthetic, size)
     meta = {"split": args.split, "n": n, "backbone": args.backbone, "matp_backbone": args.matp_backbone,
             "seeds": args.seeds if not args.quick else 1, "threads": args.threads, "compute_threads": args.compute_threads, "time_runs": args.time_runs,
-            "quick": bool(args.quick), "accuracy_s": round(accuracy_s, 1), "boot": args.boot}
+            "quick": bool(args.quick), "accuracy_s": round(accuracy_s, 1), "boot": args.boot,
+            "not_applicable": not_applicable, "stage_ends": list(getattr(bb, "stage_ends", ())),
+            "matp_note": "" if args.matp_backbone != args.backbone else f"no fine-tune: MATP runs on {args.backbone} itself"}
     return [m for m, _, _ in jobs], refs, meta
 
 

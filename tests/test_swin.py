@@ -111,6 +111,48 @@ def test_subset_block_matches_masked_full_block(swin: SwinBackbone, layer: int) 
 
 
 @torch.no_grad()
+@pytest.mark.parametrize("layer", [1, 2, 4])  # unshifted, shifted, shifted at stage 2
+def test_fully_kept_windows_take_the_stock_path_beside_partial_ones(swin: SwinBackbone, layer: int) -> None:
+    """Half the windows keep every token, the others 1, 7 (pads to 8), 9 and 15 of 16 (pads to
+    16, the window area, but must not join the full windows' batch): exact against the masked
+    full block, and the MACs formula (full windows at ws^2 pairs, no padding) against the counter."""
+    from prune_viz.backbones.swin_attention import window_layout
+
+    grid = swin.grid_at(layer, (32, 32))
+    n = grid[0] * grid[1]
+    block = swin._block(layer)
+    ws, sh = tuple(block.window_size), tuple(block.shift_size)
+    g = torch.Generator().manual_seed(10 + layer)
+    # Window membership as the block sees it (after the shift), then pick per window.
+    pos = torch.arange(n)
+    win = window_layout(pos, grid, ws, sh)
+    r, c = torch.remainder(pos // grid[1] - sh[0], grid[0]), torch.remainder(pos % grid[1] - sh[1], grid[1])
+    wid = (r // ws[0]) * (grid[1] // ws[1]) + c // ws[1]
+    nw, area = int(win.counts.numel()), ws[0] * ws[1]
+    keep_n = [area if w % 2 == 0 else (1, 7, 9, 15)[(w // 2) % 4] for w in range(nw)]
+    alive = torch.zeros(n, dtype=torch.bool)
+    for w in range(nw):
+        members = pos[wid == w]
+        alive[members[torch.randperm(area, generator=g)[: keep_n[w]]]] = True
+    kept = torch.nonzero(alive).flatten()
+    lay = window_layout(kept, grid, ws, sh)
+    full = [b for b in lay.buckets if b.full]
+    assert len(full) == 1 and full[0].m == nw // 2 and full[0].slot is None
+    assert any(b.p == area and not b.full for b in lay.buckets)  # 15 of 16 pads to the area, apart
+    x = torch.randn(1, n, swin.dim_at(layer), generator=g)
+    out = swin.run_block(layer, x[:, kept], kept, grid, want_attn=True)
+    ref, received = _masked_block(block, x, alive, grid)
+    assert torch.allclose(out.x, ref[:, kept], atol=1e-5)
+    assert torch.allclose(out.received, received[kept], atol=1e-6)
+    measured, _ = measure_macs(lambda: swin.run_block(layer, x[:, kept], kept, grid))
+    analytic = swin.block_macs(layer, kept, grid)
+    assert abs(measured - analytic) <= 0.01 * analytic, (measured, analytic)
+    # Full windows cost exactly the stock block's share: ws^2 pairs each.
+    pairs = sum(min(area, -(-k // 8) * 8) ** 2 for k in keep_n)
+    assert int((lay.padded * lay.padded).sum()) == pairs
+
+
+@torch.no_grad()
 @pytest.mark.parametrize("layer", [2, 3, 6, 9])
 def test_block_macs_match_flop_counter(swin: SwinBackbone, layer: int) -> None:
     grid = swin.grid_at(layer, (32, 32))

@@ -21,6 +21,7 @@ none of them).
 from __future__ import annotations
 
 import copy
+import warnings
 from pathlib import Path
 
 import cv2
@@ -101,6 +102,7 @@ class SwinBackbone(Backbone):
                     f"{name}: stage {s + 1}'s {sh} x {sw} grid is not a multiple of its {ws[0]} x {ws[1]} window "
                     f"(choose an input size that is a multiple of {self.patch_size * ws[0] * 2 ** (len(depths) - 1)})"
                 )
+        self._native_window = max(int(v) for st in encoder.layers for b in st.blocks for v in b.window_size)
         self.aux_layers = tuple(sorted(int(k) for k in aux.keys())) if aux is not None else ()
         self.class_names = tuple(class_names)
         self.num_classes = len(self.class_names)
@@ -146,6 +148,52 @@ class SwinBackbone(Backbone):
         """LVTP's Swin setting: prune early in stage 2 (its first block), so the rest of the
         encoder runs on the kept tokens."""
         return (self.stage_ends[0] + 1,) if self.stage_ends and self.stage_ends[0] + 1 < self.num_blocks else (1,)
+
+    # --- the same model at another input size (the "lower resolution" baseline) -----------------
+    def stage_grids(self, size: int) -> list[int] | None:
+        """Stage grid sides at a ``size`` px input, or None when this encoder cannot take it
+        without padding a window: the side must halve exactly at every merge, and each stage grid
+        must be a multiple of the stage's window or at most one window (timm then shrinks the
+        window to the grid and turns the shift off, as it does for the last stage at 224 px)."""
+        if size <= 0 or size % self.patch_size:
+            return None
+        g, depth = size // self.patch_size, len(self.encoder.layers)
+        if g % (1 << (depth - 1)):
+            return None
+        grids = [g >> s for s in range(depth)]
+        ws = self._native_window
+        return grids if all(h % ws == 0 or h <= ws for h in grids) else None
+
+    def at_input_size(self, size: int) -> "SwinBackbone":
+        """This backbone fed ``size`` px inputs: a copy of the encoder re-sized with timm's own
+        ``set_input_size`` (same weights; windows kept, except where a stage grid is smaller than
+        its window: timm shrinks that window to the grid). A shrunk window's relative-position
+        table is **cropped** to the offsets it can still see (what the full window gives those
+        offsets), not resampled as timm's ``resize_rel_pos_bias_table`` does. Decoder and aux
+        heads are shared (both work at any grid)."""
+        if size == self.input_size:
+            return self
+        if self.stage_grids(size) is None:
+            raise ParamError(f"{self.name} cannot take {size} px inputs: its stage grids must be multiples of its "
+                             f"{self._native_window} x {self._native_window} window (or one window)")
+        enc = copy.deepcopy(self.encoder)
+        old = {id(b): (tuple(b.window_size), b.attn.relative_position_bias_table.detach().clone())
+               for st in enc.layers for b in st.blocks}
+        with warnings.catch_warnings():  # timm resamples the shrunk tables first (replaced below)
+            warnings.simplefilter("ignore", UserWarning)
+            enc.set_input_size(img_size=(size, size), window_size=self._native_window)
+        for st in enc.layers:
+            for b in st.blocks:
+                (oh, ow), table = old[id(b)]
+                nh, nw = b.window_size
+                if (nh, nw) != (oh, ow):  # offsets -(n-1)..(n-1) sit at rows/cols o-n .. o+n-2 of the old table
+                    t = table.view(2 * oh - 1, 2 * ow - 1, -1)[oh - nh: oh + nh - 1, ow - nw: ow + nw - 1]
+                    b.attn.relative_position_bias_table = nn.Parameter(t.reshape(-1, t.shape[-1]).clone(), requires_grad=False)
+        out = SwinBackbone(enc, f"{self.name}@{size}px", decoder=self.decoder, aux=self.aux, class_names=self.class_names,
+                           palette=self.palette, segments=self.segments, mean=tuple(self.mean.flatten().tolist()),
+                           std=tuple(self.std.flatten().tolist()))
+        out.weights, out.weights_file = getattr(self, "weights", None), getattr(self, "weights_file", None)
+        return out
 
     # --- forward pieces ------------------------------------------------------------------------
     def prepare(self, image: np.ndarray) -> Prepared:

@@ -16,10 +16,14 @@ the kept tokens only:
   stock block adds, so at rate 0 the result is the stock one);
 * qkv, proj and the MLP run on the Nk kept tokens in one matmul each.
 
-Windows are batched by their kept-token count rounded up to a multiple of 8 (``PAD_TO``; pad
-slots masked out as keys, their queries dropped), one fused attention call per batch: at most
-ws^2 / 8 calls per block, never a loop over tokens. The attention costs sum over windows of p_w^2
-pairs (p_w the padded count), which is what the MAC formula counts.
+Windows whose tokens are all kept run together as one batch of the stock full-window attention
+(the block's own bias ``table[index]`` and shift mask, no per-pair gathers, no padding): a light
+pruning that leaves most windows whole costs what the stock block costs on those windows. The
+partly-kept windows are batched by their kept-token count rounded up to a multiple of 8
+(``PAD_TO``; pad slots masked out as keys, their queries dropped), one fused attention call per
+batch: at most 1 + ws^2 / 8 calls per block, never a loop over tokens. The attention costs sum
+over windows of p_w^2 pairs (p_w the padded count; ws^2 for a full window), which is what the
+MAC formula counts.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ class Bucket:
     p: int
     slot: Tensor | None
     windows: Tensor  # the m window ids, ascending
+    full: bool = False  # every window of the bucket has all ws^2 tokens kept (the stock path)
 
 
 @dataclass
@@ -81,7 +86,10 @@ def window_layout(kept_idx: Tensor, grid: tuple[int, int], ws: tuple[int, int], 
     local = (rows % ws[0]) * ws[1] + cols % ws[1]
     counts = torch.bincount(win, minlength=nw)
     padded = torch.clamp((counts + PAD_TO - 1) // PAD_TO * PAD_TO, max=area)
-    order = torch.argsort((padded[win] * nw + win) * area + local)
+    # Bucket key: the padded count, except that fully kept windows get a key of their own
+    # (area + 1), so they never share a batch with partly-kept windows padded up to the area.
+    key = torch.where(counts == area, area + 1, padded)
+    order = torch.argsort((key[win] * nw + win) * area + local)
     local = local[order]
     region = None
     if any(shift):
@@ -91,10 +99,12 @@ def window_layout(kept_idx: Tensor, grid: tuple[int, int], ws: tuple[int, int], 
         cid = (c >= gw - ws[1]).long() + (c >= gw - shift[1]).long()
         region = rid * 3 + cid
     buckets, start, nk = [], 0, int(kept_idx.numel())
-    for p in torch.unique(padded).tolist():
-        if not p:
+    for kv in torch.unique(key).tolist():
+        if not kv:
             continue
-        wins = torch.nonzero(padded == p).flatten()
+        full = kv == area + 1
+        p = area if full else kv
+        wins = torch.nonzero(key == kv).flatten()
         n_w = counts[wins]
         n = int(n_w.sum())
         slot = None
@@ -102,7 +112,7 @@ def window_layout(kept_idx: Tensor, grid: tuple[int, int], ws: tuple[int, int], 
             j = torch.arange(p)[None]
             first = start + torch.cumsum(n_w, 0) - n_w
             slot = torch.where(j < n_w[:, None], first[:, None] + j, nk)
-        buckets.append(Bucket(start, n, len(wins), p, slot, wins))
+        buckets.append(Bucket(start, n, len(wins), p, slot, wins, full))
         start += n
     return WindowLayout(order, local, region, buckets, counts, padded)
 
@@ -116,8 +126,9 @@ def subset_window_attention(
     None when ``with_output`` is False; Nk mean attention received per kept token over heads and
     the queries of its window when ``want_stats``, else None).
 
-    Batching: the windows whose kept-token count rounds up to the same multiple p of PAD_TO run
-    as one m x p batch (one fused attention call). Pad slots are masked out as keys (-inf: they
+    Batching: the fully kept windows run as one batch with the block's own bias and shift mask
+    (the stock arithmetic); the partly-kept windows whose kept-token count rounds up to the same
+    multiple p of PAD_TO run as one m x p batch (one fused attention call). Pad slots are masked out as keys (-inf: they
     get exactly zero weight, so the result is that of the kept tokens alone) and their query rows
     are dropped; they do cost arithmetic, which :func:`swin_block_macs` counts (p^2 pairs per
     window). Without padding every distinct count would be its own call (~25 per block at a
@@ -145,7 +156,7 @@ def subset_window_attention(
         sl = slice(b.start, b.start + b.n)
         rows = qkv[sl] if b.slot is None else qkv[b.slot.flatten()]
         q, k, v = rows.view(m, p, 3, heads, hd).permute(2, 0, 3, 1, 4).unbind(0)  # m x heads x p x hd
-        if b.slot is None and p == area:  # full windows, cells in order: the block's own bias and shift mask
+        if b.full:  # fully kept windows, cells in order: the stock block's own bias and shift mask
             mask = table[index].permute(2, 0, 1)[None]  # 1 x heads x A x A
             if block.attn_mask is not None:
                 mask = mask + block.attn_mask[b.windows][:, None]
