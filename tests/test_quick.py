@@ -1,0 +1,73 @@
+"""One event per action (prune_viz.webapp.quick): a method switch and a first visit each send
+their updates from one generator event, and a first visit takes the warm start's analysis only
+when everything it depends on is the same. In-process, on the app's own handlers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from prune_viz.ui import warm
+from prune_viz.ui.session import Session
+from prune_viz.webapp import handlers, quick
+
+
+@pytest.fixture()
+def page(app_module):
+    """The initial values of the page's run inputs (what a first visit sends), by name."""
+    import gradio as gr
+
+    with gr.Blocks():
+        from prune_viz.webapp.layout import build_layout
+
+        c = build_layout()
+    warm.forget()
+    yield c, {n: c[n].value for n in handlers.MAIN_IN[1:]}
+    warm.forget()
+
+
+def _steps(gen, names):
+    return [{n: v for n, v in zip(names, out) if not (isinstance(v, dict) and v == quick.SKIP)} for out in gen]
+
+
+def test_first_visit_is_one_event_and_takes_the_warm_start(page, monkeypatch):
+    c, values = page
+    args = list(values.values())
+    cold = _steps(quick.on_first_visit_run(Session(), *args), quick.FIRST_OUT)
+    assert len(cold) == 2 and "running the analysis" in cold[0]["readout"]  # loaded first, then the views
+    assert "analytic count for this run" in cold[1]["readout"] and Path(cold[1]["token_map"]).is_file()
+
+    assert quick.warm_start(c)
+    ran, run = [], Session.run
+    monkeypatch.setattr(Session, "run", lambda self, *a, **k: ran.append(k.get("ready")) or run(self, *a, **k))
+    session = Session()
+    hot = _steps(quick.on_first_visit_run(session, *args), quick.FIRST_OUT)
+    assert len(hot) == 1 and ran and ran[0] is not None  # the kept analysis, no forward
+    assert hot[0]["readout"] == cold[1]["readout"] and Path(hot[0]["token_map"]).is_file()
+    assert session.analysis is ran[0] and session.image is not None
+
+    # Other settings than the page's initial ones: no warm analysis, a real run.
+    ran.clear()
+    seed = handlers.MAIN_IN.index("seed") - 1
+    other = _steps(quick.on_first_visit_run(Session(), *args[:seed], 7, *args[seed + 1:]), quick.FIRST_OUT)
+    assert len(other) == 2 and ran == [None]
+    # "Run again" always runs, even on the warm start's example and settings.
+    ran.clear()
+    handlers.on_analyze(session, *args)
+    assert ran == [None]
+
+
+def test_switch_method_sends_controls_and_estimate_then_the_run(page):
+    _, values = page
+    session = Session()
+    args = list(values.values())
+    list(quick.on_first_visit_run(session, *args))
+    names = handlers.MAIN_IN[1:]
+    switched = dict(zip(names, args), method="random")
+    first, second = _steps(quick.on_switch_method(session, *switched.values()), quick.SWITCH_OUT)
+    assert first["grp:random"].visible and not first["grp:lvtp"].visible  # the method's controls
+    assert "estimate" in first["readout"] and first["layers"].value  # the live estimate, the default layers
+    assert "analytic count for this run" in second["readout"] and Path(second["token_map"]).is_file()
+    assert session.analysis.trace.plan_layers == tuple(first["layers"].value)
+    assert session.plan.method.name == "random"
