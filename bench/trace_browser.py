@@ -55,6 +55,30 @@ async def call_function(self, block_fn, *a, **k):
     log.write(json.dumps({"what": "call", "fn": _name(block_fn), "t0": t0, "t1": time.time()}) + "\n")
     return out
 gb.Blocks.process_api, gb.Blocks.call_function = process_api, call_function
+import gradio.queueing as gq
+_push, _events = gq.Queue.push, gq.Queue.process_events
+async def push(self, *a, **k):
+    log.write(json.dumps({"what": "push", "t0": time.time()}) + "\n")
+    return await _push(self, *a, **k)
+_seen = []
+async def process_events(self, events, *a, **k):
+    log.write(json.dumps({"what": "start", "t0": time.time(), "fn": _name(events[0].fn)}) + "\n")
+    if not _seen:
+        _seen.append(set(sys.modules))
+        out = await _events(self, events, *a, **k)
+        new = sorted(set(sys.modules) - _seen[0])
+        log.write(json.dumps({"what": "imports", "t0": time.time(), "new": new}) + "\n")
+        return out
+    return await _events(self, events, *a, **k)
+gq.Queue.push, gq.Queue.process_events = push, process_events
+if os.environ.get("PRUNE_VIZ_TRACE_IMPORT"):  # who imports this module first (a stack in the log)
+    import traceback
+    class _Who:
+        def find_spec(self, name, path=None, target=None):
+            if name == os.environ["PRUNE_VIZ_TRACE_IMPORT"]:
+                log.write(json.dumps({"what": "imported", "t0": time.time(), "stack": traceback.format_stack()[-60:]}) + "\n")
+            return None
+    sys.meta_path.insert(0, _Who())
 sys.argv = ["app.py"]
 runpy.run_path("app.py", run_name="__main__")
 """
@@ -114,6 +138,8 @@ def timeline(name: str, t0: float, t_done: float, trace: Path, net: Net, since: 
         call = next((c for c in calls if c["fn"] == e["fn"] and c["t0"] >= e["t0"] - 1e-3 and c["t1"] <= e["t1"] + 1e-3), None)
         inner = f"handler {1e3 * (call['t1'] - call['t0']):6.0f}" if call else " " * 14
         print(f"  api {1e3 * (e['t0'] - t0):7.0f} -> {1e3 * (e['t1'] - t0):7.0f} ms  {inner}  {e['bytes']:>8} B  {e['fn']}")
+    marks = [e for e in events if e["what"] in ("push", "start") and e["t0"] >= t0 - 0.05 and e["t0"] <= t_done]
+    print("  queue: " + ", ".join(f"{e['what']} {1e3 * (e['t0'] - t0):.0f}" for e in marks))
     rows = [r for r in net.rows[since:] if r["t0"] >= t0 - 0.05]
     files = [r for r in rows if "/file=" in r["url"] and "/examples/" not in r["url"]]
     joins = [r for r in rows if "queue/join" in r["url"]]

@@ -128,6 +128,11 @@ def warm_start(c: dict[str, Any]) -> bool:
     (components ``c``) and keep its analysis for the visitors to come (which also loads the
     model and warms its kernels, the view drawing and the PNG encoder). False when there is
     no example or the model cannot be loaded."""
+    import matplotlib
+
+    # Gradio asks matplotlib for its backend around every request, and the first ask imports
+    # pyplot (0.6-3 s on 2 busy cores, measured in bench/trace_browser.py): ask it here.
+    matplotlib.get_backend()
     if "gallery" not in c:
         return False
     values = [c[n].value for n in h.MAIN_IN[1:]]
