@@ -55,6 +55,15 @@ async def call_function(self, block_fn, *a, **k):
     log.write(json.dumps({"what": "call", "fn": _name(block_fn), "t0": t0, "t1": time.time()}) + "\n")
     return out
 gb.Blocks.process_api, gb.Blocks.call_function = process_api, call_function
+for _stage in ("preprocess_data", "postprocess_data"):
+    def _wrap(orig, stage=_stage):
+        async def timed(self, block_fn, *a, **k):
+            t0 = time.time()
+            out = await orig(self, block_fn, *a, **k)
+            log.write(json.dumps({"what": stage, "fn": _name(block_fn), "t0": t0, "t1": time.time()}) + "\n")
+            return out
+        return timed
+    setattr(gb.Blocks, _stage, _wrap(getattr(gb.Blocks, _stage)))
 import gradio.queueing as gq
 _push, _events = gq.Queue.push, gq.Queue.process_events
 async def push(self, *a, **k):
@@ -137,6 +146,10 @@ def timeline(name: str, t0: float, t_done: float, trace: Path, net: Net, since: 
     for e in sorted(api, key=lambda e: e["t0"]):
         call = next((c for c in calls if c["fn"] == e["fn"] and c["t0"] >= e["t0"] - 1e-3 and c["t1"] <= e["t1"] + 1e-3), None)
         inner = f"handler {1e3 * (call['t1'] - call['t0']):6.0f}" if call else " " * 14
+        for stage in ("preprocess_data", "postprocess_data"):
+            st = next((c for c in events if c["what"] == stage and c["fn"] == e["fn"] and c["t0"] >= e["t0"] - 1e-3
+                       and c["t1"] <= e["t1"] + 1e-3), None)
+            inner += f" {stage[:4]} {1e3 * (st['t1'] - st['t0']):4.0f}" if st else ""
         print(f"  api {1e3 * (e['t0'] - t0):7.0f} -> {1e3 * (e['t1'] - t0):7.0f} ms  {inner}  {e['bytes']:>8} B  {e['fn']}")
     marks = [e for e in events if e["what"] in ("push", "start") and e["t0"] >= t0 - 0.05 and e["t0"] <= t_done]
     print("  queue: " + ", ".join(f"{e['what']} {1e3 * (e['t0'] - t0):.0f}" for e in marks))

@@ -71,3 +71,18 @@ def test_switch_method_sends_controls_and_estimate_then_the_run(page):
     assert "analytic count for this run" in second["readout"] and Path(second["token_map"]).is_file()
     assert session.analysis.trace.plan_layers == tuple(first["layers"].value)
     assert session.plan.method.name == "random"
+
+
+def test_gallery_sends_small_thumbnails(page, tmp_path):
+    """The example gallery shows JPEG thumbnails (longest side 192 px), not the example PNGs;
+    a file that cannot be read is shown as it is."""
+    from PIL import Image
+
+    from prune_viz.ui.files import thumbnail
+
+    c, _ = page
+    shown = [Path(item["image"]["path"]) for item in c["gallery"].value]
+    assert shown and all(p.suffix == ".jpg" and p.stat().st_size < 60_000 for p in shown)
+    with Image.open(shown[0]) as im:
+        assert max(im.size) == 192
+    assert thumbnail(tmp_path / "missing.png") == str(tmp_path / "missing.png")

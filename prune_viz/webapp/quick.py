@@ -105,7 +105,7 @@ def on_first_visit_run(session, backbone, sam_size, method, layers, seed, view_l
             ready = None  # on_analyze below says what is wrong
     if ready is not None:
         analysis = session.run(model, facts.key, plan, ready=ready)
-        yield {**loaded, **h.analysis_updates(session, model, analysis, plan.layers[0])}
+        yield {**loaded, **(h.analysis_updates(session, model, analysis, plan.layers[0]) if analysis else {})}
         return
     yield loaded
     yield _named(h.VIEW_OUT, h.on_analyze(session, backbone, sam_size, method, layers, seed, view_layer, *params))
