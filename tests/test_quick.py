@@ -86,3 +86,20 @@ def test_gallery_sends_small_thumbnails(page, tmp_path):
     with Image.open(shown[0]) as im:
         assert max(im.size) == 192
     assert thumbnail(tmp_path / "missing.png") == str(tmp_path / "missing.png")
+
+
+def test_switch_to_a_method_that_cannot_run_turns_the_dropdown_back(page):
+    """A method that needs auxiliary heads, chosen on a backbone without them: a warning with
+    the reason, the dropdown back to the method in use, and no run."""
+    from prune_viz.methods import METHODS
+
+    aux = [name for name, spec in METHODS.items() if spec.needs_aux]
+    if not aux:
+        pytest.skip("no registered method needs auxiliary heads")
+    _, values = page
+    session = Session()
+    session.choose_method("random")
+    switched = dict(values, backbone="timm:vit_tiny_patch16_224", method=aux[0])
+    with pytest.warns(UserWarning, match="auxiliary heads"):
+        steps = _steps(quick.on_switch_method(session, *switched.values()), quick.SWITCH_OUT)
+    assert len(steps) == 1 and steps[0]["method"].value == "random" and session.analysis is None
