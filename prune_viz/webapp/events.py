@@ -113,7 +113,7 @@ def wire(demo: gr.Blocks, c: dict[str, Any]) -> None:
     def then_time(dep):
         """After the views are drawn, the Metrics tab's wall times (unpruned and pruned timed
         together); the views never wait for them."""
-        return dep.success(quick.on_timing_later, comps(STATE_MODEL), c["metrics"], **QUEUES["model"])
+        return dep.success(h.on_timing, comps(STATE_MODEL), c["metrics"], **QUEUES["model"])
 
     def then_run(dep):
         """Estimate right away, then the full run (the readout moves before the heavy work). A

@@ -12,7 +12,6 @@ the page's initial settings before it serves anyone (:func:`warm_start`, :mod:`p
 from __future__ import annotations
 
 import functools
-import time
 from typing import Any, Callable, Iterator
 
 import gradio as gr
@@ -109,18 +108,6 @@ def on_first_visit_run(session, backbone, sam_size, method, layers, seed, view_l
         return
     yield loaded
     yield _named(h.VIEW_OUT, h.on_analyze(session, backbone, sam_size, method, layers, seed, view_layer, *params))
-
-
-# The Metrics tab's timing (3 + 3 forwards on every core) starts this long after the views are
-# sent: started at once, it took the CPU from the browser decoding and drawing them.
-TIMING_DELAY_S = 0.5
-
-
-@functools.wraps(h.on_timing)
-def on_timing_later(*args, **kwargs):
-    """:func:`.handlers.on_timing`, after :data:`TIMING_DELAY_S`."""
-    time.sleep(TIMING_DELAY_S)
-    return h.on_timing(*args, **kwargs)
 
 
 def warm_start(c: dict[str, Any]) -> bool:
