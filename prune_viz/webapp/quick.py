@@ -32,6 +32,10 @@ def _union(*lists: list[str]) -> list[str]:
 SWITCH_OUT = _union(h.SETUP_OUT, h.VIEW_OUT)
 FIRST_OUT = _union(h.EXAMPLE_OUT, h.VIEW_OUT)
 SKIP = gr.skip()
+# A switch sends the live MAC estimate ahead of the run only where the unpruned forward took
+# longer than this (SAM, big timm models): on the demo the run's own numbers follow within
+# ~0.3 s, and LVTP's estimate (its decision on the cached forward) would delay them by 30-150 ms.
+ESTIMATE_FIRST_MS = 1000.0
 
 
 def _named(names: list[str], values: tuple) -> dict[str, Any]:
@@ -69,8 +73,9 @@ def steps(names: list[str]) -> Callable:
 
 @steps(SWITCH_OUT)
 def on_switch_method(session, backbone, sam_size, method, layers, seed, view_layer, *params):
-    """A method chosen in the dropdown: its controls, layers and live estimate, then its run. A
-    method that cannot run here is refused with the reason, and the dropdown turns back."""
+    """A method chosen in the dropdown: its controls and layers (and the live estimate, for a
+    slow model), then its run. A method that cannot run here is refused with the reason, and
+    the dropdown turns back."""
     session = h.session_of(session)
     try:
         h.on_check_method(backbone, sam_size, method)
@@ -82,7 +87,10 @@ def on_switch_method(session, backbone, sam_size, method, layers, seed, view_lay
     backbone, _ = backbone_for(method, backbone)  # MATP on the demo runs on its own weights
     layers = h._layers_for(method, backbone_info(backbone, sam_size)[0])
     args = (session, backbone, sam_size, method, layers, seed, layers[0], *params)
-    yield {**setup, "readout": h.on_estimate(*args)}
+    shown = session.analysis
+    if shown is None or shown.baseline.time_ms > ESTIMATE_FIRST_MS:  # the run will take a while: estimate first
+        setup["readout"] = h.on_estimate(*args)
+    yield setup
     yield _named(h.VIEW_OUT, h.on_analyze(*args))
 
 
