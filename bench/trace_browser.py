@@ -3,7 +3,7 @@
 Starts ``python app.py`` under a small tracer (Gradio's ``Blocks.process_api`` and
 ``call_function`` timed per event, the JSON each event returns measured) and drives headless
 chromium through the same actions as ``bench_browser.py`` (fresh page, "Run again", switch
-method), logging every request the page makes (queue joins, files, assets, with their sizes).
+method, live readout), logging every request the page makes (queue joins, files, assets, with their sizes).
 For each action it prints, in ms from the action: every event's server span (queued -> handler
 start -> handler end -> results out) with its handler, the bytes of its result, the files the
 page fetched, and when the page showed the result.
@@ -206,6 +206,14 @@ def main() -> int:
                 ms = bb.switch_method(page, m)
                 t1 = time.time()
                 timeline(f"switch to {m} ({ms:.0f} ms in page)", t1 - ms / 1e3, t1, trace, net, n)
+            if m != "lvtp":
+                bb.switch_method(page, "lvtp")
+            for i, v in enumerate([0.3, 0.8, 0.3][: max(args.repeat, 2)]):
+                bb.quiet(page, 0.5)
+                n = len(net.rows)
+                ms = bb.drag(page, v)
+                t1 = time.time()
+                timeline(f"drag #{i + 1} ({ms:.0f} ms in page)", t1 - ms / 1e3, t1, trace, net, n)
             bb.quiet(page)
             browser.close()
     finally:

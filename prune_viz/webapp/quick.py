@@ -29,7 +29,9 @@ def _union(*lists: list[str]) -> list[str]:
     return list(dict.fromkeys(n for names in lists for n in names))
 
 
-SWITCH_OUT = _union(h.SETUP_OUT, h.VIEW_OUT)
+# Only what each event can change: Gradio rebuilds a component for every output a step skips.
+SWITCH_OUT = _union(["method", "backbone", "backbone_note", "layers", "method_info", "view_layer"],
+                    [n for n in h.SETUP_OUT if n.startswith("grp:")], h.VIEW_OUT)
 FIRST_OUT = _union(h.EXAMPLE_OUT, h.VIEW_OUT)
 SKIP = gr.skip()
 # A switch sends the live MAC estimate ahead of the run only on models bigger than this
@@ -73,9 +75,9 @@ def steps(names: list[str]) -> Callable:
 
 @steps(SWITCH_OUT)
 def on_switch_method(session, backbone, sam_size, method, layers, seed, view_layer, *params):
-    """A method chosen in the dropdown: its controls and layers (and the live estimate, for a
-    slow model), then its run. A method that cannot run here is refused with the reason, and
-    the dropdown turns back."""
+    """A method chosen in the dropdown: its controls, layers and run in one update (on a big
+    model the controls and the live estimate go first). A method that cannot run here is
+    refused with the reason, and the dropdown turns back."""
     session = h.session_of(session)
     try:
         h.on_check_method(backbone, sam_size, method)
@@ -88,10 +90,10 @@ def on_switch_method(session, backbone, sam_size, method, layers, seed, view_lay
     layers = h._layers_for(method, backbone_info(backbone, sam_size)[0])
     args = (session, backbone, sam_size, method, layers, seed, layers[0], *params)
     shown = session.analysis
-    if shown is None or shown.baseline.macs > ESTIMATE_FIRST_GMACS * 1e9:  # a slow run: the estimate first
-        setup["readout"] = h.on_estimate(*args)
-    yield setup
-    yield _named(h.VIEW_OUT, h.on_analyze(*args))
+    if shown is None or shown.baseline.macs > ESTIMATE_FIRST_GMACS * 1e9:  # a slow run: controls and estimate first
+        yield {**setup, "readout": h.on_estimate(*args)}
+        setup = {}
+    yield {**setup, **_named(h.VIEW_OUT, h.on_analyze(*args))}
 
 
 @steps(FIRST_OUT)
