@@ -24,7 +24,9 @@ MAX_FILE_SIZE = "50mb"  # prune_viz.io refuses larger files too (CLI, API)
 # oldest beyond this many are forgotten (that visitor's next event starts from a fresh Session).
 SESSION_CAPACITY = int(os.environ.get("PRUNE_VIZ_SESSIONS", "200"))
 
-demo = build_demo()
+# `python app.py` (and a Space) analyses the first example before serving, so a first visit finds
+# its numbers ready; importing this module (tests) does not.
+demo = build_demo(warm=__name__ == "__main__")
 demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=MODEL_WORKERS)
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ cividis, segment ids use a fixed Tol-like qualitative table.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 import cv2
@@ -75,18 +76,18 @@ STATUS_STYLE: dict[int, tuple[float, str]] = {
 }
 
 
+@lru_cache(maxsize=16)
 def _pattern(kind: str, h: int, w: int, patch: int) -> np.ndarray:
-    """H x W bool: where a status's pattern is drawn (diagonal hatching, cross-hatching, or a
-    1-2 px outline inside each token)."""
+    """H x W bool: where a status's pattern goes (hatching, cross-hatching, a 1-2 px outline); cached, read-only."""
     yy, xx = np.mgrid[0:h, 0:w]
-    step = max(4, patch // 3)
-    if kind == "hatch":
-        return (xx + yy) % step == 0
-    if kind == "cross":
-        return ((xx + yy) % step == 0) | ((xx - yy) % step == 0)
-    t = 2 if patch >= 12 else 1
-    inner_y, inner_x = yy % patch, xx % patch
-    return (inner_y < t) | (inner_y >= patch - t) | (inner_x < t) | (inner_x >= patch - t)
+    step, t = max(4, patch // 3), 2 if patch >= 12 else 1
+    if kind in ("hatch", "cross"):
+        out = ((xx + yy) % step == 0) | (((xx - yy) % step == 0) if kind == "cross" else False)
+    else:
+        inner_y, inner_x = yy % patch, xx % patch
+        out = (inner_y < t) | (inner_y >= patch - t) | (inner_x < t) | (inner_x >= patch - t)
+    out.flags.writeable = False
+    return out
 
 
 def token_status_map(image: np.ndarray, status_grid: np.ndarray, patch: int, draw_grid: bool = True,

@@ -56,3 +56,29 @@ def write_pngs(images: list[np.ndarray | None]) -> list[str | None]:
 
         _ENCODER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="png")
     return list(_ENCODER.map(write_png, images))
+
+
+THUMB_DIR = Path(tempfile.gettempdir()) / "prune_viz_thumbs"
+
+
+def thumbnail(path: str | Path, px: int = 192, folder: Path = THUMB_DIR) -> str:
+    """A small JPEG of the image at ``path`` (longest side ``px``), written once per file version:
+    the example gallery shows tiles ~80 px wide, and sending the 0.4-0.6 MB example PNGs themselves
+    made every first page load fetch and decode ~4 MB. The path itself when it cannot be read."""
+    from PIL import Image
+
+    path = Path(path)
+    try:
+        stat = path.stat()
+        out = folder / f"{path.stem}_{stat.st_size}_{int(stat.st_mtime)}_{px}.jpg"
+        if not out.is_file():
+            folder.mkdir(parents=True, exist_ok=True)
+            with Image.open(path) as im:
+                im = im.convert("RGB")
+                im.thumbnail((px, px))
+                tmp = out.with_suffix(f".{os.getpid()}.tmp")
+                im.save(tmp, "JPEG", quality=85)
+                os.replace(tmp, out)
+        return str(out)
+    except OSError:
+        return str(path)

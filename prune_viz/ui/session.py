@@ -117,9 +117,11 @@ class Session:
             self.analysis = dataclasses.replace(self.analysis, baseline=slim)
 
     # --- running -------------------------------------------------------------------------------
-    def run(self, backbone: Backbone, key: ModelKey, plan: Plan) -> Analysis | None:
+    def run(self, backbone: Backbone, key: ModelKey, plan: Plan, ready: Analysis | None = None) -> Analysis | None:
         """Pruned forward reusing the cached unpruned forward when it is for this image and model;
-        no FLOP-counter measurement, no timing repeats.
+        no FLOP-counter measurement, no timing repeats. ``ready``: the analysis of this very image,
+        ground truth, model and plan, computed before (the server's warm start, :mod:`.warm`),
+        taken instead of running.
 
         Runs can overlap (a user changes settings during a slow run): a run that is no longer
         the newest when it ends returns None and leaves the session as the newer one set it."""
@@ -127,7 +129,8 @@ class Session:
             raise UserError("load an image first (upload one or click an example)")
         self.runs += 1
         ticket = self.runs
-        result = analyze(backbone, self.image, plan, gt=self.gt, baseline=self.cached_baseline(key), measure=False, repeat=0)
+        result = ready or analyze(backbone, self.image, plan, gt=self.gt, baseline=self.cached_baseline(key), measure=False,
+                                  repeat=0)
         if ticket != self.runs:
             return None
         self.analysis, self.backbone_key, self.plan = result, key, plan

@@ -14,13 +14,18 @@ import gradio as gr
 
 from .events import wire
 from .layout import build_layout
+from .quick import warm_start
 
 
-def build_demo() -> gr.Blocks:
+def build_demo(warm: bool = False) -> gr.Blocks:
     """The whole page with its listeners and API endpoints (not yet queued or launched).
-    Nothing touches the network; the default backbone is built (from the shared cache)."""
+    Nothing touches the network; the default backbone is built (from the shared cache).
+    ``warm``: also analyse the first example now, as a first visit will (:func:`.quick.warm_start`)."""
     with gr.Blocks(title="prune_viz", delete_cache=(3600, 3600)) as demo:
-        wire(demo, build_layout())
+        components = build_layout()
+        wire(demo, components)
+    if warm:
+        warm_start(components)
     return demo
 
 

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import gradio as gr
 
-from . import api, handlers as h, inspect_tab, noise_view as nv, sam_prompts as sp, teaching as t
+from . import api, handlers as h, inspect_tab, noise_view as nv, quick, sam_prompts as sp, teaching as t
 
 MODEL = "model"  # one concurrency group for everything that runs a network
 LATEST = dict(trigger_mode="always_last")  # a choice made while a run is going is run afterwards, not dropped
@@ -83,7 +83,7 @@ def table(c: dict[str, Any]) -> list[Row]:
     rows.extend(inspect_tab.rows())
     if "gallery" in c:  # first visit: show an example right away (no examples: a page that says what to do)
         rows.append((["gallery.select"], h.on_example, STATE_MODEL, h.EXAMPLE_OUT, "latest", True))
-        rows.append((["demo.load"], h.on_first_visit, STATE_MODEL, h.EXAMPLE_OUT, "private", True))
+        rows.append((["demo.load"], quick.on_first_visit_run, h.MAIN_IN, quick.FIRST_OUT, "model", False))
     return rows
 
 
@@ -128,15 +128,15 @@ def wire(demo: gr.Blocks, c: dict[str, Any]) -> None:
             dep = events[0](handler, comps(inputs), comps(outputs), **QUEUES[queue])
         else:
             dep = gr.on(events, handler, comps(inputs), comps(outputs), **QUEUES[queue])
-        if handler is h.on_analyze:
+        if handler in (h.on_analyze, quick.on_first_visit_run):
             then_time(dep)
         if run_after:
             then_run(dep)
 
-    # A method that cannot run here is refused with the reason, and the dropdown turns back.
-    check = c["method"].select(h.on_check_method, comps(["backbone", "sam_size", "method"]), None, **QUEUES["latest"])
-    check.failure(h.on_revert_method, c["state"], c["method"], **QUEUES["private"])
-    then_run(check.success(h.on_method, comps([*STATE_MODEL, "method"]), comps(h.SETUP_OUT), **QUEUES["private"]))
+    # One event: the method's controls and live estimate, then its run (or the refusal, and the
+    # dropdown turned back, for a method that cannot run here).
+    then_time(c["method"].select(quick.on_switch_method, comps(h.MAIN_IN), comps(quick.SWITCH_OUT),
+                                 **QUEUES["model_latest"]))
     c["download_btn"].click(h.on_download, comps(["backbone", "sam_size"]), c["backbone_note"], **QUEUES["model"]).success(
         h.on_backbone, comps([*STATE_MODEL, "method"]), comps(h.SETUP_OUT), **QUEUES["private"]).then(
         h.on_analyze, comps(h.MAIN_IN), comps(h.VIEW_OUT), **QUEUES["model"]).success(

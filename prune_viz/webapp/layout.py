@@ -20,6 +20,7 @@ from ..ui.choices import (DEFAULT_BACKBONE, backbone_choices, backbone_info, lay
 from ..ui.compare import COMPARE_HEADERS
 from ..ui.glossary import glossary_markdown
 from ..ui.controls import ParamControl
+from ..ui.files import thumbnail
 from ..ui.session import Session
 from ..ui.tables import readout_markdown
 from ..ui.views import legend_html, tabs_for
@@ -89,7 +90,7 @@ def build_layout() -> dict[str, Any]:
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=320):
             if shown:
-                c["gallery"] = gr.Gallery(value=[(str(e.image), e.name) for e in shown], label="Examples: click one",
+                c["gallery"] = gr.Gallery(value=[(thumbnail(e.image), e.name) for e in shown], label="Examples: click one",
                                           columns=4, height=250, allow_preview=False, elem_id="examples")
             c["image_file"] = gr.File(label="1 · Or your own image: PNG, JPEG, TIFF (16-bit, multi-band GeoTIFF)",
                                       file_types=[".png", ".jpg", ".jpeg", ".tif", ".tiff", ".gif", ".bmp", ".webp"],
