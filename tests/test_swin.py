@@ -15,7 +15,7 @@ from timm.models.swin_transformer import SwinTransformer, window_partition, wind
 
 from prune_viz.analysis import analyze
 from prune_viz.backbones import TIMM_SWIN, check_backbone_name, input_size_for
-from prune_viz.backbones.swin import SwinBackbone, from_swin_unet, merged_alive
+from prune_viz.backbones.swin import SwinBackbone, merged_alive
 from prune_viz.engine import estimate_macs, run_baseline, run_pruned
 from prune_viz.errors import ParamError
 from prune_viz.flops import measure_macs
@@ -24,6 +24,7 @@ from prune_viz.ui.charts import charts
 from prune_viz.ui.inspect import forced_plan, inspect_token
 from prune_viz.ui.tables import metrics_rows
 from prune_viz.ui.views import token_map_view
+from tests.swin_tiny import tiny_swin_unet
 
 
 @pytest.fixture(scope="module")
@@ -244,34 +245,9 @@ def test_registry_sends_swin_names_to_the_swin_adapter() -> None:
     assert input_size_for("timm:swin_tiny_patch4_window7_224", None) == 512
 
 
-class _Decoder(torch.nn.Module):
-    """Stand-in for demo_swin's UNet decoder (the same contract): 4 NCHW stage maps -> logits on
-    the stage-1 grid, every stage projected by a 1x1 conv, upsampled and summed."""
-
-    def __init__(self, dims: tuple[int, ...], k: int):
-        super().__init__()
-        self.proj = torch.nn.ModuleList(torch.nn.Conv2d(d, k, 1) for d in dims)
-
-    def forward(self, stage_features: list[torch.Tensor]) -> torch.Tensor:
-        size = stage_features[0].shape[-2:]
-        return sum(torch.nn.functional.interpolate(p(f), size=size, mode="bilinear", align_corners=False)
-                   for p, f in zip(self.proj, stage_features))
-
-
 @pytest.fixture(scope="module")
 def unet() -> SwinBackbone:
-    from types import SimpleNamespace
-
-    torch.manual_seed(1)
-    model = torch.nn.Module()
-    model.encoder = SwinTransformer(img_size=128, patch_size=4, embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4),
-                                    window_size=4, num_classes=0)
-    model.encoder.norm = torch.nn.Identity()
-    model.decoder = _Decoder((16, 32, 64, 128), 3)
-    model.aux = torch.nn.ModuleDict({"2": torch.nn.Linear(16, 3), "4": torch.nn.Linear(32, 3)})
-    model.cfg = SimpleNamespace(classes=("a", "b", "c"), palette=[[255, 0, 0], [0, 255, 0], [0, 0, 255]],
-                                mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
-    return from_swin_unet(model, "swin_unet_test")
+    return tiny_swin_unet(1, (2, 4), "swin_unet_test")
 
 
 @torch.no_grad()

@@ -4,50 +4,26 @@ patch 4), so exits happen on three grids and cross two patch merges."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from timm.models.swin_transformer import SwinTransformer
 
-from prune_viz.backbones.swin import SwinBackbone, from_swin_unet
+from prune_viz.backbones.swin import SwinBackbone
 from prune_viz.engine import estimate_macs, run_baseline, run_pruned
 from prune_viz.exits import Exits, cells_of
 from prune_viz.flops import measure_macs
 from prune_viz.methods.base import EXITED, KEPT
 from prune_viz.methods.dtop import confidence
 from prune_viz.params import make_plan, method_availability
-
-
-class _Decoder(torch.nn.Module):
-    """demo_swin's decoder contract: 4 NCHW stage maps -> logits on the stage-1 grid."""
-
-    def __init__(self, dims: tuple[int, ...], k: int):
-        super().__init__()
-        self.proj = torch.nn.ModuleList(torch.nn.Conv2d(d, k, 1) for d in dims)
-
-    def forward(self, stage_features: list[torch.Tensor]) -> torch.Tensor:
-        size = stage_features[0].shape[-2:]
-        return sum(F.interpolate(p(f), size=size, mode="bilinear", align_corners=False)
-                   for p, f in zip(self.proj, stage_features))
+from tests.swin_tiny import tiny_swin_unet
 
 
 @pytest.fixture(scope="module")
 def unet() -> SwinBackbone:
-    torch.manual_seed(2)
-    model = torch.nn.Module()
-    model.encoder = SwinTransformer(img_size=128, patch_size=4, embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4),
-                                    window_size=4, num_classes=0)
-    model.encoder.norm = torch.nn.Identity()
-    model.decoder = _Decoder((16, 32, 64, 128), 3)
-    model.aux = torch.nn.ModuleDict({"2": torch.nn.Linear(16, 3), "4": torch.nn.Linear(32, 3), "6": torch.nn.Linear(64, 3)})
-    with torch.no_grad():  # a sharper head at layer 4, so one threshold lets tokens exit at both 2 and 4
-        model.aux["4"].weight.mul_(4.0)
-    model.cfg = SimpleNamespace(classes=("a", "b", "c"), palette=[[255, 0, 0], [0, 255, 0], [0, 0, 255]],
-                                mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
-    return from_swin_unet(model, "swin_unet_exit_test")
+    # a sharper head at layer 4, so one threshold lets tokens exit at both 2 and 4
+    return tiny_swin_unet(2, (2, 4, 6), "swin_unet_exit_test", aux_gain={4: 4.0})
 
 
 @pytest.fixture(scope="module")

@@ -5,46 +5,24 @@ crosses a merge. A tiny random-weight Swin-UNet (128 px, patch 4, 4 x 4 windows:
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
-from timm.models.swin_transformer import SwinTransformer
 
-from prune_viz.backbones.swin import SwinBackbone, from_swin_unet
+from prune_viz.backbones.swin import SwinBackbone
 from prune_viz.engine import estimate_macs, run_baseline, run_pruned
 from prune_viz.flops import measure_macs
 from prune_viz.methods import tome
 from prune_viz.methods.base import KEPT, PRUNED, PruneContext
 from prune_viz.params import make_plan, method_availability
 from prune_viz.stages import downsample_full
-
-
-class _Decoder(torch.nn.Module):
-    def __init__(self, dims: tuple[int, ...], k: int):
-        super().__init__()
-        self.proj = torch.nn.ModuleList(torch.nn.Conv2d(d, k, 1) for d in dims)
-
-    def forward(self, stage_features: list[torch.Tensor]) -> torch.Tensor:
-        size = stage_features[0].shape[-2:]
-        return sum(F.interpolate(p(f), size=size, mode="bilinear", align_corners=False)
-                   for p, f in zip(self.proj, stage_features))
+from tests.swin_tiny import tiny_swin_unet
 
 
 @pytest.fixture(scope="module")
 def unet() -> SwinBackbone:
-    torch.manual_seed(4)
-    model = torch.nn.Module()
-    model.encoder = SwinTransformer(img_size=128, patch_size=4, embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4),
-                                    window_size=4, num_classes=0)
-    model.encoder.norm = torch.nn.Identity()
-    model.decoder = _Decoder((16, 32, 64, 128), 3)
-    model.aux = None
-    model.cfg = SimpleNamespace(classes=("a", "b", "c"), palette=[[255, 0, 0], [0, 255, 0], [0, 0, 255]],
-                                mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
-    return from_swin_unet(model, "swin_unet_merge_test")
+    return tiny_swin_unet(4, (), "swin_unet_merge_test")
 
 
 @pytest.fixture(scope="module")
