@@ -45,20 +45,31 @@ def _launch(playwright):
     return playwright.chromium.launch(executable_path=CHROMIUM, args=args)
 
 
-def test_upload_run_switch_tabs_read_a_number(app_url, tmp_path):
+def screenshot_dir(tmp_path: Path) -> Path:
+    """Where a browser test's screenshots go: ``$PRUNE_VIZ_SCREENSHOTS`` or the test's tmp folder."""
     out = Path(os.environ.get("PRUNE_VIZ_SCREENSHOTS") or tmp_path)
     out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def wait_for_numbers(page, timeout: int = 120_000) -> None:
+    """Until the readout shows a finished run's numbers (its analytic-count line)."""
+    page.locator("#readout").get_by_text("analytic count for this run").wait_for(timeout=timeout)
+
+
+def test_upload_run_switch_tabs_read_a_number(app_url, tmp_path):
+    out = screenshot_dir(tmp_path)
     with sync_api.sync_playwright() as p:
         browser = _launch(p)
         page = browser.new_page(viewport={"width": 2000, "height": 1300})
         page.goto(app_url, timeout=120_000)
         # First the example a first visit shows, as a person would; then a scene uploaded through
         # the file input (our own loader reads it server-side).
-        page.locator("#readout").get_by_text("analytic count for this run").wait_for(timeout=120_000)
+        wait_for_numbers(page)
         page.locator("input[type=file]").first.set_input_files(str(ROOT / "examples" / "parking.png"))
         try:  # the upload's own output resets the readout, so this waits for the new image's numbers
             page.get_by_text("Loaded parking.png").first.wait_for(timeout=120_000)
-            page.locator("#readout").get_by_text("analytic count for this run").wait_for(timeout=120_000)
+            wait_for_numbers(page)
         except sync_api.TimeoutError:
             page.screenshot(path=str(out / "timeout.png"), full_page=True)
             pytest.fail(f"the upload was not answered; page text: {page.locator('body').inner_text()[:1500]!r}; "
@@ -130,13 +141,12 @@ def test_teaching_view_at_1366x768(app_url, tmp_path):
     from prune_viz.methods.base import KEPT, PRUNED
     from prune_viz.viz import STATUS_COLOURS
 
-    out = Path(os.environ.get("PRUNE_VIZ_SCREENSHOTS") or tmp_path)
-    out.mkdir(parents=True, exist_ok=True)
+    out = screenshot_dir(tmp_path)
     with sync_api.sync_playwright() as p:
         browser = _launch(p)
         page = browser.new_page(viewport={"width": 1366, "height": 768})
         page.goto(app_url, timeout=120_000)
-        page.locator("#readout").get_by_text("analytic count for this run").wait_for(timeout=120_000)
+        wait_for_numbers(page)
         box = page.locator("#token_map img").bounding_box()
         assert box is not None and box["y"] + 100 < 768, box  # the first map is in view without scrolling
         gallery = page.locator("#examples").bounding_box()
@@ -201,7 +211,7 @@ def test_teaching_view_at_1366x768(app_url, tmp_path):
         _choose(page, "3 · Pruning method", "matp")
         page.get_by_text("Switched the backbone to").first.wait_for(timeout=60_000)
         _wait_for_change(page, "#readout", before)
-        page.locator("#readout").get_by_text("analytic count for this run").wait_for(timeout=120_000)
+        wait_for_numbers(page)
         assert page.get_by_label("2 · Backbone").first.input_value().startswith("demo_matp")
         page.locator("#glossary").click()
         time.sleep(1)

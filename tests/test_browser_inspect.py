@@ -22,13 +22,12 @@ def test_worst_case_of_a_set_opens_in_the_main_view(served, tmp_path):
     from tests import test_browser
 
     url, log = served
-    out = Path(os.environ.get("PRUNE_VIZ_SCREENSHOTS") or tmp_path)
-    out.mkdir(parents=True, exist_ok=True)
+    out = test_browser.screenshot_dir(tmp_path)
     with sync_api.sync_playwright() as p:
         browser = test_browser._launch(p)
         page = browser.new_page(viewport={"width": 1600, "height": 1200})
         page.goto(url, timeout=120_000)
-        page.locator("#readout").get_by_text("analytic count for this run").wait_for(timeout=120_000)
+        test_browser.wait_for_numbers(page)
         test_browser.open_tab(page, "Inspect a set")
         page.locator("#set_run").click()
         try:
@@ -50,7 +49,7 @@ def test_worst_case_of_a_set_opens_in_the_main_view(served, tmp_path):
         assert f"Loaded {worst}" not in page.locator("body").inner_text()
         page.locator("#set_gallery .thumbnail-item, #set_gallery button:has(img)").first.click()
         page.get_by_text(f"Loaded {worst}").first.wait_for(timeout=120_000)
-        page.locator("#readout").get_by_text("analytic count for this run").wait_for(timeout=120_000)
+        test_browser.wait_for_numbers(page)
         # The attribution for the case now on show.
         page.locator("#attr_btn").click()
         page.locator("#attr_text").get_by_text("Pruning changed").first.wait_for(timeout=120_000)

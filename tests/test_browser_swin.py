@@ -62,13 +62,12 @@ def test_swin_demo_shows_per_stage_token_maps(served, tmp_path):
     from tests import test_browser
 
     url, log = served
-    out = Path(os.environ.get("PRUNE_VIZ_SCREENSHOTS") or tmp_path)
-    out.mkdir(parents=True, exist_ok=True)
+    out = test_browser.screenshot_dir(tmp_path)
     with sync_api.sync_playwright() as p:
         browser = test_browser._launch(p)
         page = browser.new_page(viewport={"width": 1600, "height": 1200})
         page.goto(url, timeout=120_000)
-        page.locator("#readout").get_by_text("analytic count for this run").wait_for(timeout=120_000)
+        test_browser.wait_for_numbers(page)
         first = page.locator("#readout").inner_text()
         vit_gmacs = _unpruned_gmacs(first)
 

@@ -107,3 +107,29 @@ def test_switch_to_a_method_that_cannot_run_turns_the_dropdown_back(page):
     with pytest.warns(UserWarning, match="auxiliary heads"):
         steps = _steps(quick.on_switch_method(session, *switched.values()), quick.SWITCH_OUT)
     assert len(steps) == 1 and steps[0]["method"].value == "random" and session.analysis is None
+
+
+def test_a_generator_event_keeps_the_error_boundary(caplog):
+    """Each step of a one-event handler: values packed by name (the rest skipped), our message
+    for a UserError, "internal error" (logged under the handler's name) for a bug."""
+    import gradio as gr
+
+    from prune_viz.errors import UserError
+
+    @quick.steps(["a", "b"])
+    def handler(fail: Exception | None):
+        yield {"a": 1}
+        if fail is not None:
+            raise fail
+        yield {"b": 2}
+
+    assert list(handler(None)) == [(1, quick.SKIP), (quick.SKIP, 2)]
+    told = handler(UserError("that file is not an image"))
+    assert next(told) == (1, quick.SKIP)
+    with pytest.raises(gr.Error, match="that file is not an image"):
+        next(told)
+    broken = handler(ZeroDivisionError("bug"))
+    next(broken)
+    with pytest.raises(gr.Error, match="internal error") as caught:
+        next(broken)
+    assert "bug" not in str(caught.value) and "in handler" in caplog.text

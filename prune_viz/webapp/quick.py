@@ -16,13 +16,12 @@ from typing import Any, Callable, Iterator
 
 import gradio as gr
 
-from ..budget import default_budget_s, time_budget
-from ..errors import UserError, internal_error_message
+from ..errors import UserError
 from ..ui import warm
 from ..ui.choices import backbone_for, backbone_info
 from ..ui.session import Session
 from . import handlers as h
-from .glue import cut
+from .glue import user_errors
 
 
 def _union(*lists: list[str]) -> list[str]:
@@ -46,26 +45,21 @@ def _named(names: list[str], values: tuple) -> dict[str, Any]:
 
 
 def steps(names: list[str]) -> Callable:
-    """A generator handler's error boundary and packing (as ``glue.user_errors`` and
-    ``glue.packed`` for plain ones): each yielded {name: value} goes out as Gradio's tuple; each
-    step runs under the per-request time budget."""
+    """A generator handler's error boundary and packing: each step (one ``next``) runs inside
+    ``glue.user_errors`` (our messages, the per-request time budget), and each yielded
+    {name: value} goes out as Gradio's tuple."""
 
     def deco(fn: Callable[..., Iterator[dict[str, Any]]]) -> Callable:
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
             gen = fn(*args, **kwargs)
-            while True:
-                try:
-                    with time_budget(default_budget_s()):
-                        out = next(gen)
-                except StopIteration:
-                    return
-                except gr.Error:
-                    raise
-                except UserError as exc:
-                    raise gr.Error(cut(str(exc)), print_exception=False) from None
-                except Exception as exc:  # noqa: BLE001 - the boundary, as glue.user_errors
-                    raise gr.Error(internal_error_message(exc, fn.__name__), print_exception=False) from None
+
+            def step() -> dict[str, Any] | None:
+                return next(gen, None)  # None: the generator is done (it only yields dicts)
+
+            step.__name__ = fn.__name__  # the name an internal error is logged under
+            guarded = user_errors(step)
+            while (out := guarded()) is not None:
                 yield tuple(out.get(n, SKIP) for n in names)
 
         return wrapper
