@@ -161,7 +161,7 @@ def method_refusal(bb: Any, method: str) -> str | None:
     from .methods import get_method
 
     spec = get_method(method)
-    return spec.unmet_need(bb.name, tuple(bb.aux_layers)) or spec.unmet_stage_need(tuple(getattr(bb, "stage_ends", ())))
+    return spec.unmet_need(bb.name, tuple(bb.aux_layers))
 
 
 def build_suite(bb: Any, matp_bb: Any, matp_name: str, seeds: int, quick: bool) -> list[Curve]:
@@ -269,7 +269,7 @@ def run_suite(args: argparse.Namespace) -> tuple[list[Measured], dict[str, Measu
     if args.methods:
         wanted = {m.strip() for m in args.methods.split(",")}
         curves = [c for c in curves if c.name in wanted or c.method in wanted]
-    # A method the backbone refuses (its own words: MethodSpec.unmet_need / unmet_stage_need) is
+    # A method the backbone refuses (its own words: MethodSpec.unmet_need) is
     # left out and named in the outputs as "not applicable", never silently dropped.
     not_applicable = {}
     for c in curves:

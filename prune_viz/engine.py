@@ -92,8 +92,7 @@ def validate_plan(backbone: Backbone, plan: Plan) -> None:
                 f"pruning layer {layer} is out of range for {backbone.name}: "
                 f"choose layers 1..{backbone.num_blocks - 1} (pruning after the last block saves nothing)"
             )
-    reason = plan.method.unmet_need(backbone.name, tuple(backbone.aux_layers)) or plan.method.unmet_stage_need(
-        tuple(backbone.stage_ends))
+    reason = plan.method.unmet_need(backbone.name, tuple(backbone.aux_layers))
     if reason:
         raise ParamError(f"method '{plan.method.name}' {reason}")
     if plan.method.needs_aux:

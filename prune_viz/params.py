@@ -44,9 +44,7 @@ def default_layers(spec: MethodSpec, backbone: Backbone | BackboneFacts) -> tupl
 
 def method_availability(backbone: Backbone | BackboneFacts) -> dict[str, str | None]:
     """Method name -> None when usable on this backbone, else the reason it is not."""
-    stages = tuple(getattr(backbone, "stage_ends", ()))
-    return {name: spec.unmet_need(backbone.name, tuple(backbone.aux_layers)) or spec.unmet_stage_need(stages)
-            for name, spec in METHODS.items()}
+    return {name: spec.unmet_need(backbone.name, tuple(backbone.aux_layers)) for name, spec in METHODS.items()}
 
 
 def parse_layers(text: str | list | tuple | None) -> tuple[int, ...] | None:

@@ -141,11 +141,6 @@ class MethodSpec:
             return f"needs auxiliary heads, which {backbone_name} does not have (use the demo backbone)"
         return None
 
-    def unmet_stage_need(self, stage_ends: tuple[int, ...]) -> str | None:
-        """Why this method cannot run on a hierarchical backbone (patch merging between stages): every
-        registered method can now (exits carry across merges, merges are undone before them)."""
-        return None
-
 
 # Tokens kept per class for context (DToP, MATP): a SAM grid at 1024 px has 64 x 64 tokens, so
 # a larger k keeps them all, and an unbounded one once ran to the end and failed in the reply.
