@@ -61,6 +61,8 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--compute-threads", type=int, default=1, help="torch threads for the accuracy runs")
     s.add_argument("--matp-backbone", default=None, help="the MATP fine-tune that matp runs on (default: demo_matp for demo; else the backbone itself, no fine-tune)")
     s.add_argument("--from-raw", type=Path, default=None, help="rebuild tables and plots from DIR/raw.npz of an earlier suite run")
+    s.add_argument("--retime", action="store_true",
+                   help="with --from-raw: time that run's configurations now (--time-runs, --threads; on a quiet machine) and keep its accuracy")
     from .bench_noise import add_noise_args
 
     add_noise_args(b)
@@ -330,15 +332,22 @@ def cmd_suite(args: argparse.Namespace) -> int:
     import sys
 
     from .bench_report import write_suite, summarise
-    from .bench_suite import BUDGETS, load_raw, run_suite, save_raw
+    from .bench_suite import BUDGETS, load_raw, retime, run_suite, save_raw
 
     if args.sweep or args.set or args.layers:
         raise UserError("--suite sweeps its own grids (bench_suite.py); --sweep, --set and --layers belong to the plain bench")
     t0 = time.time()
     budgets = tuple(float(b) for b in args.budgets.split(",")) if args.budgets else BUDGETS
+    if args.retime and not (args.from_raw and args.time_runs > 0):
+        raise UserError("--retime times the configurations of an earlier run: give --from-raw DIR and --time-runs >= 1")
     if args.from_raw:  # rebuild the tables from an earlier run's measurements
         measured, refs, meta = load_raw(args.from_raw)
         meta["boot"] = args.boot
+        if args.retime:
+            retime(measured, refs, meta, args.time_runs, args.threads, args.checkpoint)
+            meta["retime_command"] = "python -m prune_viz " + " ".join(sys.argv[1:])
+            args.out.mkdir(parents=True, exist_ok=True)
+            save_raw(args.out, measured, refs, meta)
     else:
         measured, refs, meta = run_suite(args)
         meta["wall_s"] = round(time.time() - t0, 1)

@@ -166,7 +166,9 @@ def write_suite(summary: dict[str, Any], out: Path, command: str) -> None:
     head = (f"Suite v2, {meta['split']} split, {meta['n']} scenes, backbone {meta['backbone']} (MATP on {meta['matp_backbone']}); "
             f"{meta['seeds']} seed(s) for stochastic methods; 95 % bootstrap CI over scenes ({meta['boot']} draws); latency: median "
             f"(IQR) of {meta['time_runs']} interleaved runs, {meta['threads']} threads; measured in {meta.get('wall_s', '?')} s.\n\n`{command}`"
-            + (f" (tables rebuilt from `{meta['rebuilt_from']}`)" if meta.get("rebuilt_from") else "") + "\n\n"
+            + (f" (tables rebuilt from `{meta['rebuilt_from']}`)" if meta.get("rebuilt_from") else "")
+            + (f"; latency timed afterwards by `{meta['retime_command']}` in {meta.get('retime_s', '?')} s at load "
+               f"{meta.get('retime_load_avg', ['?'])[0]}" if meta.get("retime_command") else "") + "\n\n"
             "MACs per image (1 multiply-add = 1 MAC), decisions included; reductions against the unpruned original model.\n"
             + (f"\nMATP: {meta['matp_note']}.\n" if meta.get("matp_note") else "")
             + "".join(f"\n- {name}: not applicable: {why}" for name, why in na.items()) + ("\n" if na else ""))

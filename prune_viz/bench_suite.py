@@ -19,6 +19,7 @@ Outputs: ``bench_report.write_suite`` (budgets.csv, curves.csv/json, tradeoff.pn
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -354,6 +355,35 @@ def time_configs(args: argparse.Namespace, jobs: list, refs: dict, backbones: di
             t0 = time.perf_counter()
             fn(images[j % len(images)])
             m.times_ms.append((time.perf_counter() - t0) * 1e3)
+
+
+def retime(measured: list[Measured], refs: dict[str, Measured], meta: dict[str, Any], time_runs: int, threads: int,
+           checkpoint: Any = None) -> None:
+    """Latency for the configurations of an earlier run (``bench --suite v2 --from-raw DIR
+    --retime``), so a long accuracy run can go on a busy machine and only the timing on a quiet
+    one. Rebuilds each point's plan from its recorded (method, layers, values, size) with seed 0,
+    as :func:`time_configs` does, and replaces the recorded ``times_ms``; accuracy is untouched."""
+    from .backbones import build_backbone
+    from .data import synthetic
+    from .params import make_plan
+
+    names = {meta["backbone"], meta["matp_backbone"]}
+    backbones = {name: build_backbone(name, checkpoint=checkpoint if name == meta["backbone"] else None) for name in names}
+    jobs = []
+    for m in measured:
+        b = backbones[m.curve.backbone]
+        if m.curve.method == "lowres":
+            jobs.append((m, resized_input(b, m.point.size), []))
+        else:
+            jobs.append((m, b, [make_plan(b, m.curve.method, m.point.layers, m.curve.seeds[0], dict(m.point.values))]))
+    for m in [*measured, *refs.values()]:
+        m.times_ms = []
+    load_before = [round(v, 2) for v in os.getloadavg()]
+    t0 = time.time()
+    args = argparse.Namespace(time_runs=time_runs, threads=threads, split=meta["split"], n=meta["n"])
+    time_configs(args, jobs, refs, backbones, synthetic, int(backbones[meta["backbone"]].input_size))
+    meta.update(time_runs=time_runs, threads=threads, retime_s=round(time.time() - t0, 1),
+                retime_load_avg=load_before)
 
 
 def save_raw(path: Any, measured: list[Measured], refs: dict[str, Measured], meta: dict[str, Any]) -> None:

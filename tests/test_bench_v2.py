@@ -182,3 +182,21 @@ def test_tiny_suite_writes_budgets_and_curves(tiny_demo, tmp_path, capsys):
     assert any(r["decision_gmacs"] > 0 for r in curves["rows"] if r["method"] == "tome")
     for name in ("tradeoff.png", "summary.md", "budgets.md", "curves.csv", "raw.npz"):
         assert (out / name).exists()
+
+
+def test_retime_fills_latency_and_keeps_accuracy(tiny_demo, tmp_path, capsys):
+    """A long accuracy run without timings (--time-runs 0), then --from-raw --retime: every
+    budget row gets a latency, and the accuracy columns are the earlier run's."""
+    first, second = tmp_path / "acc", tmp_path / "timed"
+    common = ["--quick", "--split", "val", "--n", "2", "--matp-backbone", "demo", "--boot", "50"]
+    assert main(["bench", "--suite", "v2", *common, "--time-runs", "0", "--out", str(first)]) == 0
+    assert main(["bench", "--suite", "v2", "--from-raw", str(first), "--retime", "--time-runs", "1", "--threads", "1",
+                 "--boot", "50", "--out", str(second)]) == 0, capsys.readouterr().err
+    before = list(csv.DictReader(open(first / "budgets.csv")))
+    after = list(csv.DictReader(open(second / "budgets.csv")))
+    assert [r["latency_ms"] for r in before if r["reached"] == "true"] == [""] * sum(r["reached"] == "true" for r in before)
+    assert all(float(r["latency_ms"]) > 0 for r in after if r["reached"] == "true")
+    strip = [{k: v for k, v in r.items() if k != "latency_ms"} for r in before]
+    assert strip == [{k: v for k, v in r.items() if k != "latency_ms"} for r in after]
+    assert "timed afterwards by" in (second / "budgets.md").read_text()
+    assert main(["bench", "--suite", "v2", "--retime", "--out", str(second)]) == 2  # --retime needs --from-raw
