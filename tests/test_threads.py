@@ -165,6 +165,38 @@ def test_kmeans_is_bit_for_bit_what_it_was(seed):
         assert torch.equal(old[0], new[0]) and torch.equal(old[1], new[1])
 
 
+def _kmeans_cases(seed):
+    """Inputs that reach a fixed point early (separated blobs), that do not within 10 iterations
+    (noise), with tied similarities (duplicate tokens, so duplicate initial centres) and with
+    zero-weight members (a cluster may hold only those and keep its previous centre)."""
+    g = torch.Generator().manual_seed(seed)
+    blobs = torch.cat([torch.randn(60, 16, generator=g) * 0.1 + 4 * torch.randn(1, 16, generator=g) for _ in range(5)])
+    noise = torch.randn(400, 32, generator=g)
+    dup = torch.randn(6, 8, generator=g)[torch.randint(0, 6, (90,), generator=g)]
+    w = torch.rand(400, generator=g)
+    w[::5] = 0.0
+    return [(blobs, 5, None), (blobs, 8, w[:300]), (noise, 8, None), (noise, 6, w), (dup, 8, None), (dup, 4, w[:90])]
+
+
+@pytest.mark.parametrize("seed", [0, 2, 9])
+def test_kmeans_fixed_point_exit_gives_the_full_loops_result(seed, monkeypatch):
+    """cosine_kmeans leaves the loop when the labels repeat; the result must be the full
+    ``iters`` iterations' result bit for bit (labels and centres), and the exit must happen."""
+    from prune_viz import cluster
+
+    done = []
+    monkeypatch.setattr(cluster, "check_time", lambda where: done.append(1))
+    stopped_early = 0
+    for x, k, w in _kmeans_cases(seed):
+        for iters in (1, 2, 3, 10, 40):
+            done.clear()
+            labels, centres = cosine_kmeans(x, k, iters, seed, w)
+            ref_labels, ref_centres = _kmeans_before(x, k, iters, seed, w)
+            assert torch.equal(labels, ref_labels) and torch.equal(centres, ref_centres), (k, iters)
+            stopped_early += len(done) < iters
+    assert stopped_early >= 6  # the blobs converge in a few iterations: the exit is exercised
+
+
 @pytest.mark.parametrize("q", [1.5, 0.5, 1.02, 0.97, 3.0])
 def test_tsallis_skipping_the_search_gives_the_same_bits(q):
     g = torch.Generator().manual_seed(0)

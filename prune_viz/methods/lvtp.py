@@ -76,7 +76,8 @@ class LVTPParams:
              Table 5 implies it (rate 0 still saves 36% GFLOPs), without saying how many; 0 gives
              the two-state reading (everything not kept is pending).
     k2:      clusters in the second clustering of the pending tokens, >= 2.
-    iters:   k-means iterations (fixed, no early stop: the cost is countable), >= 1.
+    iters:   k-means iterations, >= 1 (the result of all of them; the loop stops early only at
+             a fixed point, where the rest would change nothing: ``cluster.cosine_kmeans``).
     entropy: "mtsallis" (Eq. 3-4), "shannon" (Eq. 1) or "none" (plain features), Table 3.
     second:  "sobel" (Sobel-guided), "simple" (same as the first clustering) or "none" (prune
              every pending token), Table 4.
