@@ -34,7 +34,7 @@ from torch import Tensor
 
 from ..cluster import cosine_kmeans
 from ..errors import echo
-from ..threads import single_threaded
+from ..threads import side_task, single_threaded
 from .base import KEPT, PENDING_KEPT, PRUNED, Decision, MethodSpec, PruneContext, validate_params
 
 EntropyMode = Literal["mtsallis", "shannon", "none"]
@@ -170,24 +170,31 @@ def _tsallis_from_log(p: Tensor, logp: Tensor, q: float, dim: int = -1, logp_max
         return -(p * logp).sum(dim)
     d = q - 1.0
     x = d * logp
-    # |d * log p| is smallest where log p (<= 0) is largest, and rounding keeps that order, so
-    # the one product d * max(log p) tells whether any entry needs expm1: the same answer as
-    # searching x, without the three passes over Nk x C (abs, compare, any).
-    any_small = None if logp_max is None or float(logp_max) > 0 else bool((d * logp_max).abs() < 0.5)
-    return -(p * _expm1(x, any_small)).sum(dim) / d
+    if logp_max is None or float(logp_max) > 0:
+        small: Tensor | None = x.abs() < 0.5
+    elif not bool((d * logp_max).abs() < 0.5):
+        # |d * log p| is smallest where log p (<= 0) is largest, and rounding keeps that order,
+        # so the one product d * max(log p) tells that no entry needs expm1: the same answer as
+        # searching x, without passes over Nk x C. (A NaN max lands here too, as it always has.)
+        small = None
+    else:
+        # Every log p <= 0 (the max is, and is not NaN), so x = d * log p has the sign of -d or
+        # is +-0: |x| < 0.5 is one comparison instead of abs, then compare.
+        small = x > -0.5 if d > 0 else x < 0.5
+    return -_expm1(x, small).mul_(p).sum(dim) / d  # p * y: the same products as y * p
 
 
-def _expm1(x: Tensor, any_small: bool | None = None) -> Tensor:
+def _expm1(x: Tensor, small: Tensor | None) -> Tensor:
     """``expm1(x)``, with ``exp(x) - 1`` where |x| >= 0.5 (no cancellation there: the two agree
     to ~2 ulp). Why: torch's CPU expm1 is not vectorised and measured 5x slower than exp, and
     it was half of LVTP's decision time; most entries of ``(q - 1) log p`` are far from 0.
-    any_small: whether some |x| < 0.5, when the caller knows (None: look)."""
+    small: x's shape, True where |x| < 0.5 (None: nowhere)."""
     y = torch.exp(x).sub_(1.0)
-    if any_small is False:
+    if small is None:
         return y
-    small = x.abs() < 0.5
-    if bool(small.any()):
-        y[small] = torch.expm1(x[small])
+    where = small.nonzero(as_tuple=True)  # one pass; the few entries it finds are then cheap
+    if where[0].numel():
+        y[where] = torch.expm1(x[where])
     return y
 
 
@@ -494,6 +501,12 @@ def _score_and_weights(x: Tensor, p: LVTPParams, want_diagnostics: bool = True) 
     return diag, score, minmax_weights(score)
 
 
+def _edges(ctx: PruneContext) -> tuple[Tensor, Tensor]:
+    """(Sobel map H x W, edge energy Nk of the alive tokens) of the context's image."""
+    sobel = sobel_magnitude(ctx.image)
+    return sobel, token_edge_energy(sobel, ctx.grid, ctx.patch_size, ctx.kept_idx)
+
+
 @single_threaded  # hundreds of small operations: one thread is faster (prune_viz/threads.py)
 def decide(ctx: PruneContext, params: LVTPParams) -> Decision:
     """LVTP decision on the Nk tokens alive after block ``ctx.layer``.
@@ -511,17 +524,16 @@ def decide(ctx: PruneContext, params: LVTPParams) -> Decision:
         empty = torch.zeros(0, dtype=torch.long)
         return Decision(keep=empty, status=empty.clone(), diagnostics={})
     want = ctx.want_diagnostics
+    # The Sobel map steers the decision only in "sobel" mode; otherwise it is drawn, not used.
+    # It depends on the image alone: with a second core lent, it is made there meanwhile.
+    edges = side_task(_edges, ctx) if params.second == "sobel" or want else None
     diag, score, weights = _score_and_weights(x, params, want)
 
     keep1, removed1, cluster1 = first_pass(x, score, weights, params.k, params.iters, ctx.seed, params.drop)
     pending = ~keep1 & ~removed1
     pend_idx = torch.nonzero(pending).flatten()
 
-    # The Sobel map steers the decision only in "sobel" mode; otherwise it is drawn, not used.
-    sobel = edge = None
-    if params.second == "sobel" or want:
-        sobel = sobel_magnitude(ctx.image)
-        edge = token_edge_energy(sobel, ctx.grid, ctx.patch_size, ctx.kept_idx)
+    sobel, edge = edges() if edges is not None else (None, None)
     guide = edge if params.second == "sobel" else score
     # "simple" re-applies Eq. 5 to the pending tokens alone, as the first clustering would.
     pend_w = None
