@@ -347,8 +347,7 @@ def rank_clusters(means: Tensor, descending: bool) -> Tensor:
     key = torch.where(torch.isnan(means), torch.full_like(means, fill), means)
     order = torch.sort(key, descending=descending, stable=True).indices
     rank = torch.empty_like(order)
-    rank[order] = torch.arange(order.numel())
-    return rank
+    return rank.scatter_(0, order, torch.arange(order.numel()))  # rank[order] = 0, 1, 2, ...
 
 
 def first_pass(
@@ -371,7 +370,7 @@ def first_pass(
     m = int((counts > 0).sum())
     n_keep_clusters = math.ceil(m / 2)
     n_drop_clusters = min(int(round(drop * m)), m - n_keep_clusters)
-    token_rank = rank[labels]
+    token_rank = rank.index_select(0, labels)  # rank[labels], without advanced indexing's overhead
     return token_rank < n_keep_clusters, token_rank >= m - n_drop_clusters, token_rank
 
 
@@ -434,7 +433,7 @@ def prune_order(cluster_rank: Tensor, value: Tensor) -> Tensor:
     the last, partly pruned cluster by per-token strength, so any ``rate`` is hit exactly.
     """
     by_value = torch.sort(value, stable=True).indices
-    return by_value[torch.sort(cluster_rank[by_value], stable=True).indices]
+    return by_value.index_select(0, torch.sort(cluster_rank.index_select(0, by_value), stable=True).indices)
 
 
 def second_pass(
@@ -473,7 +472,7 @@ def second_pass(
     else:
         raise ValueError(f"second must be one of {SECOND_MODES}, got {mode!r}")
     means, _ = cluster_means(labels, guide, max(1, min(k2, p)))
-    token_rank = rank_clusters(means, descending=False)[labels]
+    token_rank = rank_clusters(means, descending=False).index_select(0, labels)
     n_prune = int(round(rate * p))
     saved = torch.ones(p, dtype=torch.bool)
     saved[prune_order(token_rank, guide)[:n_prune]] = False
@@ -535,18 +534,19 @@ def decide(ctx: PruneContext, params: LVTPParams) -> Decision:
 
     sobel, edge = edges() if edges is not None else (None, None)
     guide = edge if params.second == "sobel" else score
-    # "simple" re-applies Eq. 5 to the pending tokens alone, as the first clustering would.
+    # "simple" re-applies Eq. 5 to the pending tokens alone, as the first clustering would (the
+    # other modes do not use weights here).
     pend_w = None
-    if weights is not None and pend_idx.numel():
-        pend_w = minmax_weights(score[pend_idx])
+    if params.second == "simple" and weights is not None and pend_idx.numel():
+        pend_w = minmax_weights(score.index_select(0, pend_idx))
     saved, rank2 = second_pass(
-        x[pend_idx], guide[pend_idx], params.second, params.rate, params.k2, params.iters,
-        ctx.seed + 1, pend_w,
+        x.index_select(0, pend_idx), guide.index_select(0, pend_idx), params.second, params.rate, params.k2,
+        params.iters, ctx.seed + 1, pend_w,
     )
 
     status = torch.full((nk,), KEPT, dtype=torch.long)
-    status[removed1] = PRUNED
-    status[pend_idx] = torch.where(saved, torch.tensor(PENDING_KEPT), torch.tensor(PRUNED))
+    status.masked_fill_(removed1, PRUNED)
+    status.index_copy_(0, pend_idx, torch.where(saved, PENDING_KEPT, PRUNED))
     keep = torch.nonzero(status != PRUNED).flatten()
     if not want:
         return Decision(keep=keep, status=status, diagnostics={})
