@@ -142,19 +142,31 @@ def test_side_task_runs_inline_unless_a_core_is_lent(two_threads):
 
 
 @needs_runtime
-def test_side_task_uses_the_lent_core_on_one_thread(two_threads):
+def test_side_task_uses_the_lent_core_on_one_thread(two_threads, monkeypatch):
     import contextvars
+
+    from prune_viz import threads
 
     var = contextvars.ContextVar("request", default="none")
     var.set("this request")
+    began = threading.Event()
+
+    def task(tag):
+        began.set()
+        return (var.get(), *_where_and_threads(tag))
+
     with one_thread() as took:
         assert took
-        result = side_task(lambda: (var.get(), *_where_and_threads("c")))
+        result = side_task(task, "c")
+        assert began.wait(10)  # the thread has taken the task: result() waits for it
+        value, tag, ident, n_threads = result()
+        assert (value, tag, n_threads) == ("this request", "c", 1) and ident != threading.get_ident()
         failing = side_task(lambda: [][1])
-        value, tag, ident, threads = result()
-        assert (value, tag, threads) == ("this request", "c", 1) and ident != threading.get_ident()
         with pytest.raises(IndexError):
             failing()
+        # A thread that has not begun when the value is asked for: the caller runs the task.
+        monkeypatch.setattr(threads._thread, "start_new_thread", lambda fn, args: None)
+        assert side_task(task, "d")() == ("this request", "d", threading.get_ident(), 1)
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == 2
 
