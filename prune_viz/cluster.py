@@ -2,11 +2,12 @@
 
 Used by LVTP (Eq. 7-8, on entropy-weighted features) and by the training-free segmentation of
 plain timm ViTs (clustering final patch features, as people do with DINO features). The result
-is that of exactly ``iters`` iterations; the loop leaves early only at a fixed point, where every
-later iteration would repeat the last one bit for bit (see :func:`cosine_kmeans`), so the result
-does not depend on stopping. Each iteration is one N x K similarity matmul, one K x N assignment
-matmul and a K x N x 2 member tally, ``N * K * (2 * C + 2)`` MACs; :func:`kmeans_macs` counts
-all ``iters`` of them (an upper bound when the loop stops early).
+is that of exactly ``iters`` iterations. With ``until_fixed`` (LVTP) the loop leaves early at a
+fixed point, where every later iteration would repeat the last one bit for bit (see
+:func:`cosine_kmeans`), so the result does not depend on stopping. Each iteration is one N x K
+similarity matmul, one K x N assignment matmul and a K x N x 2 member tally,
+``N * K * (2 * C + 2)`` MACs; :func:`kmeans_macs` counts all ``iters`` of them (exact without
+``until_fixed``, an upper bound with it).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ _ONE = torch.tensor(1.0)
 
 
 def cosine_kmeans(
-    x: Tensor, k: int, iters: int = 10, seed: int = 0, weights: Tensor | None = None
+    x: Tensor, k: int, iters: int = 10, seed: int = 0, weights: Tensor | None = None, until_fixed: bool = False
 ) -> tuple[Tensor, Tensor]:
     """Cluster N x C features by cosine distance ``d = 1 - cos(v, c)`` (LVTP Eq. 7).
 
@@ -35,6 +36,9 @@ def cosine_kmeans(
     change a token's own direction, so the weights act only by pulling each centre towards its
     heavy members. A cluster whose members all have weight 0 keeps its previous centre.
     ``weights=None`` is exactly the unweighted algorithm.
+    until_fixed: leave the loop once the labels repeat (a fixed point: the result is the same,
+    bit for bit, see below). Off by default, where the cost must be exactly :func:`kmeans_macs`
+    (the timm / Swin segmentation heads count it analytically).
     Returns (labels N long in 0..k-1, centres k x C).
     """
     n = x.shape[0]
@@ -68,7 +72,7 @@ def cosine_kmeans(
         # c_t = c_{t+1} for every j (held: M(l_{t-1}) = M(l_t); not held: kept as it is), so
         # l_{t+1} = l_t and every later iteration repeats this one: (l_t, c_t) is exactly what
         # the remaining iterations would return, ties and empty clusters included.
-        if previous is not None and torch.equal(labels, previous):
+        if until_fixed and previous is not None and torch.equal(labels, previous):
             break
         previous = labels
         # One-hot by scatter: the same 0/1 matrix as (labels[:, None] == arange(k)), in one call.

@@ -235,11 +235,14 @@ def test_kmeans_fixed_point_exit_gives_the_full_loops_result(seed, monkeypatch):
     for x, k, w in _kmeans_cases(seed):
         for iters in (1, 2, 3, 10, 40):
             done.clear()
-            labels, centres = cosine_kmeans(x, k, iters, seed, w)
+            labels, centres = cosine_kmeans(x, k, iters, seed, w, until_fixed=True)
             ref_labels, ref_centres = _kmeans_before(x, k, iters, seed, w)
             assert torch.equal(labels, ref_labels) and torch.equal(centres, ref_centres), (k, iters)
             stopped_early += len(done) < iters
     assert stopped_early >= 6  # the blobs converge in a few iterations: the exit is exercised
+    done.clear()
+    cosine_kmeans(x, k, 40, seed, w)  # by default every iteration runs (countable cost)
+    assert len(done) == 40
 
 
 @pytest.mark.parametrize("q", [1.5, 0.5, 1.02, 0.97, 3.0])

@@ -321,7 +321,7 @@ def entropy_weighted_kmeans(
     centre towards themselves ("strong attraction to semantic focusing regions"), low-entropy
     ones barely move it; assignments use the cosine of the plain v (Eq. 7).
     """
-    labels, _ = cosine_kmeans(v, k, iters=iters, seed=seed, weights=weights)
+    labels, _ = cosine_kmeans(v, k, iters=iters, seed=seed, weights=weights, until_fixed=True)
     return labels
 
 
@@ -466,7 +466,7 @@ def second_pass(
         return torch.zeros(p, dtype=torch.bool), torch.full((p,), -1, dtype=torch.long)
     if mode == "sobel":
         x = torch.cat([F.normalize(v, dim=-1), EDGE_FEATURE_WEIGHT * minmax_weights(guide)[:, None]], dim=-1)
-        labels, _ = cosine_kmeans(x, k2, iters=iters, seed=seed)
+        labels, _ = cosine_kmeans(x, k2, iters=iters, seed=seed, until_fixed=True)
     elif mode == "simple":
         labels = entropy_weighted_kmeans(v, weights, k2, iters, seed)
     else:
