@@ -165,7 +165,10 @@ def side_task(fn: Callable[..., T], *args: Any) -> Callable[[], T]:
         finally:
             done.set()
 
-    _thread.start_new_thread(work, ())
+    try:
+        _thread.start_new_thread(work, ())
+    except RuntimeError:  # no thread to be had (a process at its limit): result() runs it here
+        pass
 
     def result() -> T:
         if claim.acquire(blocking=False):

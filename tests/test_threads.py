@@ -167,6 +167,12 @@ def test_side_task_uses_the_lent_core_on_one_thread(two_threads, monkeypatch):
         # A thread that has not begun when the value is asked for: the caller runs the task.
         monkeypatch.setattr(threads._thread, "start_new_thread", lambda fn, args: None)
         assert side_task(task, "d")() == ("this request", "d", threading.get_ident(), 1)
+
+        def no_thread(fn, args):
+            raise RuntimeError("can't start new thread")
+
+        monkeypatch.setattr(threads._thread, "start_new_thread", no_thread)
+        assert side_task(task, "e")() == ("this request", "e", threading.get_ident(), 1)
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == 2
 
