@@ -1,10 +1,13 @@
-"""Cosine k-means on token features, deterministic and with a fixed amount of work.
+"""Cosine k-means on token features, deterministic.
 
 Used by LVTP (Eq. 7-8, on entropy-weighted features) and by the training-free segmentation of
-plain timm ViTs (clustering final patch features, as people do with DINO features). A fixed
-number of iterations (no early stop) keeps the cost exactly countable: each iteration is one
-N x K similarity matmul, one K x N assignment matmul and a K x N x 2 member tally,
-``N * K * (2 * C + 2)`` MACs.
+plain timm ViTs (clustering final patch features, as people do with DINO features). The result
+is that of exactly ``iters`` iterations. With ``until_fixed`` (LVTP) the loop leaves early at a
+fixed point, where every later iteration would repeat the last one bit for bit (see
+:func:`cosine_kmeans`), so the result does not depend on stopping. Each iteration is one N x K
+similarity matmul, one K x N assignment matmul and a K x N x 2 member tally,
+``N * K * (2 * C + 2)`` MACs; :func:`kmeans_macs` counts all ``iters`` of them (exact without
+``until_fixed``, an upper bound with it).
 """
 
 from __future__ import annotations
@@ -15,9 +18,11 @@ from torch import Tensor
 
 from .budget import check_time
 
+_ONE = torch.tensor(1.0)
+
 
 def cosine_kmeans(
-    x: Tensor, k: int, iters: int = 10, seed: int = 0, weights: Tensor | None = None
+    x: Tensor, k: int, iters: int = 10, seed: int = 0, weights: Tensor | None = None, until_fixed: bool = False
 ) -> tuple[Tensor, Tensor]:
     """Cluster N x C features by cosine distance ``d = 1 - cos(v, c)`` (LVTP Eq. 7).
 
@@ -31,6 +36,9 @@ def cosine_kmeans(
     change a token's own direction, so the weights act only by pulling each centre towards its
     heavy members. A cluster whose members all have weight 0 keeps its previous centre.
     ``weights=None`` is exactly the unweighted algorithm.
+    until_fixed: leave the loop once the labels repeat (a fixed point: the result is the same,
+    bit for bit, see below). Off by default, where the cost must be exactly :func:`kmeans_macs`
+    (the timm / Swin segmentation heads count it analytically).
     Returns (labels N long in 0..k-1, centres k x C).
     """
     n = x.shape[0]
@@ -46,16 +54,29 @@ def cosine_kmeans(
     tally = torch.ones(n, 2, dtype=x.dtype)
     if w is not None:
         tally[:, 1] = (w > 0).to(x.dtype)
-    classes = torch.arange(k)
+    index = torch.arange(n)
     labels = torch.zeros(n, dtype=torch.long)
-    # Few, whole-tensor operations per iteration (this loop runs iters times per decision and
-    # each operation costs dispatch time): the same arithmetic as F.normalize, F.one_hot and
+    previous: Tensor | None = None
+    # Few, whole-tensor operations per iteration (this loop runs up to iters times per decision
+    # and each operation costs dispatch time): the same arithmetic as F.normalize, F.one_hot and
     # a boolean-indexed update, in fewer calls.
     for _ in range(iters):
         check_time("while clustering")
         unit = centres / centres.norm(dim=-1, keepdim=True).clamp_min(1e-12)  # F.normalize
-        labels = (xn @ unit.T).argmax(dim=1)  # N x k similarities -> N
-        one_hot = (labels[:, None] == classes).to(x.dtype)  # N x k
+        # max(dim).indices is argmax(dim) (the first maximum, NaN counting as the maximum), faster.
+        labels = torch.max(xn @ unit.T, dim=1).indices  # N x k similarities -> N
+        # Fixed point. Write l_t for these labels and c_t for the centres they came from. The
+        # update below is c_{t+1}[j] = M(l_t)[j] where cluster j can hold a centre by l_t
+        # (a member, one weighing > 0) and c_t[j] otherwise, M(l) being the weighted member mean;
+        # M and "can hold" depend on the labels alone (x and w are fixed). If l_t == l_{t-1}, then
+        # c_t = c_{t+1} for every j (held: M(l_{t-1}) = M(l_t); not held: kept as it is), so
+        # l_{t+1} = l_t and every later iteration repeats this one: (l_t, c_t) is exactly what
+        # the remaining iterations would return, ties and empty clusters included.
+        if until_fixed and previous is not None and torch.equal(labels, previous):
+            break
+        previous = labels
+        # One-hot by scatter: the same 0/1 matrix as (labels[:, None] == arange(k)), in one call.
+        one_hot = torch.zeros(n, k, dtype=x.dtype).index_put_((index, labels), _ONE)  # N x k
         counts = one_hot.T @ tally  # k x 2: members, members with weight > 0
         nonempty = counts[:, 1:] > 0
         centres = torch.where(nonempty, (one_hot.T @ src) / counts[:, :1].clamp_min(1), centres)

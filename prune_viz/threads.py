@@ -13,19 +13,26 @@ calling thread's own OpenMP setting (``omp_set_num_threads``, a per-thread ICV) 
 thread-local setting (``mkl_set_num_threads_local``) through the runtimes torch itself loaded,
 and restores both on exit. It checks that torch sees the change (``torch.get_num_threads()``);
 where it cannot find or verify them (another platform or build) it changes nothing.
+
+A decision inside the section still has the caller's other core: :func:`side_task` runs one
+independent piece of it (LVTP's Sobel map of the image) on a second Python thread, itself on one
+intra-op thread, while this thread goes on. One join instead of a barrier per operation.
 """
 
 from __future__ import annotations
 
+import _thread
+import contextvars
 import ctypes
 import functools
 import os
+import threading
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, TypeVar
 
 import torch
 
-__all__ = ["one_thread", "single_threaded", "SMALL_WORK"]
+__all__ = ["one_thread", "single_threaded", "side_task", "SMALL_WORK"]
 
 # Below this many elements in the decision's main input (demo: 1024 x 192 = 0.2 M) the work of
 # each operation is too small to be worth a parallel region; SAM's 4096 x 768 (3.1 M) keeps
@@ -33,6 +40,11 @@ __all__ = ["one_thread", "single_threaded", "SMALL_WORK"]
 SMALL_WORK = 1 << 20
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
+
+# Intra-op threads the calling thread had before the innermost one_thread section that took
+# effect (1 outside any): how many cores the caller lent to the work inside.
+_LENT: contextvars.ContextVar[int] = contextvars.ContextVar("prune_viz_lent_threads", default=1)
 
 
 @functools.lru_cache(maxsize=1)
@@ -95,9 +107,12 @@ def one_thread(when: bool = True) -> Iterator[bool]:
     omp, mkl = runtimes
     omp.omp_set_num_threads(1)
     mkl_before = mkl(1) if mkl is not None else None
+    took = torch.get_num_threads() == 1
+    lent = _LENT.set(before if took else 1)
     try:
-        yield torch.get_num_threads() == 1
+        yield took
     finally:
+        _LENT.reset(lent)
         omp.omp_set_num_threads(before)
         if mkl is not None and mkl_before is not None:
             mkl(mkl_before)
@@ -114,3 +129,54 @@ def single_threaded(fn: F) -> F:
             return fn(ctx, params)
 
     return wrapper  # type: ignore[return-value]
+
+
+def side_task(fn: Callable[..., T], *args: Any) -> Callable[[], T]:
+    """Start ``fn(*args)``; returns a function that waits for it and gives its value (or raises
+    its exception).
+
+    Inside a :func:`one_thread` section whose caller had more than one intra-op thread, ``fn``
+    runs on a second Python thread (its torch operations on one intra-op thread, the request's
+    context variables copied), so the caller's second core works on it while this thread goes
+    on. Otherwise (one thread lent, or outside a section: big inputs keep every thread for their
+    own operations) it runs here, now. ``fn`` must not depend on what the caller does meanwhile;
+    its result is the same either way.
+
+    The thread is started without waiting for it to run (``threading.Thread.start`` waits, which
+    took ~11 ms median at load 12 on the 2-core machine), and if it has not begun ``fn`` when the
+    value is asked for, the caller runs ``fn`` itself and the thread, when it runs, finds nothing
+    to do. What is left to lose on a busy machine: a thread that began ``fn`` and then waits for a
+    core makes the caller wait too.
+    """
+    if _LENT.get() <= 1:
+        value = fn(*args)
+        return lambda: value
+    context = contextvars.copy_context()
+    claim, done = threading.Lock(), threading.Event()
+    box: dict[str, Any] = {}
+
+    def work() -> None:
+        if not claim.acquire(blocking=False):
+            return  # the caller took it
+        try:
+            with one_thread():
+                box["value"] = context.run(fn, *args)
+        except BaseException as error:  # handed to the caller by result()
+            box["error"] = error
+        finally:
+            done.set()
+
+    try:
+        _thread.start_new_thread(work, ())
+    except RuntimeError:  # no thread to be had (a process at its limit): result() runs it here
+        pass
+
+    def result() -> T:
+        if claim.acquire(blocking=False):
+            return fn(*args)  # not begun yet: here and now is sooner
+        done.wait()
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
+
+    return result

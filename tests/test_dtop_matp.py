@@ -69,6 +69,12 @@ def test_rank_within_class_matches_brute_force() -> None:
         same = pred == pred[i]
         better = (value > value[i]) | ((value == value[i]) & (torch.arange(200) < i))
         assert rank[i].item() == int((same & better).sum())
+    # negative and sparse labels, one token, none
+    pred = torch.tensor([-3, 7, -3, 7, 7, 2])
+    value = torch.tensor([0.5, 0.1, 0.9, 0.1, 0.3, 0.2])
+    assert rank_within_class(value, pred).tolist() == [1, 1, 0, 2, 0, 0]
+    assert rank_within_class(torch.ones(1), torch.zeros(1, dtype=torch.long)).tolist() == [0]
+    assert rank_within_class(torch.ones(0), torch.zeros(0, dtype=torch.long)).tolist() == []
 
 
 def test_dtop_below_threshold_never_exits_and_k0_exits_all_confident() -> None:

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from prune_viz.cluster import cosine_kmeans
 from prune_viz.methods import lvtp
 from prune_viz.methods.base import PruneContext
-from prune_viz.threads import _runtimes, one_thread, single_threaded
+from prune_viz.threads import _runtimes, one_thread, side_task, single_threaded
 
 needs_runtime = pytest.mark.skipif(_runtimes() is None, reason="OpenMP runtime not reachable on this platform")
 
@@ -126,6 +126,57 @@ def test_one_thread_off_or_on_one_thread_changes_nothing():
         torch.set_num_threads(before)
 
 
+def _where_and_threads(tag):
+    return tag, threading.get_ident(), torch.get_num_threads()
+
+
+def test_side_task_runs_inline_unless_a_core_is_lent(two_threads):
+    """Outside a one-thread section (big inputs keep both threads for their own operations) and
+    on one thread, the task runs here and now; errors surface at the call or at result()."""
+    assert side_task(_where_and_threads, "a")() == ("a", threading.get_ident(), 2)
+    torch.set_num_threads(1)
+    with one_thread():
+        assert side_task(_where_and_threads, "b")() == ("b", threading.get_ident(), 1)
+    with pytest.raises(ZeroDivisionError):
+        side_task(lambda: 1 / 0)
+
+
+@needs_runtime
+def test_side_task_uses_the_lent_core_on_one_thread(two_threads, monkeypatch):
+    import contextvars
+
+    from prune_viz import threads
+
+    var = contextvars.ContextVar("request", default="none")
+    var.set("this request")
+    began = threading.Event()
+
+    def task(tag):
+        began.set()
+        return (var.get(), *_where_and_threads(tag))
+
+    with one_thread() as took:
+        assert took
+        result = side_task(task, "c")
+        assert began.wait(10)  # the thread has taken the task: result() waits for it
+        value, tag, ident, n_threads = result()
+        assert (value, tag, n_threads) == ("this request", "c", 1) and ident != threading.get_ident()
+        failing = side_task(lambda: [][1])
+        with pytest.raises(IndexError):
+            failing()
+        # A thread that has not begun when the value is asked for: the caller runs the task.
+        monkeypatch.setattr(threads._thread, "start_new_thread", lambda fn, args: None)
+        assert side_task(task, "d")() == ("this request", "d", threading.get_ident(), 1)
+
+        def no_thread(fn, args):
+            raise RuntimeError("can't start new thread")
+
+        monkeypatch.setattr(threads._thread, "start_new_thread", no_thread)
+        assert side_task(task, "e")() == ("this request", "e", threading.get_ident(), 1)
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == 2
+
+
 # ------------------------------------------------------------- the same decisions as before
 
 
@@ -165,6 +216,41 @@ def test_kmeans_is_bit_for_bit_what_it_was(seed):
         assert torch.equal(old[0], new[0]) and torch.equal(old[1], new[1])
 
 
+def _kmeans_cases(seed):
+    """Inputs that reach a fixed point early (separated blobs), that do not within 10 iterations
+    (noise), with tied similarities (duplicate tokens, so duplicate initial centres) and with
+    zero-weight members (a cluster may hold only those and keep its previous centre)."""
+    g = torch.Generator().manual_seed(seed)
+    blobs = torch.cat([torch.randn(60, 16, generator=g) * 0.1 + 4 * torch.randn(1, 16, generator=g) for _ in range(5)])
+    noise = torch.randn(400, 32, generator=g)
+    dup = torch.randn(6, 8, generator=g)[torch.randint(0, 6, (90,), generator=g)]
+    w = torch.rand(400, generator=g)
+    w[::5] = 0.0
+    return [(blobs, 5, None), (blobs, 8, w[:300]), (noise, 8, None), (noise, 6, w), (dup, 8, None), (dup, 4, w[:90])]
+
+
+@pytest.mark.parametrize("seed", [0, 2, 9])
+def test_kmeans_fixed_point_exit_gives_the_full_loops_result(seed, monkeypatch):
+    """cosine_kmeans leaves the loop when the labels repeat; the result must be the full
+    ``iters`` iterations' result bit for bit (labels and centres), and the exit must happen."""
+    from prune_viz import cluster
+
+    done = []
+    monkeypatch.setattr(cluster, "check_time", lambda where: done.append(1))
+    stopped_early = 0
+    for x, k, w in _kmeans_cases(seed):
+        for iters in (1, 2, 3, 10, 40):
+            done.clear()
+            labels, centres = cosine_kmeans(x, k, iters, seed, w, until_fixed=True)
+            ref_labels, ref_centres = _kmeans_before(x, k, iters, seed, w)
+            assert torch.equal(labels, ref_labels) and torch.equal(centres, ref_centres), (k, iters)
+            stopped_early += len(done) < iters
+    assert stopped_early >= 6  # the blobs converge in a few iterations: the exit is exercised
+    done.clear()
+    cosine_kmeans(x, k, 40, seed, w)  # by default every iteration runs (countable cost)
+    assert len(done) == 40
+
+
 @pytest.mark.parametrize("q", [1.5, 0.5, 1.02, 0.97, 3.0])
 def test_tsallis_skipping_the_search_gives_the_same_bits(q):
     g = torch.Generator().manual_seed(0)
@@ -172,6 +258,40 @@ def test_tsallis_skipping_the_search_gives_the_same_bits(q):
         logp = torch.log_softmax(logits, dim=-1)
         p = logp.exp()
         assert torch.equal(lvtp._tsallis_from_log(p, logp, q), lvtp._tsallis_from_log(p, logp, q, logp_max=logp.max()))
+
+
+def _tsallis_before(p, logp, q, logp_max=None):
+    """lvtp._tsallis_from_log as it was before the sign-aware search for small |(q-1) log p|."""
+    d = q - 1.0
+    x = d * logp
+    any_small = None if logp_max is None or float(logp_max) > 0 else bool((d * logp_max).abs() < 0.5)
+    y = torch.exp(x).sub_(1.0)
+    if any_small is not False:
+        small = x.abs() < 0.5
+        if bool(small.any()):
+            y[small] = torch.expm1(x[small])
+    return -(p * y).sum(-1) / d
+
+
+@pytest.mark.parametrize("q", [1.5, 0.5, 1.02, 0.97, 3.0, 0.05])
+def test_tsallis_is_bit_for_bit_what_it_was(q):
+    g = torch.Generator().manual_seed(1)
+    d = q - 1.0
+    rows = [torch.randn(200, 64, generator=g), torch.randn(200, 64, generator=g) * 8, torch.randn(200, 64, generator=g) * 30]
+    for logits in rows:
+        logp = torch.log_softmax(logits, dim=-1)
+        # entries right at |d * log p| = 0.5, either side, where exp - 1 and expm1 take turns
+        logp[:5, :3] = torch.tensor([-0.5 / abs(d)]).nextafter(torch.tensor(0.0))
+        logp[5:10, :3] = torch.tensor([-0.5 / abs(d)]).nextafter(torch.tensor(-1.0))
+        logp[10, 0] = -0.0
+        p = logp.exp()
+        for top in (None, logp.max()):
+            new, old = lvtp._tsallis_from_log(p, logp, q, logp_max=top), _tsallis_before(p, logp, q, top)
+            torch.testing.assert_close(new, old, rtol=0, atol=0, equal_nan=True)  # 0 * inf: NaN in both
+    p = torch.rand(50, 16, generator=g) * 2  # not probabilities: log p > 0 somewhere (the general search)
+    logp = p.log()
+    new, old = lvtp._tsallis_from_log(p, logp, q, logp_max=logp.max()), _tsallis_before(p, logp, q, logp.max())
+    assert torch.equal(new, old)
 
 
 def _context(seed: int) -> PruneContext:

@@ -100,16 +100,12 @@ def rank_within_class(value: Tensor, pred: Tensor) -> Tensor:
     if n == 0:
         return torch.zeros(0, dtype=torch.long)
     by_value = torch.sort(value, descending=True, stable=True).indices
-    order = by_value[torch.sort(pred[by_value], stable=True).indices]  # grouped by class, best first
-    sorted_pred = pred[order]
-    position = torch.arange(n)
-    # Position of each class's first token in ``order``: a new group starts where pred changes.
-    starts = torch.ones(n, dtype=torch.bool)
-    starts[1:] = sorted_pred[1:] != sorted_pred[:-1]
-    group_start = torch.cummax(torch.where(starts, position, torch.zeros_like(position)), dim=0).values
-    rank = torch.empty(n, dtype=torch.long)
-    rank[order] = position - group_start
-    return rank
+    grouped = torch.sort(pred.index_select(0, by_value), stable=True)  # values: the classes in order
+    order = by_value.index_select(0, grouped.indices)  # grouped by class, best first
+    # Position of each class's first token in ``order``: in the sorted classes, the leftmost
+    # place each one could be inserted, one call.
+    group_start = torch.searchsorted(grouped.values, grouped.values, side="left")
+    return torch.empty(n, dtype=torch.long).scatter_(0, order, torch.arange(n) - group_start)
 
 
 def exit_mask(conf: Tensor, pred: Tensor, threshold: float, k: int) -> Tensor:

@@ -34,7 +34,7 @@ from torch import Tensor
 
 from ..cluster import cosine_kmeans
 from ..errors import echo
-from ..threads import single_threaded
+from ..threads import side_task, single_threaded
 from .base import KEPT, PENDING_KEPT, PRUNED, Decision, MethodSpec, PruneContext, validate_params
 
 EntropyMode = Literal["mtsallis", "shannon", "none"]
@@ -76,7 +76,8 @@ class LVTPParams:
              Table 5 implies it (rate 0 still saves 36% GFLOPs), without saying how many; 0 gives
              the two-state reading (everything not kept is pending).
     k2:      clusters in the second clustering of the pending tokens, >= 2.
-    iters:   k-means iterations (fixed, no early stop: the cost is countable), >= 1.
+    iters:   k-means iterations, >= 1 (the result of all of them; the loop stops early only at
+             a fixed point, where the rest would change nothing: ``cluster.cosine_kmeans``).
     entropy: "mtsallis" (Eq. 3-4), "shannon" (Eq. 1) or "none" (plain features), Table 3.
     second:  "sobel" (Sobel-guided), "simple" (same as the first clustering) or "none" (prune
              every pending token), Table 4.
@@ -169,24 +170,31 @@ def _tsallis_from_log(p: Tensor, logp: Tensor, q: float, dim: int = -1, logp_max
         return -(p * logp).sum(dim)
     d = q - 1.0
     x = d * logp
-    # |d * log p| is smallest where log p (<= 0) is largest, and rounding keeps that order, so
-    # the one product d * max(log p) tells whether any entry needs expm1: the same answer as
-    # searching x, without the three passes over Nk x C (abs, compare, any).
-    any_small = None if logp_max is None or float(logp_max) > 0 else bool((d * logp_max).abs() < 0.5)
-    return -(p * _expm1(x, any_small)).sum(dim) / d
+    if logp_max is None or float(logp_max) > 0:
+        small: Tensor | None = x.abs() < 0.5
+    elif not bool((d * logp_max).abs() < 0.5):
+        # |d * log p| is smallest where log p (<= 0) is largest, and rounding keeps that order,
+        # so the one product d * max(log p) tells that no entry needs expm1: the same answer as
+        # searching x, without passes over Nk x C. (A NaN max lands here too, as it always has.)
+        small = None
+    else:
+        # Every log p <= 0 (the max is, and is not NaN), so x = d * log p has the sign of -d or
+        # is +-0: |x| < 0.5 is one comparison instead of abs, then compare.
+        small = x > -0.5 if d > 0 else x < 0.5
+    return -_expm1(x, small).mul_(p).sum(dim) / d  # p * y: the same products as y * p
 
 
-def _expm1(x: Tensor, any_small: bool | None = None) -> Tensor:
+def _expm1(x: Tensor, small: Tensor | None) -> Tensor:
     """``expm1(x)``, with ``exp(x) - 1`` where |x| >= 0.5 (no cancellation there: the two agree
     to ~2 ulp). Why: torch's CPU expm1 is not vectorised and measured 5x slower than exp, and
     it was half of LVTP's decision time; most entries of ``(q - 1) log p`` are far from 0.
-    any_small: whether some |x| < 0.5, when the caller knows (None: look)."""
+    small: x's shape, True where |x| < 0.5 (None: nowhere)."""
     y = torch.exp(x).sub_(1.0)
-    if any_small is False:
+    if small is None:
         return y
-    small = x.abs() < 0.5
-    if bool(small.any()):
-        y[small] = torch.expm1(x[small])
+    where = small.nonzero(as_tuple=True)  # one pass; the few entries it finds are then cheap
+    if where[0].numel():
+        y[where] = torch.expm1(x[where])
     return y
 
 
@@ -313,7 +321,7 @@ def entropy_weighted_kmeans(
     centre towards themselves ("strong attraction to semantic focusing regions"), low-entropy
     ones barely move it; assignments use the cosine of the plain v (Eq. 7).
     """
-    labels, _ = cosine_kmeans(v, k, iters=iters, seed=seed, weights=weights)
+    labels, _ = cosine_kmeans(v, k, iters=iters, seed=seed, weights=weights, until_fixed=True)
     return labels
 
 
@@ -339,8 +347,7 @@ def rank_clusters(means: Tensor, descending: bool) -> Tensor:
     key = torch.where(torch.isnan(means), torch.full_like(means, fill), means)
     order = torch.sort(key, descending=descending, stable=True).indices
     rank = torch.empty_like(order)
-    rank[order] = torch.arange(order.numel())
-    return rank
+    return rank.scatter_(0, order, torch.arange(order.numel()))  # rank[order] = 0, 1, 2, ...
 
 
 def first_pass(
@@ -363,7 +370,7 @@ def first_pass(
     m = int((counts > 0).sum())
     n_keep_clusters = math.ceil(m / 2)
     n_drop_clusters = min(int(round(drop * m)), m - n_keep_clusters)
-    token_rank = rank[labels]
+    token_rank = rank.index_select(0, labels)  # rank[labels], without advanced indexing's overhead
     return token_rank < n_keep_clusters, token_rank >= m - n_drop_clusters, token_rank
 
 
@@ -426,7 +433,7 @@ def prune_order(cluster_rank: Tensor, value: Tensor) -> Tensor:
     the last, partly pruned cluster by per-token strength, so any ``rate`` is hit exactly.
     """
     by_value = torch.sort(value, stable=True).indices
-    return by_value[torch.sort(cluster_rank[by_value], stable=True).indices]
+    return by_value.index_select(0, torch.sort(cluster_rank.index_select(0, by_value), stable=True).indices)
 
 
 def second_pass(
@@ -459,13 +466,13 @@ def second_pass(
         return torch.zeros(p, dtype=torch.bool), torch.full((p,), -1, dtype=torch.long)
     if mode == "sobel":
         x = torch.cat([F.normalize(v, dim=-1), EDGE_FEATURE_WEIGHT * minmax_weights(guide)[:, None]], dim=-1)
-        labels, _ = cosine_kmeans(x, k2, iters=iters, seed=seed)
+        labels, _ = cosine_kmeans(x, k2, iters=iters, seed=seed, until_fixed=True)
     elif mode == "simple":
         labels = entropy_weighted_kmeans(v, weights, k2, iters, seed)
     else:
         raise ValueError(f"second must be one of {SECOND_MODES}, got {mode!r}")
     means, _ = cluster_means(labels, guide, max(1, min(k2, p)))
-    token_rank = rank_clusters(means, descending=False)[labels]
+    token_rank = rank_clusters(means, descending=False).index_select(0, labels)
     n_prune = int(round(rate * p))
     saved = torch.ones(p, dtype=torch.bool)
     saved[prune_order(token_rank, guide)[:n_prune]] = False
@@ -493,6 +500,12 @@ def _score_and_weights(x: Tensor, p: LVTPParams, want_diagnostics: bool = True) 
     return diag, score, minmax_weights(score)
 
 
+def _edges(ctx: PruneContext) -> tuple[Tensor, Tensor]:
+    """(Sobel map H x W, edge energy Nk of the alive tokens) of the context's image."""
+    sobel = sobel_magnitude(ctx.image)
+    return sobel, token_edge_energy(sobel, ctx.grid, ctx.patch_size, ctx.kept_idx)
+
+
 @single_threaded  # hundreds of small operations: one thread is faster (prune_viz/threads.py)
 def decide(ctx: PruneContext, params: LVTPParams) -> Decision:
     """LVTP decision on the Nk tokens alive after block ``ctx.layer``.
@@ -510,30 +523,30 @@ def decide(ctx: PruneContext, params: LVTPParams) -> Decision:
         empty = torch.zeros(0, dtype=torch.long)
         return Decision(keep=empty, status=empty.clone(), diagnostics={})
     want = ctx.want_diagnostics
+    # The Sobel map steers the decision only in "sobel" mode; otherwise it is drawn, not used.
+    # It depends on the image alone: with a second core lent, it is made there meanwhile.
+    edges = side_task(_edges, ctx) if params.second == "sobel" or want else None
     diag, score, weights = _score_and_weights(x, params, want)
 
     keep1, removed1, cluster1 = first_pass(x, score, weights, params.k, params.iters, ctx.seed, params.drop)
     pending = ~keep1 & ~removed1
     pend_idx = torch.nonzero(pending).flatten()
 
-    # The Sobel map steers the decision only in "sobel" mode; otherwise it is drawn, not used.
-    sobel = edge = None
-    if params.second == "sobel" or want:
-        sobel = sobel_magnitude(ctx.image)
-        edge = token_edge_energy(sobel, ctx.grid, ctx.patch_size, ctx.kept_idx)
+    sobel, edge = edges() if edges is not None else (None, None)
     guide = edge if params.second == "sobel" else score
-    # "simple" re-applies Eq. 5 to the pending tokens alone, as the first clustering would.
+    # "simple" re-applies Eq. 5 to the pending tokens alone, as the first clustering would (the
+    # other modes do not use weights here).
     pend_w = None
-    if weights is not None and pend_idx.numel():
-        pend_w = minmax_weights(score[pend_idx])
+    if params.second == "simple" and weights is not None and pend_idx.numel():
+        pend_w = minmax_weights(score.index_select(0, pend_idx))
     saved, rank2 = second_pass(
-        x[pend_idx], guide[pend_idx], params.second, params.rate, params.k2, params.iters,
-        ctx.seed + 1, pend_w,
+        x.index_select(0, pend_idx), guide.index_select(0, pend_idx), params.second, params.rate, params.k2,
+        params.iters, ctx.seed + 1, pend_w,
     )
 
     status = torch.full((nk,), KEPT, dtype=torch.long)
-    status[removed1] = PRUNED
-    status[pend_idx] = torch.where(saved, torch.tensor(PENDING_KEPT), torch.tensor(PRUNED))
+    status.masked_fill_(removed1, PRUNED)
+    status.index_copy_(0, pend_idx, torch.where(saved, PENDING_KEPT, PRUNED))
     keep = torch.nonzero(status != PRUNED).flatten()
     if not want:
         return Decision(keep=keep, status=status, diagnostics={})

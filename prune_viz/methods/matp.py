@@ -119,13 +119,14 @@ def class_relation(tokens: Tensor, pred: Tensor) -> Tensor:
         return torch.zeros(0)
     x = tokens.detach().float()
     unit = F.normalize(F.layer_norm(x, x.shape[-1:], eps=1e-6), dim=-1)
-    k = int(pred.max()) + 1
+    n, k = pred.shape[0], int(pred.max()) + 1
     # A one-hot matmul, not index_add_: the same sums (up to summation order), but index_add_
     # measured ~1000x slower with 2 threads than with 1 (26 ms vs 0.03 ms for 1024 x 192).
-    # The one-hot by comparison: F.one_hot's values without its range checks (two more passes).
-    protos = (pred[:, None] == torch.arange(k)).T.to(unit.dtype) @ unit
-    protos = F.normalize(protos, dim=-1)
-    return (unit * protos[pred]).sum(-1).clamp(-1.0, 1.0)
+    # The one-hot by index_put_: F.one_hot's values in one call, without its range checks.
+    one_hot = torch.zeros(n, k, dtype=unit.dtype).index_put_((torch.arange(n), pred), torch.ones((), dtype=unit.dtype))
+    protos = F.normalize(one_hot.T @ unit, dim=-1)
+    # index_select: protos[pred]'s rows without advanced indexing's overhead (5x on N x C).
+    return (unit * protos.index_select(0, pred)).sum(-1).clamp(-1.0, 1.0)
 
 
 def token_facets(logits: Tensor, tokens: Tensor) -> dict[str, Tensor]:
@@ -154,8 +155,10 @@ def multi_faceted_score(entropy: Tensor, confidence: Tensor, relation: Tensor, w
     scores high; a confident, certain token typical of its class scores near 0 (redundant).
     """
     w = torch.tensor(weights, dtype=torch.float32)
-    w = w / w.sum()
-    return w[0] * entropy + w[1] * (1.0 - confidence) + w[2] * (1.0 - relation) / 2.0
+    w0, w1, w2 = (w / w.sum()).tolist()  # float32 values, exact as Python floats
+    # Tensor x Python float computes in float32 with the same float32 weight: the products of
+    # ``w[i] * facet`` (0-d float32 tensors), bit for bit, in fewer calls.
+    return entropy * w0 + (1.0 - confidence) * w1 + (1.0 - relation) * w2 / 2.0
 
 
 # ---------------------------------------------------------------------------- the criteria
@@ -239,7 +242,7 @@ def decide(ctx: PruneContext, params: MATPParams) -> Decision:
         empty = torch.zeros(0, dtype=torch.long)
         return Decision(keep=empty, status=empty.clone(), diagnostics={})
     prune, diag = matp_masks(ctx.aux_logits, ctx.tokens, params, ctx.want_diagnostics)
-    status = torch.where(prune, torch.tensor(PRUNED), torch.tensor(KEPT)).long()
+    status = torch.where(prune, PRUNED, KEPT)  # int64
     return Decision(keep=torch.nonzero(~prune).flatten(), status=status, diagnostics=diag)
 
 
