@@ -59,6 +59,90 @@ def run_block_subset(block: nn.Module, x: Tensor, kept_idx: Tensor, grid: tuple[
     return BlockOutput(x=x, received=received)
 
 
+# Query rows per chunk of the full-grid attention are chosen so that one chunk's scores
+# (heads x rows x keys floats) stay near this size: the probabilities are then reduced to the
+# statistics and multiplied by V while they are still in cache, instead of four passes over an
+# N x N x heads tensor in memory (805 MB for ViT-B at 1024).
+CHUNK_ELEMENTS = 1 << 22
+
+
+def run_block_full_with_stats(block: nn.Module, x: Tensor, grid: tuple[int, int]) -> BlockOutput:
+    """The unmodified block on the full gh x gw grid (segment-anything's ``Block.forward``:
+    norm1, window partition with zero pad cells, attention, unpartition, MLP), plus the mean
+    attention each token receives, averaged over heads and over the (real) queries of its window
+    (global blocks: all queries). x: 1 x N x C -> 1 x N x C; received: N.
+
+    The same arithmetic as the block, in the same order, with the attention computed in chunks
+    of query rows (:func:`attention_with_received`), so the statistics come from the very
+    probabilities that produce the output and cost one cached pass over them.
+    """
+    from segment_anything.modeling.image_encoder import window_partition, window_unpartition
+
+    gh, gw = grid
+    c = x.shape[-1]
+    shortcut = x.reshape(1, gh, gw, c)
+    y = block.norm1(shortcut)
+    ws = block.window_size
+    heads = block.attn.num_heads
+    if ws:
+        y, pad_hw = window_partition(y, ws)
+        real, _ = window_partition(torch.ones(1, gh, gw, 1), ws)  # 0 at pad cells
+        real = real.reshape(y.shape[0], ws * ws)
+        out, recv = attention_with_received(block.attn, y, real)
+        out = window_unpartition(out, ws, pad_hw, (gh, gw))
+        recv = recv / (heads * real.sum(dim=1, keepdim=True))  # per window: its real queries
+        received = window_unpartition(recv.reshape(-1, ws, ws, 1), ws, pad_hw, (gh, gw)).reshape(-1)
+    else:
+        out, recv = attention_with_received(block.attn, y, None)
+        received = recv.reshape(-1) / (heads * gh * gw)
+    x = shortcut + out
+    x = x + block.mlp(block.norm2(x))
+    return BlockOutput(x=x.reshape(1, gh * gw, c), received=received)
+
+
+def attention_with_received(attn: nn.Module, y: Tensor, query_weight: Tensor | None) -> tuple[Tensor, Tensor]:
+    """segment-anything's ``Attention.forward`` on y (B x h x w x C: windows, or the grid as
+    B = 1), chunked over query rows, and the attention probability each key receives summed over
+    heads and queries (queries weighted by ``query_weight``, B x h*w, when given: 0 drops a pad
+    query). Returns (B x h x w x C, B x h*w)."""
+    from segment_anything.modeling.image_encoder import get_rel_pos
+
+    b, h, w, _ = y.shape
+    n, heads = h * w, attn.num_heads
+    qkv = attn.qkv(y).reshape(b, n, 3, heads, -1).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.reshape(3, b * heads, n, -1).unbind(0)  # (B*heads) x n x hd, as the library
+    hd = q.shape[-1]
+    r_h = get_rel_pos(h, h, attn.rel_pos_h) if attn.use_rel_pos else None  # h x h x hd
+    r_w = get_rel_pos(w, w, attn.rel_pos_w) if attn.use_rel_pos else None
+    rows = max(1, CHUNK_ELEMENTS // (heads * n * w))  # query rows per chunk
+    images = max(1, CHUNK_ELEMENTS // (heads * n * n)) if rows >= h else 1  # windows per chunk
+    rows = min(rows, h)
+    ctx = torch.empty_like(q)
+    received = torch.zeros(b, n, dtype=q.dtype)
+    for b0 in range(0, b, images):
+        b1 = min(b, b0 + images)
+        bs = slice(b0 * heads, b1 * heads)
+        kt, vb = k[bs].transpose(-2, -1), v[bs]
+        for r0 in range(0, h, rows):
+            r1 = min(h, r0 + rows)
+            qs = slice(r0 * w, r1 * w)
+            qc = q[bs, qs]
+            a = (qc * attn.scale) @ kt  # (chunk images * heads) x (chunk rows * w) x n
+            if r_h is not None and r_w is not None:
+                r_q = qc.reshape(-1, r1 - r0, w, hd)
+                rel_h = torch.einsum("bhwc,hkc->bhwk", r_q, r_h[r0:r1])
+                rel_w = torch.einsum("bhwc,wkc->bhwk", r_q, r_w)
+                a = (a.view(-1, r1 - r0, w, h, w) + rel_h[:, :, :, :, None] + rel_w[:, :, :, None, :]).view(a.shape)
+            p = a.softmax(dim=-1)
+            ctx[bs, qs] = p @ vb
+            p = p.view(b1 - b0, heads, (r1 - r0) * w, n)
+            if query_weight is not None:
+                p = p * query_weight[b0:b1, None, qs, None]
+            received[b0:b1] += p.sum(dim=(1, 2))
+    out = ctx.view(b, heads, h, w, hd).permute(0, 2, 3, 1, 4).reshape(b, h, w, -1)
+    return attn.proj(out), received
+
+
 def subset_attention(
     block: nn.Module, y: Tensor, kept_idx: Tensor, grid: tuple[int, int], want_stats: bool, with_output: bool
 ) -> tuple[Tensor | None, Tensor | None]:
