@@ -204,6 +204,40 @@ def test_full_path_statistics_equal_subset_statistics(tiny, chunk, monkeypatch):
     assert abs(float(sub.received.sum()) - 1.0) < 1e-5  # global block: each query's row sums to 1
 
 
+def test_full_path_statistics_chunks_shared_among_threads(tiny, monkeypatch):
+    """With 2 intra-op threads the chunks run on two one-thread workers: the same numbers as one
+    thread (chunk results land in their own slots, summed in chunk order), and a FLOP counter
+    (per-thread) still sees every multiply-add because the chunks then stay on its thread."""
+    from prune_viz.backbones import sam_attention
+    from prune_viz.threads import _runtimes
+
+    if _runtimes() is None:
+        pytest.skip("no per-thread OpenMP control on this platform: chunks run on the calling thread")
+    monkeypatch.setattr(sam_attention, "CHUNK_ELEMENTS", 3 * 256 * 16 * 3)
+    n = tiny.grid[0] * tiny.grid[1]
+    x = torch.randn(1, n, tiny.embed_dim, generator=torch.Generator().manual_seed(3))
+    workers = []
+    real_share = sam_attention._share
+
+    def spy(run, count):
+        workers.append(min(torch.get_num_threads(), count))
+        real_share(run, count)
+
+    monkeypatch.setattr(sam_attention, "_share", spy)
+    with torch.no_grad():
+        for layer in (1, 2):
+            one = tiny.run_block(layer, x, None, tiny.grid, want_attn=True)
+            torch.set_num_threads(2)
+            try:
+                two = tiny.run_block(layer, x, None, tiny.grid, want_attn=True)
+                measured, _ = measure_macs(lambda: tiny.run_block(layer, x, None, tiny.grid, want_attn=True))
+            finally:
+                torch.set_num_threads(1)
+            assert torch.equal(one.x, two.x) and torch.equal(one.received, two.received), tiny.block_kind(layer)
+            assert measured == tiny.block_macs(layer, None, tiny.grid, want_attn=True) == tiny.block_macs(layer, None, tiny.grid)
+    assert workers[:2] == [1, 2]
+
+
 # --- 3. MACs ----------------------------------------------------------------------------------
 def test_full_block_macs_equal_flop_counter(vit_b, image):
     prep = vit_b.prepare(image)

@@ -17,11 +17,14 @@ Attention on a subset of tokens
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
 
 from ..flops import linear_macs
+from ..threads import _runtimes, one_thread
 from .base import BlockOutput
 
 
@@ -104,7 +107,15 @@ def attention_with_received(attn: nn.Module, y: Tensor, query_weight: Tensor | N
     """segment-anything's ``Attention.forward`` on y (B x h x w x C: windows, or the grid as
     B = 1), chunked over query rows, and the attention probability each key receives summed over
     heads and queries (queries weighted by ``query_weight``, B x h*w, when given: 0 drops a pad
-    query). Returns (B x h x w x C, B x h*w)."""
+    query). Returns (B x h x w x C, B x h*w).
+
+    The chunks are independent, so they are shared among the intra-op threads as whole chunks,
+    each worker on one intra-op thread (:func:`prune_viz.threads.one_thread`): a chunk is a
+    handful of mid-sized operations, and with two intra-op threads each of them would wait in a
+    barrier (measured on the loaded 2-core machine: 2.4x the CPU time of the stock block). Each
+    chunk's statistics go to a row of their own and are summed in chunk order, so the result
+    does not depend on the number of workers.
+    """
     from segment_anything.modeling.image_encoder import get_rel_pos
 
     b, h, w, _ = y.shape
@@ -117,30 +128,54 @@ def attention_with_received(attn: nn.Module, y: Tensor, query_weight: Tensor | N
     rows = max(1, CHUNK_ELEMENTS // (heads * n * w))  # query rows per chunk
     images = max(1, CHUNK_ELEMENTS // (heads * n * n)) if rows >= h else 1  # windows per chunk
     rows = min(rows, h)
+    chunks = [(b0, min(b, b0 + images), r0, min(h, r0 + rows)) for b0 in range(0, b, images) for r0 in range(0, h, rows)]
     ctx = torch.empty_like(q)
-    received = torch.zeros(b, n, dtype=q.dtype)
-    for b0 in range(0, b, images):
-        b1 = min(b, b0 + images)
-        bs = slice(b0 * heads, b1 * heads)
-        kt, vb = k[bs].transpose(-2, -1), v[bs]
-        for r0 in range(0, h, rows):
-            r1 = min(h, r0 + rows)
-            qs = slice(r0 * w, r1 * w)
-            qc = q[bs, qs]
-            a = (qc * attn.scale) @ kt  # (chunk images * heads) x (chunk rows * w) x n
-            if r_h is not None and r_w is not None:
-                r_q = qc.reshape(-1, r1 - r0, w, hd)
-                rel_h = torch.einsum("bhwc,hkc->bhwk", r_q, r_h[r0:r1])
-                rel_w = torch.einsum("bhwc,wkc->bhwk", r_q, r_w)
-                a = (a.view(-1, r1 - r0, w, h, w) + rel_h[:, :, :, :, None] + rel_w[:, :, :, None, :]).view(a.shape)
-            p = a.softmax(dim=-1)
-            ctx[bs, qs] = p @ vb
-            p = p.view(b1 - b0, heads, (r1 - r0) * w, n)
-            if query_weight is not None:
-                p = p * query_weight[b0:b1, None, qs, None]
-            received[b0:b1] += p.sum(dim=(1, 2))
+    partial = torch.zeros(len(chunks), b, n, dtype=q.dtype)
+
+    def run(i: int) -> None:
+        b0, b1, r0, r1 = chunks[i]
+        bs, qs = slice(b0 * heads, b1 * heads), slice(r0 * w, r1 * w)
+        qc = q[bs, qs]
+        a = (qc * attn.scale) @ k[bs].transpose(-2, -1)  # (chunk images * heads) x (chunk rows * w) x n
+        if r_h is not None and r_w is not None:
+            r_q = qc.reshape(-1, r1 - r0, w, hd)
+            rel_h = torch.einsum("bhwc,hkc->bhwk", r_q, r_h[r0:r1])
+            rel_w = torch.einsum("bhwc,wkc->bhwk", r_q, r_w)
+            a = (a.view(-1, r1 - r0, w, h, w) + rel_h[:, :, :, :, None] + rel_w[:, :, :, None, :]).view(a.shape)
+        p = a.softmax(dim=-1)
+        ctx[bs, qs] = p @ v[bs]
+        p = p.view(b1 - b0, heads, (r1 - r0) * w, n)
+        if query_weight is not None:
+            p = p * query_weight[b0:b1, None, qs, None]
+        partial[i, b0:b1] = p.sum(dim=(1, 2))
+
+    _share(run, len(chunks))
     out = ctx.view(b, heads, h, w, hd).permute(0, 2, 3, 1, 4).reshape(b, h, w, -1)
-    return attn.proj(out), received
+    return attn.proj(out), partial.sum(dim=0)
+
+
+def _share(run: Callable[[int], None], count: int) -> None:
+    """run(0..count-1), spread over as many workers as this thread has intra-op threads, each on
+    one intra-op thread; in the calling thread alone where that cannot be arranged, or while a
+    dispatch mode such as ``FlopCounterMode`` watches this thread (modes are per thread: work
+    on other threads would go uncounted)."""
+    from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+    workers = min(torch.get_num_threads(), count) if _runtimes() is not None else 1
+    if workers <= 1 or _get_current_dispatch_mode() is not None:
+        for i in range(count):
+            run(i)
+        return
+    grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
+
+    def worker(first: int) -> None:
+        with torch.set_grad_enabled(grad), torch.inference_mode(inference), one_thread():
+            for i in range(first, count, workers):
+                run(i)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for f in [pool.submit(worker, j) for j in range(workers)]:
+            f.result()
 
 
 def subset_attention(
