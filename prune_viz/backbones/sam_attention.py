@@ -16,6 +16,7 @@ Attention on a subset of tokens
 
 from __future__ import annotations
 
+import itertools
 import math
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
@@ -155,10 +156,12 @@ def attention_with_received(attn: nn.Module, y: Tensor, query_weight: Tensor | N
 
 
 def _share(run: Callable[[int], None], count: int) -> None:
-    """run(0..count-1), spread over as many workers as this thread has intra-op threads, each on
-    one intra-op thread; in the calling thread alone where that cannot be arranged, or while a
-    dispatch mode such as ``FlopCounterMode`` watches this thread (modes are per thread: work
-    on other threads would go uncounted)."""
+    """run(0..count-1), spread over as many workers as this thread has intra-op threads (the
+    caller is one of them), each on one intra-op thread, taking the next chunk when done with
+    one (a worker descheduled by a busy machine then holds up one chunk, not half of them). In
+    the calling thread alone where that cannot be arranged, or while a dispatch mode such as
+    ``FlopCounterMode`` watches this thread (modes are per thread: work on other threads would
+    go uncounted). Which worker runs a chunk does not change its result."""
     from torch.utils._python_dispatch import _get_current_dispatch_mode
 
     workers = min(torch.get_num_threads(), count) if _runtimes() is not None else 1
@@ -167,14 +170,19 @@ def _share(run: Callable[[int], None], count: int) -> None:
             run(i)
         return
     grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
+    next_chunk = itertools.count()  # next() on it is atomic under the GIL
 
-    def worker(first: int) -> None:
+    def worker() -> None:
         with torch.set_grad_enabled(grad), torch.inference_mode(inference), one_thread():
-            for i in range(first, count, workers):
+            for i in iter(next_chunk.__next__, None):
+                if i >= count:
+                    return
                 run(i)
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for f in [pool.submit(worker, j) for j in range(workers)]:
+    with ThreadPoolExecutor(max_workers=workers - 1) as pool:
+        helpers = [pool.submit(worker) for _ in range(workers - 1)]
+        worker()
+        for f in helpers:
             f.result()
 
 
