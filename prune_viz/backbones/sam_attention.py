@@ -1,4 +1,4 @@
-"""Attention of a segment-anything ``Block`` on a subset of tokens, and its MACs (pure functions).
+"""SAM attention: a ``Block`` on a subset of tokens, its MACs, and the full-grid block with statistics.
 
 Attention on a subset of tokens
 -------------------------------
@@ -12,6 +12,14 @@ Attention on a subset of tokens
   ``rel_h = q . R_h[q_row, k_row]`` (decomposed, MViTv2). The subset path computes ``rel_h`` /
   ``rel_w`` for the kept queries only and gathers the columns of the kept (and pad) keys, with
   window-local coordinates in windowed blocks and grid coordinates in global blocks.
+
+The full grid with statistics
+-----------------------------
+:func:`run_block_full_with_stats` is the unmodified block's arithmetic (as ``Block.forward``)
+that also returns the attention each token receives (EViT's score on SAM): the attention runs in
+chunks of query rows, each chunk's probabilities are reduced to the statistics and multiplied by V
+while in cache, and the chunks are shared among one-thread workers. Its output equals the
+library block's (allclose; bitwise on the machines measured) at the same MACs.
 """
 
 from __future__ import annotations
