@@ -176,21 +176,66 @@ def test_subset_matches_masked_full_attention(backbone_name, request):
             assert out.cls_attn is None
 
 
-def test_full_path_statistics_equal_subset_statistics(tiny):
+# Chunk sizes (floats of scores per chunk) for the full-grid path with statistics: the default
+# (whole 16 x 16 grid, or several windows, in one chunk), 3 query rows per chunk of a global
+# block with a shorter last chunk (tiny: 3 heads x 256 keys x 16 columns x 3 rows), and one
+# window / one query row per chunk.
+@pytest.mark.parametrize("chunk", [None, 3 * 256 * 16 * 3, 1])
+def test_full_path_statistics_equal_subset_statistics(tiny, chunk, monkeypatch):
+    from prune_viz.backbones import sam_attention
+
+    if chunk is not None:
+        monkeypatch.setattr(sam_attention, "CHUNK_ELEMENTS", chunk)
     n = tiny.grid[0] * tiny.grid[1]
     x = torch.randn(1, n, tiny.embed_dim, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         for layer in (1, 2):
             full = tiny.run_block(layer, x, None, tiny.grid, want_attn=True)
             sub = tiny.run_block(layer, x, torch.arange(n), tiny.grid, want_attn=True)
-            plain = tiny.run_block(layer, x, None, tiny.grid)
-            if tiny.block_kind(layer) == "window":
-                assert torch.equal(full.x, plain.x)  # statistics never change the output
-            else:  # global: one pass of the subset path gives output and statistics
-                assert (full.x - plain.x).abs().max().item() < 1e-5
+            plain = tiny.run_block(layer, x, None, tiny.grid)  # segment-anything's own Block
+            assert plain.received is None
+            # statistics never change the output (same arithmetic as the block, chunked)
+            assert torch.allclose(full.x, plain.x, rtol=1e-5, atol=1e-6), tiny.block_kind(layer)
             assert (full.x - sub.x).abs().max().item() < 1e-5
             assert (full.received - sub.received).abs().max().item() < 1e-6
+            keep = n // 3  # what EViT keeps: the same tokens either way
+            assert torch.equal(torch.topk(full.received, keep).indices.sort().values,
+                               torch.topk(sub.received, keep).indices.sort().values)
     assert abs(float(sub.received.sum()) - 1.0) < 1e-5  # global block: each query's row sums to 1
+
+
+def test_full_path_statistics_chunks_shared_among_threads(tiny, monkeypatch):
+    """With 2 intra-op threads the chunks run on two one-thread workers: the same numbers as one
+    thread (chunk results land in their own slots, summed in chunk order), and a FLOP counter
+    (per-thread) still sees every multiply-add because the chunks then stay on its thread."""
+    from prune_viz.backbones import sam_attention
+    from prune_viz.threads import _runtimes
+
+    if _runtimes() is None:
+        pytest.skip("no per-thread OpenMP control on this platform: chunks run on the calling thread")
+    monkeypatch.setattr(sam_attention, "CHUNK_ELEMENTS", 3 * 256 * 16 * 3)
+    n = tiny.grid[0] * tiny.grid[1]
+    x = torch.randn(1, n, tiny.embed_dim, generator=torch.Generator().manual_seed(3))
+    workers = []
+    real_share = sam_attention._share
+
+    def spy(run, count):
+        workers.append(min(torch.get_num_threads(), count))
+        real_share(run, count)
+
+    monkeypatch.setattr(sam_attention, "_share", spy)
+    with torch.no_grad():
+        for layer in (1, 2):
+            one = tiny.run_block(layer, x, None, tiny.grid, want_attn=True)
+            torch.set_num_threads(2)
+            try:
+                two = tiny.run_block(layer, x, None, tiny.grid, want_attn=True)
+                measured, _ = measure_macs(lambda: tiny.run_block(layer, x, None, tiny.grid, want_attn=True))
+            finally:
+                torch.set_num_threads(1)
+            assert torch.equal(one.x, two.x) and torch.equal(one.received, two.received), tiny.block_kind(layer)
+            assert measured == tiny.block_macs(layer, None, tiny.grid, want_attn=True) == tiny.block_macs(layer, None, tiny.grid)
+    assert workers[:2] == [1, 2]
 
 
 # --- 3. MACs ----------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from ..errors import ParamError
 from ..flops import conv_macs, linear_macs, measure_macs
 from .base import Backbone, BlockKind, BlockOutput, Prepared, Segmentation
-from .sam_attention import full_block_macs, run_block_subset, subset_attention, subset_attention_macs
+from .sam_attention import full_block_macs, run_block_full_with_stats, run_block_subset, subset_attention_macs
 from .sam_variants import PIXEL_MEAN, PIXEL_STD, PROMPT_EMBED_DIM, SAM_VARIANTS, load_sam_model
 
 
@@ -189,16 +189,12 @@ class SamBackbone(Backbone):
             raise ValueError("SamBackbone runs one image at a time (batch 1)")
         gh, gw = grid
         if kept_idx is None:
-            if want_attn and not block.window_size:
-                # Global block: the subset path over every token is the library's computation
-                # (same MACs, outputs equal to float rounding) and yields the probabilities
-                # the statistics average, so they cost no second attention pass.
-                return run_block_subset(block, x, torch.arange(gh * gw), grid, True)
-            out = block(x.reshape(1, gh, gw, -1)).reshape(x.shape)
-            received = None
-            if want_attn:  # windowed: statistics recomputed from the block's weights; the output stays the library's
-                _, received = subset_attention(block, block.norm1(x[0]), torch.arange(gh * gw), grid, True, False)
-            return BlockOutput(x=out, received=received)
+            if want_attn:
+                # The block's own arithmetic with the attention chunked over query rows: the
+                # statistics are read off the probabilities that make the output (same MACs,
+                # output equal to float rounding), in cache, with no second attention pass.
+                return run_block_full_with_stats(block, x, grid)
+            return BlockOutput(x=block(x.reshape(1, gh, gw, -1)).reshape(x.shape))
         return run_block_subset(block, x, kept_idx, grid, want_attn)
 
     def image_embedding(self, patch_grid: Tensor) -> Tensor:
@@ -317,18 +313,11 @@ class SamBackbone(Backbone):
         rel-pos einsums on the PADDED windows (pad queries included), the MLP on the N real
         tokens; global blocks on the N tokens. Subset path: qkv/proj/MLP on Nk tokens, rel-pos
         for Nk queries, attention Nk x Nk (global) or n_w x (n_w + pads_w) per occupied window.
-        want_attn: the subset path gets its statistics from probabilities it computes anyway
-        (+0), and so do global blocks (run through the subset path then); the full path of a
-        windowed block recomputes norm1, qkv, rel-pos and QK^T on the real tokens.
+        want_attn: both paths get their statistics from probabilities they compute anyway (+0).
         """
         block = self._block(layer)
-        gh, gw = grid
-        n = gh * gw
         if kept_idx is None:
-            macs = full_block_macs(block, grid)
-            if want_attn and block.window_size:
-                macs += subset_attention_macs(block, torch.arange(n), grid, with_output=False)
-            return macs
+            return full_block_macs(block, grid)
         nk = int(kept_idx.numel())
         return linear_macs(block.mlp, nk) + subset_attention_macs(block, kept_idx, grid, with_output=True)
 

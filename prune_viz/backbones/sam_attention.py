@@ -1,4 +1,4 @@
-"""Attention of a segment-anything ``Block`` on a subset of tokens, and its MACs (pure functions).
+"""SAM attention: a ``Block`` on a subset of tokens, its MACs, and the full-grid block with statistics.
 
 Attention on a subset of tokens
 -------------------------------
@@ -12,16 +12,28 @@ Attention on a subset of tokens
   ``rel_h = q . R_h[q_row, k_row]`` (decomposed, MViTv2). The subset path computes ``rel_h`` /
   ``rel_w`` for the kept queries only and gathers the columns of the kept (and pad) keys, with
   window-local coordinates in windowed blocks and grid coordinates in global blocks.
+
+The full grid with statistics
+-----------------------------
+:func:`run_block_full_with_stats` is the unmodified block's arithmetic (as ``Block.forward``)
+that also returns the attention each token receives (EViT's score on SAM): the attention runs in
+chunks of query rows, each chunk's probabilities are reduced to the statistics and multiplied by V
+while in cache, and the chunks are shared among one-thread workers. Its output equals the
+library block's (allclose; bitwise on the machines measured) at the same MACs.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
 
 from ..flops import linear_macs
+from ..threads import _runtimes, one_thread
 from .base import BlockOutput
 
 
@@ -57,6 +69,129 @@ def run_block_subset(block: nn.Module, x: Tensor, kept_idx: Tensor, grid: tuple[
     x = x + attn_out[None]
     x = x + block.mlp(block.norm2(x))
     return BlockOutput(x=x, received=received)
+
+
+# Query rows per chunk of the full-grid attention are chosen so that one chunk's scores
+# (heads x rows x keys floats) stay near this size: the probabilities are then reduced to the
+# statistics and multiplied by V while they are still in cache, instead of four passes over an
+# N x N x heads tensor in memory (805 MB for ViT-B at 1024).
+CHUNK_ELEMENTS = 1 << 22
+
+
+def run_block_full_with_stats(block: nn.Module, x: Tensor, grid: tuple[int, int]) -> BlockOutput:
+    """The unmodified block on the full gh x gw grid (segment-anything's ``Block.forward``:
+    norm1, window partition with zero pad cells, attention, unpartition, MLP), plus the mean
+    attention each token receives, averaged over heads and over the (real) queries of its window
+    (global blocks: all queries). x: 1 x N x C -> 1 x N x C; received: N.
+
+    The same arithmetic as the block, in the same order, with the attention computed in chunks
+    of query rows (:func:`attention_with_received`), so the statistics come from the very
+    probabilities that produce the output and cost one cached pass over them.
+    """
+    from segment_anything.modeling.image_encoder import window_partition, window_unpartition
+
+    gh, gw = grid
+    c = x.shape[-1]
+    shortcut = x.reshape(1, gh, gw, c)
+    y = block.norm1(shortcut)
+    ws = block.window_size
+    heads = block.attn.num_heads
+    if ws:
+        y, pad_hw = window_partition(y, ws)
+        real, _ = window_partition(torch.ones(1, gh, gw, 1), ws)  # 0 at pad cells
+        real = real.reshape(y.shape[0], ws * ws)
+        out, recv = attention_with_received(block.attn, y, real)
+        out = window_unpartition(out, ws, pad_hw, (gh, gw))
+        recv = recv / (heads * real.sum(dim=1, keepdim=True))  # per window: its real queries
+        received = window_unpartition(recv.reshape(-1, ws, ws, 1), ws, pad_hw, (gh, gw)).reshape(-1)
+    else:
+        out, recv = attention_with_received(block.attn, y, None)
+        received = recv.reshape(-1) / (heads * gh * gw)
+    x = shortcut + out
+    x = x + block.mlp(block.norm2(x))
+    return BlockOutput(x=x.reshape(1, gh * gw, c), received=received)
+
+
+def attention_with_received(attn: nn.Module, y: Tensor, query_weight: Tensor | None) -> tuple[Tensor, Tensor]:
+    """segment-anything's ``Attention.forward`` on y (B x h x w x C: windows, or the grid as
+    B = 1), chunked over query rows, and the attention probability each key receives summed over
+    heads and queries (queries weighted by ``query_weight``, B x h*w, when given: 0 drops a pad
+    query). Returns (B x h x w x C, B x h*w).
+
+    The chunks are independent, so they are shared among the intra-op threads as whole chunks,
+    each worker on one intra-op thread (:func:`prune_viz.threads.one_thread`): a chunk is a
+    handful of mid-sized operations, and with two intra-op threads each of them would wait in a
+    barrier (measured on the loaded 2-core machine: 2.4x the CPU time of the stock block). Each
+    chunk's statistics go to a row of their own and are summed in chunk order, so the result
+    does not depend on the number of workers.
+    """
+    from segment_anything.modeling.image_encoder import get_rel_pos
+
+    b, h, w, _ = y.shape
+    n, heads = h * w, attn.num_heads
+    qkv = attn.qkv(y).reshape(b, n, 3, heads, -1).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.reshape(3, b * heads, n, -1).unbind(0)  # (B*heads) x n x hd, as the library
+    hd = q.shape[-1]
+    r_h = get_rel_pos(h, h, attn.rel_pos_h) if attn.use_rel_pos else None  # h x h x hd
+    r_w = get_rel_pos(w, w, attn.rel_pos_w) if attn.use_rel_pos else None
+    rows = max(1, CHUNK_ELEMENTS // (heads * n * w))  # query rows per chunk
+    images = max(1, CHUNK_ELEMENTS // (heads * n * n)) if rows >= h else 1  # windows per chunk
+    rows = min(rows, h)
+    chunks = [(b0, min(b, b0 + images), r0, min(h, r0 + rows)) for b0 in range(0, b, images) for r0 in range(0, h, rows)]
+    ctx = torch.empty_like(q)
+    partial = torch.zeros(len(chunks), b, n, dtype=q.dtype)
+
+    def run(i: int) -> None:
+        b0, b1, r0, r1 = chunks[i]
+        bs, qs = slice(b0 * heads, b1 * heads), slice(r0 * w, r1 * w)
+        qc = q[bs, qs]
+        a = (qc * attn.scale) @ k[bs].transpose(-2, -1)  # (chunk images * heads) x (chunk rows * w) x n
+        if r_h is not None and r_w is not None:
+            r_q = qc.reshape(-1, r1 - r0, w, hd)
+            rel_h = torch.einsum("bhwc,hkc->bhwk", r_q, r_h[r0:r1])
+            rel_w = torch.einsum("bhwc,wkc->bhwk", r_q, r_w)
+            a = (a.view(-1, r1 - r0, w, h, w) + rel_h[:, :, :, :, None] + rel_w[:, :, :, None, :]).view(a.shape)
+        p = a.softmax(dim=-1)
+        ctx[bs, qs] = p @ v[bs]
+        p = p.view(b1 - b0, heads, (r1 - r0) * w, n)
+        if query_weight is not None:
+            p = p * query_weight[b0:b1, None, qs, None]
+        partial[i, b0:b1] = p.sum(dim=(1, 2))
+
+    _share(run, len(chunks))
+    out = ctx.view(b, heads, h, w, hd).permute(0, 2, 3, 1, 4).reshape(b, h, w, -1)
+    return attn.proj(out), partial.sum(dim=0)
+
+
+def _share(run: Callable[[int], None], count: int) -> None:
+    """run(0..count-1), spread over as many workers as this thread has intra-op threads (the
+    caller is one of them), each on one intra-op thread, taking the next chunk when done with
+    one (a worker descheduled by a busy machine then holds up one chunk, not half of them). In
+    the calling thread alone where that cannot be arranged, or while a dispatch mode such as
+    ``FlopCounterMode`` watches this thread (modes are per thread: work on other threads would
+    go uncounted). Which worker runs a chunk does not change its result."""
+    from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+    workers = min(torch.get_num_threads(), count) if _runtimes() is not None else 1
+    if workers <= 1 or _get_current_dispatch_mode() is not None:
+        for i in range(count):
+            run(i)
+        return
+    grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
+    next_chunk = itertools.count()  # next() on it is atomic under the GIL
+
+    def worker() -> None:
+        with torch.set_grad_enabled(grad), torch.inference_mode(inference), one_thread():
+            for i in iter(next_chunk.__next__, None):
+                if i >= count:
+                    return
+                run(i)
+
+    with ThreadPoolExecutor(max_workers=workers - 1) as pool:
+        helpers = [pool.submit(worker) for _ in range(workers - 1)]
+        worker()
+        for f in helpers:
+            f.result()
 
 
 def subset_attention(
