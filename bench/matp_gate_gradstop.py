@@ -14,7 +14,8 @@ the same table of scene counts, so differences are taken replicate by replicate.
     python bench/matp_gate_gradstop.py --run shipped=runs/abl_shipped --run no-gate=runs/abl_nogate \
         --run no-grad-stop=runs/abl_nogradstop --out docs/bench/ablations_v2/matp_gate_gradstop
 
-Writes OUT.csv and OUT.md (the measurement commands go in with ``--command``).
+Writes OUT.csv and OUT.md (the measurement commands go in with ``--command``, the reading of the
+table with ``--notes FILE``).
 """
 
 from __future__ import annotations
@@ -159,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budgets", default="30,50,70", help="MAC reductions in %%; the first run's MATP default is added")
     ap.add_argument("--out", type=Path, required=True, help="writes OUT.csv and OUT.md")
     ap.add_argument("--command", action="append", default=[], help="a measurement command to quote in the .md (repeatable)")
+    ap.add_argument("--title", default="MATP (reconstructed): retention gate and gradient stop, paired over the same scenes")
+    ap.add_argument("--notes", type=Path, default=None, help="a markdown file put under the title (the reading of the table)")
     args = ap.parse_args(argv)
     runs = []
     for item in args.run:
@@ -175,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         w.writeheader()
         w.writerows(rows)
     meta = runs[0].meta
-    text = (f"{meta['split']} split, {meta['n']} scenes, 95 % bootstrap CI over scenes ({meta['boot']} paired draws, the same "
+    notes = args.notes.read_text().strip() + "\n\n" if args.notes else ""
+    text = (f"# {args.title}\n\n{notes}## Table\n\n{meta['split']} split, {meta['n']} scenes, 95 % bootstrap CI over scenes ({meta['boot']} paired draws, the same "
             f"for every run); MAC reductions against the unpruned original model ({meta['backbone']}).\n\n"
             + "".join(f"`{c}`\n\n" for c in args.command)
             + f"`python bench/matp_gate_gradstop.py {' '.join('--run ' + r for r in args.run)} --budgets {args.budgets} --out {args.out}`\n\n"
