@@ -4,10 +4,11 @@ MATP fine-tune against fine-tunes that differ by one switch, paired over the sam
 Each fine-tune is first measured by the suite (``bench --suite v2 --methods matp,random@FT``:
 MATP's alpha x layers sweep on that fine-tune, and the same fine-tune pruned at random), which
 writes ``raw.npz`` (per-scene confusion matrices). This script reads those runs and writes one
-table: per fine-tune, its unpruned mIoU, MATP at its defaults, MATP and "the same fine-tune +
-random" at matched MAC budgets (linear interpolation of each sweep, ``stats.at_budget``), each with
-a 95 % bootstrap CI over scenes, and paired differences against the first run (the shipped
-fine-tune) and against random on the same weights. Every run must cover the same split and scenes
+table: per arm (one fine-tune, or several seeds of one recipe averaged: ``NAME=DIR1+DIR2``), its
+unpruned mIoU, MATP at its defaults, MATP and "the same fine-tune + random" at matched MAC budgets
+(linear interpolation of each sweep, ``stats.at_budget``), each with a 95 % bootstrap CI over
+scenes, and paired differences against the first arm (the shipped recipe) and against random on
+the same weights. Every run must cover the same split and scenes
 with the same number of bootstrap draws: the draws (``stats.resample_counts``, seed 0) are then
 the same table of scene counts, so differences are taken replicate by replicate.
 
@@ -88,46 +89,76 @@ def _diff(a: np.ndarray | None, b: np.ndarray | None, pa: float, pb: float) -> t
     return 100.0 * (pa - pb), lo, hi
 
 
-def table(runs: list[Run], budgets: list[float]) -> list[dict[str, Any]]:
-    """One row per (fine-tune, quantity); differences against ``runs[0]`` at the same quantity and
-    against the same fine-tune pruned at random at the same budget."""
-    first = runs[0]
+@dataclass
+class Value:
+    """A quantity of an arm: mean over its fine-tunes (seeds) of the point and of each bootstrap
+    replicate (the scenes, not the seeds, are what the CI generalises over)."""
+
+    miou: float
+    samples: np.ndarray
+    reduction: float
+    how: str
+
+
+def arm_value(runs: list[Run], kind: str, budget: float | None = None) -> Value | None:
+    """``kind``: "unpruned", "default" (MATP at its defaults, each at its own budget), "matp" or
+    "random" at ``budget`` (interpolated per fine-tune, then averaged). None where any fine-tune
+    of the arm lacks it or cannot reach the budget."""
+    parts = []
+    for run in runs:
+        if kind == "unpruned":
+            p = run.unpruned
+            parts.append((p.miou, p.samples, p.reduction, ""))
+        elif kind == "default":
+            if run.default is None:
+                return None
+            parts.append((run.default.miou, run.default.samples, run.default.reduction, run.default.label))
+        else:
+            curve = run.matp if kind == "matp" else run.random
+            bv = at_budget(curve, budget) if curve else None
+            if bv is None or not bv.reached:
+                return None
+            parts.append((bv.miou, bv.samples, budget, bv.how))
+    how = parts[0][3] if len({p[3] for p in parts}) == 1 else " / ".join(p[3] for p in parts)
+    return Value(float(np.mean([p[0] for p in parts])), np.mean([p[1] for p in parts], axis=0), float(np.mean([p[2] for p in parts])), how)
+
+
+def table(arms: list[tuple[str, list[Run]]], budgets: list[float]) -> list[dict[str, Any]]:
+    """One row per (arm, quantity); an arm is one fine-tune or several seeds of one recipe
+    (averaged). Differences against the first arm at the same quantity, and against the same
+    weights pruned at random at the same budget."""
+    first = arms[0][1]
     rows: list[dict[str, Any]] = []
 
-    def row(run: Run, kind: str, params: str, budget: float | None, red: float | None, miou: float, samples: np.ndarray | None,
-            first_val: tuple[float, np.ndarray | None] | None, rnd: tuple[float, np.ndarray | None] | None, how: str) -> None:
-        lo, hi = percentile_ci(samples) if samples is not None else (None, None)
-        d1 = _diff(samples, first_val[1], miou, first_val[0]) if first_val and run is not first else (None, None, None)
-        d2 = _diff(samples, rnd[1], miou, rnd[0]) if rnd else (None, None, None)
-        rows.append({"finetune": run.name, "row": kind, "params": params, "budget_pct": budget,
-                     "reduction_pct": None if red is None else round(red, 2), "miou": round(miou, 4),
-                     "ci_low": None if lo is None else round(lo, 4), "ci_high": None if hi is None else round(hi, 4),
+    def row(name: str, kind: str, params: str, budget: float | None, v: Value, ref: Value | None, rnd: Value | None, how: str) -> None:
+        lo, hi = percentile_ci(v.samples)
+        d1 = _diff(v.samples, ref.samples, v.miou, ref.miou) if ref is not None else (None, None, None)
+        d2 = _diff(v.samples, rnd.samples, v.miou, rnd.miou) if rnd is not None else (None, None, None)
+        rows.append({"finetune": name, "row": kind, "params": params, "budget_pct": budget, "reduction_pct": round(v.reduction, 2),
+                     "miou": round(v.miou, 4), "ci_low": round(lo, 4), "ci_high": round(hi, 4),
                      "vs_first_pts": _r(d1[0]), "vs_first_ci_low": _r(d1[1]), "vs_first_ci_high": _r(d1[2]),
                      "vs_random_pts": _r(d2[0]), "vs_random_ci_low": _r(d2[1]), "vs_random_ci_high": _r(d2[2]), "how": how})
 
-    for run in runs:
-        u = run.unpruned
-        row(run, "unpruned", "-", None, 0.0, u.miou, u.samples, (first.unpruned.miou, first.unpruned.samples), None, "")
-        if run.default is not None:
-            d, fd = run.default, first.default
-            row(run, "matp default", d.label, None, d.reduction, d.miou, d.samples,
-                (fd.miou, fd.samples) if fd is not None else None, None,
-                "" if fd is None else f"own budget (first run: {fd.reduction:.2f} %)")
+    for k, (name, runs) in enumerate(arms):
+        is_first = k == 0
+        backbone = "+".join(r.backbone for r in runs)
+        row(name, "unpruned", "-", None, arm_value(runs, "unpruned"), None if is_first else arm_value(first, "unpruned"), None, "")
+        d = arm_value(runs, "default")
+        if d is not None:
+            fd = arm_value(first, "default")
+            row(name, "matp default", d.how, None, d, None if is_first else fd, None,
+                "" if fd is None else f"own budget (first arm: {fd.reduction:.2f} %)")
         for b in budgets:
-            bv, fb = at_budget(run.matp, b), at_budget(first.matp, b)
-            rb = at_budget(run.random, b) if run.random else None
-            if not bv.reached:
-                rows.append({"finetune": run.name, "row": "matp", "budget_pct": b, "how": "unreachable"})
+            mv, rv = arm_value(runs, "matp", b), arm_value(runs, "random", b)
+            if mv is None:
+                rows.append({"finetune": name, "row": "matp", "budget_pct": b, "how": "unreachable"})
             else:
-                row(run, "matp", "alpha x layers sweep", b, b, bv.miou, bv.samples,
-                    (fb.miou, fb.samples) if fb.reached else None, (rb.miou, rb.samples) if rb is not None and rb.reached else None, bv.how)
-            if rb is not None:
-                fr = at_budget(first.random, b) if first.random else None
-                if rb.reached:
-                    row(run, f"random@{run.backbone}", "rate sweep", b, b, rb.miou, rb.samples,
-                        (fr.miou, fr.samples) if fr is not None and fr.reached else None, None, rb.how)
+                row(name, "matp", "alpha x layers sweep", b, mv, None if is_first else arm_value(first, "matp", b), rv, mv.how)
+            if any(r.random for r in runs):
+                if rv is None:
+                    rows.append({"finetune": name, "row": f"random@{backbone}", "budget_pct": b, "how": "unreachable"})
                 else:
-                    rows.append({"finetune": run.name, "row": f"random@{run.backbone}", "budget_pct": b, "how": "unreachable"})
+                    row(name, f"random@{backbone}", "rate sweep", b, rv, None if is_first else arm_value(first, "random", b), None, rv.how)
     return rows
 
 
@@ -156,22 +187,25 @@ def main(argv: list[str] | None = None) -> int:
     from prune_viz.methods.matp import MATPParams
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--run", action="append", required=True, metavar="NAME=DIR", help="a suite run (the first is the reference)")
+    ap.add_argument("--run", action="append", required=True, metavar="NAME=DIR[+DIR...]",
+                    help="an arm: one suite run, or several (seeds of one recipe, averaged); the first arm is the reference")
     ap.add_argument("--budgets", default="30,50,70", help="MAC reductions in %%; the first run's MATP default is added")
     ap.add_argument("--out", type=Path, required=True, help="writes OUT.csv and OUT.md")
     ap.add_argument("--command", action="append", default=[], help="a measurement command to quote in the .md (repeatable)")
     ap.add_argument("--title", default="MATP (reconstructed): retention gate and gradient stop, paired over the same scenes")
     ap.add_argument("--notes", type=Path, default=None, help="a markdown file put under the title (the reading of the table)")
     args = ap.parse_args(argv)
-    runs = []
+    arms = []
     for item in args.run:
-        name, _, path = item.partition("=")
-        runs.append(load_run(name, Path(path), MATPParams().alpha))
+        name, _, paths = item.partition("=")
+        arms.append((name, [load_run(name, Path(p), MATPParams().alpha) for p in paths.split("+")]))
+    runs = [r for _, rs in arms for r in rs]
     check_paired(runs)
     budgets = [float(b) for b in args.budgets.split(",") if b.strip()]
-    if runs[0].default is not None:
-        budgets = sorted({*budgets, round(runs[0].default.reduction, 1)})
-    rows = table(runs, budgets)
+    first_default = arm_value(arms[0][1], "default")
+    if first_default is not None:
+        budgets = sorted({*budgets, round(first_default.reduction, 1)})
+    rows = table(arms, budgets)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with open(args.out.with_suffix(".csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
@@ -183,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
             f"for every run); MAC reductions against the unpruned original model ({meta['backbone']}).\n\n"
             + "".join(f"`{c}`\n\n" for c in args.command)
             + f"`python bench/matp_gate_gradstop.py {' '.join('--run ' + r for r in args.run)} --budgets {args.budgets} --out {args.out}`\n\n"
-            + to_markdown(rows, runs[0].name))
+            + to_markdown(rows, arms[0][0]))
     args.out.with_suffix(".md").write_text(text)
     print(text)
     return 0

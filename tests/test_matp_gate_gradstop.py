@@ -46,7 +46,7 @@ def test_the_same_run_twice_differs_by_exactly_zero(tmp_path):
     _write_run(tmp_path / "b", "models:x", errors)
     runs = [load_run("a", tmp_path / "a", 1.2), load_run("b", tmp_path / "b", 1.2)]
     assert runs[0].default.label == "alpha=1.2;L=3,6,8" and runs[0].default.reduction == pytest.approx(60.0)
-    rows = table(runs, [50.0, 60.0])
+    rows = table([("a", runs[:1]), ("b", runs[1:])], [50.0, 60.0])
     second = [r for r in rows if r["finetune"] == "b" and r.get("miou") is not None]
     assert {r["row"] for r in second} == {"unpruned", "matp default", "matp", "random@models:x"}
     for r in second:
@@ -80,3 +80,19 @@ def test_runs_that_cannot_be_paired_are_refused(tmp_path):
     _write_run(tmp_path / "b", "models:x", errors, boot=300)
     with pytest.raises(SystemExit, match="cannot be paired"):
         main(["--run", f"a={tmp_path / 'a'}", "--run", f"b={tmp_path / 'b'}", "--out", str(tmp_path / "o")])
+
+
+def test_an_arm_of_several_seeds_is_their_mean(tmp_path):
+    errors = np.arange(N) % 5 + 3
+    _write_run(tmp_path / "s0", "demo_matp", errors)
+    _write_run(tmp_path / "s1", "models:s1", errors + 2)
+    _write_run(tmp_path / "x", "models:x", errors + 1)
+    runs = {k: load_run(k, tmp_path / k, 1.2) for k in ("s0", "s1", "x")}
+    rows = table([("pair", [runs["s0"], runs["s1"]]), ("x", [runs["x"]]), ("s0", [runs["s0"]]), ("s1", [runs["s1"]])], [50.0])
+    get = {(r["finetune"], r["row"]): r for r in rows if r["budget_pct"] in (None, 50.0) and r.get("miou") is not None}
+    for kind in ("unpruned", "matp default", "matp"):
+        mean = (get[("s0", kind)]["miou"] + get[("s1", kind)]["miou"]) / 2
+        assert get[("pair", kind)]["miou"] == pytest.approx(mean, abs=1e-4)
+    # the seed pair is the reference: s0 above it, s1 below it by the same amount
+    assert get[("s0", "matp")]["vs_first_pts"] == pytest.approx(-get[("s1", "matp")]["vs_first_pts"], abs=0.02)
+    assert get[("s0", "matp")]["vs_first_pts"] > 0
