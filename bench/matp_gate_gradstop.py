@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -216,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     text = (f"# {args.title}\n\n{notes}## Table\n\n{meta['split']} split, {meta['n']} scenes, 95 % bootstrap CI over scenes ({meta['boot']} paired draws, the same "
             f"for every run); MAC reductions against the unpruned original model ({meta['backbone']}).\n\n"
             + "".join(f"`{c}`\n\n" for c in args.command)
-            + f"`python bench/matp_gate_gradstop.py {' '.join('--run ' + r for r in args.run)} --budgets {args.budgets} --out {args.out}`\n\n"
+            + f"`python bench/matp_gate_gradstop.py {' '.join('--run ' + shlex.quote(r) for r in args.run)} --budgets {args.budgets} --out {args.out}`\n\n"
             + to_markdown(rows, arms[0][0]))
     args.out.with_suffix(".md").write_text(text)
     print(text)
