@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterator, TypeVar
 
 import torch
 
-__all__ = ["one_thread", "single_threaded", "side_task", "SMALL_WORK"]
+__all__ = ["can_pin_threads", "one_thread", "single_threaded", "side_task", "SMALL_WORK"]
 
 # Below this many elements in the decision's main input (demo: 1024 x 192 = 0.2 M) the work of
 # each operation is too small to be worth a parallel region; SAM's 4096 x 768 (3.1 M) keeps
@@ -45,6 +45,13 @@ T = TypeVar("T")
 # Intra-op threads the calling thread had before the innermost one_thread section that took
 # effect (1 outside any): how many cores the caller lent to the work inside.
 _LENT: contextvars.ContextVar[int] = contextvars.ContextVar("prune_viz_lent_threads", default=1)
+
+
+def can_pin_threads() -> bool:
+    """Whether :func:`one_thread` can set this thread alone to one intra-op thread here (the
+    OpenMP runtime torch loaded was found); where not, work meant for one-thread workers stays
+    on the calling thread."""
+    return _runtimes() is not None
 
 
 @functools.lru_cache(maxsize=1)

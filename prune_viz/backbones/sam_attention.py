@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from ..flops import linear_macs
-from ..threads import _runtimes, one_thread
+from ..threads import can_pin_threads, one_thread
 from .base import BlockOutput
 
 
@@ -172,7 +172,7 @@ def _share(run: Callable[[int], None], count: int) -> None:
     go uncounted). Which worker runs a chunk does not change its result."""
     from torch.utils._python_dispatch import _get_current_dispatch_mode
 
-    workers = min(torch.get_num_threads(), count) if _runtimes() is not None else 1
+    workers = min(torch.get_num_threads(), count) if can_pin_threads() else 1
     if workers <= 1 or _get_current_dispatch_mode() is not None:
         for i in range(count):
             run(i)
