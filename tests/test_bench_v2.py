@@ -200,3 +200,28 @@ def test_retime_fills_latency_and_keeps_accuracy(tiny_demo, tmp_path, capsys):
     assert strip == [{k: v for k, v in r.items() if k != "latency_ms"} for r in after]
     assert "timed afterwards by" in (second / "budgets.md").read_text()
     assert main(["bench", "--suite", "v2", "--retime", "--out", str(second)]) == 2  # --retime needs --from-raw
+
+
+def test_suite_subsets_all_scenes_reproduce_budgets(tiny_demo, tmp_path, capsys):
+    """bench/suite_subsets.py on every scene gives budgets.csv's values; a subset is a subset."""
+    import importlib.util
+    from pathlib import Path
+
+    out = tmp_path / "suite"
+    assert main(["bench", "--suite", "v2", "--quick", "--split", "val", "--n", "3", "--matp-backbone", "demo",
+                 "--time-runs", "0", "--boot", "50", "--out", str(out)]) == 0
+    spec = importlib.util.spec_from_file_location("suite_subsets", Path(__file__).parents[1] / "bench" / "suite_subsets.py")
+    subsets = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(subsets)
+    from prune_viz.bench_suite import load_raw
+
+    measured, refs, meta = load_raw(out)
+    meta["boot"] = 50
+    rows = [r for r in csv.DictReader(open(out / "budgets.csv")) if r["budget_pct"] == "30" and r["reached"] == "true"]
+    got = subsets.spread_at(measured, refs, meta, np.arange(3), 30.0)
+    best = max(rows, key=lambda r: float(r["miou"]))
+    assert got["best"] == best["method"] and abs(got["best_miou"] - float(best["miou"])) < 1e-4
+    one = subsets.scenes_subset(measured[0], np.array([1]))
+    assert one.cms.shape[1] == 1 and np.array_equal(one.cms[:, 0], measured[0].cms[:, 1])
+    assert subsets.main([str(out), "--top", "1", "--budget", "30", "--boot", "50"]) == 0
+    assert "top 1 by share of 4" in capsys.readouterr().out
