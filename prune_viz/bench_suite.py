@@ -244,6 +244,16 @@ class Measured:
     times_ms: list[float] = field(default_factory=list)
 
 
+def job_of(m: Measured, bb: Any, seeds: tuple[int, ...]) -> tuple[Measured, Any, list[Any]]:
+    """(measured, the backbone it runs on, one plan per seed) for one curve point; lowres runs the
+    unpruned forward of the resized input, with no plan."""
+    from .params import make_plan
+
+    if m.curve.method == "lowres":
+        return m, resized_input(bb, m.point.size), []
+    return m, bb, [make_plan(bb, m.curve.method, m.point.layers, s, dict(m.point.values)) for s in seeds]
+
+
 def run_suite(args: argparse.Namespace) -> tuple[list[Measured], dict[str, Measured], dict[str, Any]]:
     """Measure the suite. Returns (one Measured per curve point, reference Measured per
     backbone name (unpruned), run metadata)."""
@@ -254,7 +264,6 @@ def run_suite(args: argparse.Namespace) -> tuple[list[Measured], dict[str, Measu
     from .data import synthetic
     from .engine import run_baseline, run_pruned
     from .metrics import ConfusionMatrix, boundary_region
-    from .params import make_plan
 
     if args.split not in synthetic.SPLIT_SEEDS:
         raise UserError(f"unknown split {args.split!r}; this data module offers {tuple(synthetic.SPLIT_SEEDS)}")
@@ -285,11 +294,7 @@ def run_suite(args: argparse.Namespace) -> tuple[list[Measured], dict[str, Measu
         for p in c.points:
             shape = (len(c.seeds), n)
             m = Measured(c, p, np.zeros((*shape, k, k), np.int64), np.zeros((*shape, k, k), np.int64), np.zeros(shape), np.zeros(shape))
-            if c.method == "lowres":
-                jobs.append((m, resized_input(backbones[c.backbone], p.size), []))
-            else:
-                plans = [make_plan(backbones[c.backbone], c.method, p.layers, s, dict(p.values)) for s in c.seeds]
-                jobs.append((m, backbones[c.backbone], plans))
+            jobs.append(job_of(m, backbones[c.backbone], c.seeds))
     refs = {name: Measured(Curve("none", "none", name, [Point()]), Point(), np.zeros((1, n, k, k), np.int64),
                            np.zeros((1, n, k, k), np.int64), np.zeros((1, n)), np.zeros((1, n))) for name in backbones}
     attn = {name: tuple(sorted({layer for m, b, plans in jobs if m.curve.backbone == name for pl in plans for layer in attention_layers(pl)}))
@@ -365,17 +370,10 @@ def retime(measured: list[Measured], refs: dict[str, Measured], meta: dict[str, 
     as :func:`time_configs` does, and replaces the recorded ``times_ms``; accuracy is untouched."""
     from .backbones import build_backbone
     from .data import synthetic
-    from .params import make_plan
 
     names = {meta["backbone"], meta["matp_backbone"]}
     backbones = {name: build_backbone(name, checkpoint=checkpoint if name == meta["backbone"] else None) for name in names}
-    jobs = []
-    for m in measured:
-        b = backbones[m.curve.backbone]
-        if m.curve.method == "lowres":
-            jobs.append((m, resized_input(b, m.point.size), []))
-        else:
-            jobs.append((m, b, [make_plan(b, m.curve.method, m.point.layers, m.curve.seeds[0], dict(m.point.values))]))
+    jobs = [job_of(m, backbones[m.curve.backbone], m.curve.seeds[:1]) for m in measured]
     for m in [*measured, *refs.values()]:
         m.times_ms = []
     load_before = [round(v, 2) for v in os.getloadavg()]
