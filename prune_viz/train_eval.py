@@ -82,6 +82,15 @@ def git_commit() -> str:
         return "unknown"
 
 
+def _note_suffix(note: str) -> str:
+    """The card's machine note after the training time: "; note", whether or not the caller
+    typed the leading "; " (the shipped card's note has it; a bare word used to run on)."""
+    note = note.strip()
+    if not note:
+        return ""
+    return note if note[0] in ";,." else f"; {note}"
+
+
 def model_card(cfg: DemoConfig, card: dict) -> str:
     """Markdown model card from the training command's own evaluation (``card``)."""
     m = head_metrics(card["metrics_val"])
@@ -122,7 +131,7 @@ def model_card(cfg: DemoConfig, card: dict) -> str:
         f"Command: `{card['command']}`  ",
         f"Commit: `{card['commit']}` (the code the command ran; the card and weights are committed after it)  ",
         f"Training time: {card['train_seconds'] / 60:.1f} min wall on {tc['threads']} CPU threads "
-        f"({card.get('steps_done', '?')} steps){card.get('machine_note', '')}  ",
+        f"({card.get('steps_done', '?')} steps){_note_suffix(card.get('machine_note', ''))}  ",
         f"Evaluation: {card['val_scenes']} scenes per split at {card['inference_size']} px",
         "",
     ]

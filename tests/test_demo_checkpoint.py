@@ -61,3 +61,13 @@ def test_shipped_model_is_v2_and_shift_shows_a_drop():
     for split in splits.values():
         assert abs(sum(split["class_shares"].values()) - 1.0) < 1e-6
     assert splits["shift"]["main"]["miou"] < splits["val"]["main"]["ci95"][0]
+
+
+def test_card_machine_note_reads_after_the_training_time():
+    """A bare note gets its own "; " (it once ran on as "(1560 steps)probe"); a note typed with
+    the separator, as the shipped card's was, is kept as typed."""
+    from prune_viz.train_eval import _note_suffix
+
+    assert _note_suffix("") == ""
+    assert _note_suffix("quiet machine") == "; quiet machine"
+    assert _note_suffix("; machine shared") == "; machine shared"
