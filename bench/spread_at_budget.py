@@ -7,7 +7,7 @@ Each argument is LABEL=DIR, DIR an output folder of ``python -m prune_viz bench 
 budget, the best and the worst method there (mIoU interpolated on each method's curve, as in
 ``budgets.csv``), their spread in points, the best method's paired difference to random with its
 CI, and whether the best method's CI is clear of random's: the two halves of issue #11's bar.
-Reads only what the suite wrote; computes nothing new, so the table can be rebuilt any time.
+The same figures as each run's own findings (``bench_report.budget_extremes``), side by side.
 """
 
 from __future__ import annotations
@@ -18,6 +18,10 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from prune_viz.bench_report import budget_extremes  # noqa: E402
+
 
 def fail(message: str) -> NoReturn:
     """The project's CLI convention for bad input: one ``error: ...`` line, exit code 2."""
@@ -26,18 +30,14 @@ def fail(message: str) -> NoReturn:
 
 
 def at_budget(curves: dict[str, Any], budget: int) -> dict[str, Any]:
-    """The numbers of one run at ``budget`` (a MAC reduction in %): reached methods only."""
-    rows = [b for b in curves["budgets"] if b["budget_pct"] == budget and b["reached"] and b["miou"] is not None]
-    if not rows:
+    """The numbers of one run at ``budget`` (a MAC reduction in %), as the suite's own findings
+    compute them (:func:`prune_viz.bench_report.budget_extremes`), plus the unpruned mIoU."""
+    e = budget_extremes(curves["budgets"], budget)
+    if e is None:
         fail(f"no method reaches -{budget} % in this run")
-    by_name = {b["method"]: b for b in rows}
-    if "random" not in by_name:
+    if e["random"] is None:
         fail("the run has no random curve at this budget")
-    best = max(rows, key=lambda b: b["miou"])
-    worst = min(rows, key=lambda b: b["miou"])
-    return {"ref": curves["ref_miou"], "random": by_name["random"], "best": best, "worst": worst,
-            "spread_pts": 100.0 * (best["miou"] - worst["miou"]),
-            "clear": best["ci_low"] > by_name["random"]["ci_high"]}
+    return {"ref": curves["ref_miou"], **e}
 
 
 def row(label: str, r: dict[str, Any]) -> str:

@@ -111,31 +111,43 @@ def summarise(measured: list[Measured], refs: dict[str, Measured], meta: dict[st
             "findings": findings(table, budgets)}
 
 
+def budget_extremes(table: list[dict[str, Any]], budget: float) -> dict[str, Any] | None:
+    """At one budget, among issue 11's methods (:func:`budget_methods`): the best and worst of
+    those that reach it, random's row (or None), the spread in points, whether the best one's CI
+    is clear of random's, and who cannot reach it. None where no method reaches the budget."""
+    listed = set(budget_methods(r["method"] for r in table))
+    rows = [r for r in table if r["budget_pct"] == budget and r["method"] in listed]
+    reached = [r for r in rows if r["reached"]]
+    if not reached:
+        return None
+    best, worst = max(reached, key=lambda r: r["miou"]), min(reached, key=lambda r: r["miou"])
+    rnd = next((r for r in reached if r["method"] == "random"), None)
+    return {"best": best, "worst": worst, "random": rnd, "reached": reached,
+            "missing": [r["method"] for r in rows if not r["reached"]],
+            "spread_pts": 100 * (best["miou"] - worst["miou"]),
+            "clear": rnd is not None and best["ci_low"] > rnd["ci_high"]}
+
+
 def findings(table: list[dict[str, Any]], budgets: tuple[float, ...]) -> list[str]:
     """Per budget, in words: best and worst method of issue 11's list, their spread, and
     whether the best one's CI is clear of random's. Computed, never typed in."""
     out = []
     for b in budgets:
-        listed = set(budget_methods(r["method"] for r in table))
-        rows = [r for r in table if r["budget_pct"] == b and r["method"] in listed]
-        reached = [r for r in rows if r["reached"]]
-        missing = [r["method"] for r in rows if not r["reached"]]
-        if not reached:
+        e = budget_extremes(table, b)
+        if e is None:
             out.append(f"-{b:g} % MACs: no method reaches it.")
             continue
-        best, worst = max(reached, key=lambda r: r["miou"]), min(reached, key=lambda r: r["miou"])
-        rnd = next((r for r in reached if r["method"] == "random"), None)
+        best, worst, rnd = e["best"], e["worst"], e["random"]
         text = (f"-{b:g} % MACs: best {best['method']} {best['miou']} [{best['ci_low']}, {best['ci_high']}], "
-                f"worst {worst['method']} {worst['miou']}, spread {100 * (best['miou'] - worst['miou']):.1f} points")
+                f"worst {worst['method']} {worst['miou']}, spread {e['spread_pts']:.1f} points")
         if rnd is not None and best["method"] != "random":
-            clear = best["ci_low"] > rnd["ci_high"]
             text += (f"; random {rnd['miou']} [{rnd['ci_low']}, {rnd['ci_high']}]: the best method's CI "
-                     + ("does not overlap random's" if clear else "overlaps random's")
+                     + ("does not overlap random's" if e["clear"] else "overlaps random's")
                      + f" (paired difference {best['vs_random_pts']} points, CI {best['vs_random_ci']})")
-        beat = [r["method"] for r in reached if r["method"] != "random" and r["vs_random_ci"] and float(r["vs_random_ci"][1:].split(",")[0]) > 0]
+        beat = [r["method"] for r in e["reached"] if r["method"] != "random" and r["vs_random_ci"] and float(r["vs_random_ci"][1:].split(",")[0]) > 0]
         text += f"; beating random (paired CI above 0): {', '.join(beat) or 'none'}"
-        if missing:
-            text += f"; unreachable: {', '.join(missing)}"
+        if e["missing"]:
+            text += f"; unreachable: {', '.join(e['missing'])}"
         out.append(text + ".")
     return out
 

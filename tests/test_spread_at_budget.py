@@ -1,4 +1,5 @@
-"""bench/spread_at_budget.py: best, worst, spread and the CI check read from a suite's curves.json."""
+"""bench/spread_at_budget.py: best, worst, spread and the CI check read from a suite's curves.json,
+among issue 11's methods only (as the suite's own findings)."""
 
 import json
 import subprocess
@@ -24,6 +25,7 @@ def _curves(best_lo: float) -> dict:
         _budget("dtop", 50, 0.74, best_lo, 0.76),
         _budget("tome", 50, 0.60, 0.58, 0.62),
         _budget("exit@6", 50, None),       # unreachable: never the worst
+        _budget("random@demo_matp", 50, 0.50),  # a reference row, not one of issue 11's methods
         _budget("tome", 30, 0.10, 0.0, 0.2),  # another budget: ignored
     ]}
 
