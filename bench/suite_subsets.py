@@ -6,6 +6,7 @@ Exploratory: it says which kind of scene separates the methods (for designing a 
 it does not replace the benchmark's bar, which is on whole splits.
 
     python bench/suite_subsets.py runs/suite/val --classes 4 --classes 4,6 --top 25 --budget 50
+    python bench/suite_subsets.py runs/suite/val --by-kind --control 30 --budget 50   # a row per layout kind
 
 Prints, per selection: the classes' mean pixel share, unpruned mIoU, random's mIoU, best and
 worst method at the budget (interpolated on each curve, as ``budgets.csv``) and the spread in
@@ -25,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from prune_viz.bench_report import BUDGET_METHODS, summarise  # noqa: E402
 from prune_viz.bench_suite import Measured, load_raw  # noqa: E402
+from prune_viz.data.synthetic import split_kind  # noqa: E402
 
 
 def scenes_subset(m: Measured, idx: np.ndarray) -> Measured:
@@ -51,6 +53,34 @@ def spread_at(measured: list[Measured], refs: dict[str, Measured], meta: dict, i
             "worst": worst, "worst_miou": reached[worst], "spread_pts": 100 * (reached[best] - reached[worst])}
 
 
+def print_by_kind(measured: list[Measured], refs: dict[str, Measured], meta: dict, budget: float, control: int) -> None:
+    """One row per layout kind (``synthetic.split_kind``) of the run's scenes, then all scenes:
+    how many scenes, the unpruned mIoU, random's, the best and worst method and their spread at
+    ``budget``. With ``control`` > 0, also the spread on that many random subsets of the same
+    size (median [10th, 90th percentile]): a best-minus-worst over few scenes is larger by
+    chance alone, so a kind separates the methods only where it beats that."""
+    start = int(meta.get("start", 0))
+    n = int(meta["n"])
+    kinds = np.array([split_kind(meta["split"], start + i) for i in range(n)])
+    rng = np.random.default_rng(0)
+    extra = " random subsets of that size |" if control else ""
+    print(f"| kind | scenes | unpruned | random | best | worst | spread (points) |{extra}")
+    print("|---|---|---|---|---|---|---|" + ("---|" if control else ""))
+    groups = [(k, np.flatnonzero(kinds == k)) for k in dict.fromkeys(sorted(kinds))] + [("all", np.arange(n))]
+    for name, idx in groups:
+        r = spread_at(measured, refs, meta, idx, budget)
+        rnd = "unreached" if r["random"] is None else f"{r['random']:.3f}"
+        row = (f"| {name} | {len(idx)} | {r['unpruned']:.3f} | {rnd} | {r['best']} {r['best_miou']:.3f} | "
+               f"{r['worst']} {r['worst_miou']:.3f} | {r['spread_pts']:.1f} |")
+        if control and len(idx) < n:
+            sp = [spread_at(measured, refs, meta, np.sort(rng.choice(n, len(idx), replace=False)), budget)["spread_pts"]
+                  for _ in range(control)]
+            row += f" {np.median(sp):.1f} [{np.percentile(sp, 10):.1f}, {np.percentile(sp, 90):.1f}] |"
+        elif control:
+            row += " — |"
+        print(row)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("raw", type=Path, help="a suite run's --out folder (holds raw.npz, raw.json)")
@@ -58,11 +88,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--top", type=int, default=25, help="scenes with the largest share")
     ap.add_argument("--budget", type=float, default=50.0, help="MAC saving in %%")
     ap.add_argument("--boot", type=int, default=1000)
+    ap.add_argument("--by-kind", action="store_true", help="one row per scene layout kind instead of class shares")
+    ap.add_argument("--control", type=int, default=0, help="with --by-kind: this many random same-size subsets per kind")
     args = ap.parse_args(argv)
     measured, refs, meta = load_raw(args.raw)
     meta["boot"] = args.boot
     ref = refs[meta["backbone"]]
     print(f"{args.raw}: {meta['split']}, {meta['n']} scenes, budget -{args.budget:g} % MACs")
+    if args.by_kind:
+        print_by_kind(measured, refs, meta, args.budget, args.control)
+        return 0
     print("| selection | share | unpruned | random | best | worst | spread (points) |")
     print("|---|---|---|---|---|---|---|")
     for spec in args.classes or ["4"]:

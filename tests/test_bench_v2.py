@@ -225,3 +225,11 @@ def test_suite_subsets_all_scenes_reproduce_budgets(tiny_demo, tmp_path, capsys)
     assert one.cms.shape[1] == 1 and np.array_equal(one.cms[:, 0], measured[0].cms[:, 1])
     assert subsets.main([str(out), "--top", "1", "--budget", "30", "--boot", "50"]) == 0
     assert "top 1 by share of 4" in capsys.readouterr().out
+    from prune_viz.data.synthetic import split_kind
+
+    assert subsets.main([str(out), "--by-kind", "--control", "2", "--budget", "30", "--boot", "50"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    kinds = {split_kind("val", i) for i in range(3)}
+    assert {line.split(" | ")[0].lstrip("| ") for line in lines if line.startswith("| ")} >= kinds | {"all"}
+    all_row = next(line for line in lines if line.startswith("| all |"))
+    assert f"{got['best']} {got['best_miou']:.3f}" in all_row  # every scene: the suite's own figure

@@ -24,6 +24,7 @@ from prune_viz.data.synthetic import (
     SHIFT_STYLE,
     SPLIT_SEEDS,
     make_scene,
+    split_kind,
     split_scene,
 )
 
@@ -94,6 +95,19 @@ def test_kind_none_is_the_kind_drawn_from_the_seed() -> None:
         ref = _digest(*make_scene(seed, SIZE))
         matches = [k for k in SCENE_KINDS if _digest(*make_scene(seed, SIZE, k)) == ref]
         assert len(matches) == 1, matches
+
+
+def test_split_kind_is_the_kind_the_split_scene_draws() -> None:
+    """split_kind names the kind split_scene draws, for the training style and the shift one; it
+    can fail: a scene drawn with any other kind differs."""
+    for split, index, style in (("val", 0, None), ("val", 5, None), ("shift", 2, SHIFT_STYLE)):
+        kind = split_kind(split, index)
+        seed = SPLIT_SEEDS[split][index]
+        ref = _digest(*split_scene(split, index, 64))
+        assert _digest(*make_scene(seed, 64, kind, style)) == ref
+        other = next(k for k in SCENE_KINDS if k != kind)
+        assert _digest(*make_scene(seed, 64, other, style)) != ref
+    assert {split_kind("shift", i) for i in range(40)} & set(SHIFT_KINDS)
 
 
 def test_kind_none_draws_every_kind_mostly_mixed() -> None:

@@ -1612,6 +1612,18 @@ def _degrade(rng: np.random.Generator, img: np.ndarray, haze_p: float) -> np.nda
 # ----------------------------------------------------------------------------------------
 
 
+def _draw_kind(rng: np.random.Generator, style: SceneStyle) -> str:
+    """The scene kind, the first thing a scene draws from its seed's generator."""
+    return style.kinds[int(rng.choice(len(style.kinds), p=style.kind_probs))]
+
+
+def split_kind(split: str, index: int) -> str:
+    """The layout kind of ``split_scene(split, index)`` (e.g. "mixed", "dense_buildings"),
+    without drawing the scene: for grouping a benchmark's scenes by kind."""
+    seed = SPLIT_SEEDS[split][index]
+    return _draw_kind(np.random.default_rng(int(seed)), SHIFT_STYLE if split == "shift" else TRAIN_STYLE)
+
+
 def make_scene(
     seed: int, size: int = 512, kind: str | None = None, style: SceneStyle | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -1640,7 +1652,7 @@ def make_scene(
         raise ValueError(f"unknown scene kind {kind!r}; choose one of {style.kinds} or None")
     size = int(size)
     rng = np.random.default_rng(int(seed))
-    drawn = style.kinds[int(rng.choice(len(style.kinds), p=style.kind_probs))]
+    drawn = _draw_kind(rng, style)
     kind = kind or drawn
     sun_angle = rng.uniform(0, 2 * np.pi)
     # Draw the scene at size x gsd and resample to size: a coarser sensor sees more ground
