@@ -16,7 +16,6 @@ points. Classes are the demo's indices (4 car, 6 clutter; ``assets/MODEL_CARD.md
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 
@@ -24,15 +23,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from prune_viz.bench_report import BUDGET_METHODS, summarise  # noqa: E402
+from prune_viz.bench_report import by_kind, md_table, scenes_subset, spread_on  # noqa: E402, F401 (scenes_subset: tests)
 from prune_viz.bench_suite import Measured, load_raw  # noqa: E402
 from prune_viz.data.synthetic import split_kind  # noqa: E402
-
-
-def scenes_subset(m: Measured, idx: np.ndarray) -> Measured:
-    """The same measurements restricted to scenes ``idx`` (the scene axis is axis 1)."""
-    return dataclasses.replace(m, cms=m.cms[:, idx], cms_edge=m.cms_edge[:, idx], macs=m.macs[:, idx],
-                               decision_macs=m.decision_macs[:, idx])
 
 
 def class_share(ref: Measured, classes: list[int]) -> np.ndarray:
@@ -42,43 +35,23 @@ def class_share(ref: Measured, classes: list[int]) -> np.ndarray:
 
 
 def spread_at(measured: list[Measured], refs: dict[str, Measured], meta: dict, idx: np.ndarray, budget: float) -> dict:
-    sub_meta = dict(meta, n=len(idx), budgets=(budget,))
-    s = summarise([scenes_subset(m, idx) for m in measured], {k: scenes_subset(v, idx) for k, v in refs.items()}, sub_meta, (budget,))
-    reached = {b["method"]: b["miou"] for b in s["budgets"] if b.get("miou") is not None and b["method"] in BUDGET_METHODS}
-    if not reached:
+    """``bench_report.spread_on`` as flat figures; exits with an error line where no method
+    reaches the budget on these scenes."""
+    e = spread_on(measured, refs, meta, idx, budget)
+    if e is None:
         print(f"error: no method reaches -{budget:g} % MACs on these scenes", file=sys.stderr)
         raise SystemExit(2)
-    best, worst = max(reached, key=reached.get), min(reached, key=reached.get)
-    return {"unpruned": s["ref_miou"], "random": reached.get("random"), "best": best, "best_miou": reached[best],
-            "worst": worst, "worst_miou": reached[worst], "spread_pts": 100 * (reached[best] - reached[worst])}
+    return {"unpruned": e["unpruned"], "random": e["random"]["miou"] if e["random"] else None,
+            "best": e["best"]["method"], "best_miou": e["best"]["miou"], "worst": e["worst"]["method"],
+            "worst_miou": e["worst"]["miou"], "spread_pts": e["spread_pts"]}
 
 
 def print_by_kind(measured: list[Measured], refs: dict[str, Measured], meta: dict, budget: float, control: int) -> None:
-    """One row per layout kind (``synthetic.split_kind``) of the run's scenes, then all scenes:
-    how many scenes, the unpruned mIoU, random's, the best and worst method and their spread at
-    ``budget``. With ``control`` > 0, also the spread on that many random subsets of the same
-    size (median [10th, 90th percentile]): a best-minus-worst over few scenes is larger by
-    chance alone, so a kind separates the methods only where it beats that."""
-    start = int(meta.get("start", 0))
-    n = int(meta["n"])
-    kinds = np.array([split_kind(meta["split"], start + i) for i in range(n)])
-    rng = np.random.default_rng(0)
-    extra = " random subsets of that size |" if control else ""
-    print(f"| kind | scenes | unpruned | random | best | worst | spread (points) |{extra}")
-    print("|---|---|---|---|---|---|---|" + ("---|" if control else ""))
-    groups = [(k, np.flatnonzero(kinds == k)) for k in dict.fromkeys(sorted(kinds))] + [("all", np.arange(n))]
-    for name, idx in groups:
-        r = spread_at(measured, refs, meta, idx, budget)
-        rnd = "unreached" if r["random"] is None else f"{r['random']:.3f}"
-        row = (f"| {name} | {len(idx)} | {r['unpruned']:.3f} | {rnd} | {r['best']} {r['best_miou']:.3f} | "
-               f"{r['worst']} {r['worst_miou']:.3f} | {r['spread_pts']:.1f} |")
-        if control and len(idx) < n:
-            sp = [spread_at(measured, refs, meta, np.sort(rng.choice(n, len(idx), replace=False)), budget)["spread_pts"]
-                  for _ in range(control)]
-            row += f" {np.median(sp):.1f} [{np.percentile(sp, 10):.1f}, {np.percentile(sp, 90):.1f}] |"
-        elif control:
-            row += " — |"
-        print(row)
+    """``bench_report.by_kind`` on the run's scenes, as a markdown table (the suite's summary.md
+    has the same section at its middle budget)."""
+    kinds = np.array([split_kind(meta["split"], i) for i in range(int(meta["n"]))])
+    cols = ["kind", "scenes", "unpruned", "random", "best", "worst", "spread_pts"] + (["random_subsets_pts"] if control else [])
+    print(md_table(by_kind(measured, refs, meta, kinds, budget, control), cols))
 
 
 def main(argv: list[str] | None = None) -> int:

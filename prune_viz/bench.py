@@ -331,8 +331,9 @@ def cmd_suite(args: argparse.Namespace) -> int:
     """``bench --suite v2``: measure every curve, then write budgets.csv, curves, plot, tables."""
     import sys
 
-    from .bench_report import write_suite, summarise
+    from .bench_report import by_kind, summarise, write_suite
     from .bench_suite import BUDGETS, load_raw, retime, run_suite, save_raw
+    from .data.synthetic import split_kind
 
     if args.sweep or args.set or args.layers:
         raise UserError("--suite sweeps its own grids (bench_suite.py); --sweep, --set and --layers belong to the plain bench")
@@ -356,6 +357,10 @@ def cmd_suite(args: argparse.Namespace) -> int:
         save_raw(args.out, measured, refs, meta)
     meta["budgets"] = budgets
     summary = summarise(measured, refs, meta, budgets)
+    # Where the methods differ: the spread at the middle budget on each layout kind's scenes.
+    summary["by_kind_budget"] = budgets[len(budgets) // 2]
+    kinds = np.array([split_kind(meta["split"], i) for i in range(int(meta["n"]))])
+    summary["by_kind"] = by_kind(measured, refs, meta, kinds, summary["by_kind_budget"])
     command = meta.get("command") or "python -m prune_viz bench --suite v2 ..."
     if args.from_raw:
         meta["rebuilt_from"] = str(args.from_raw / "raw.npz")

@@ -8,7 +8,7 @@ Files written to DIR:
                  difference to random at the same budget (with its CI)
   curves.csv     one row per measured point (all curves, the unpruned references first)
   curves.json    the same, plus per-method AUC and budgets
-  summary.md     the run, the references, budgets, AUC, the points
+  summary.md     the run, the references, budgets, AUC, the spread by scene layout kind, the points
   tradeoff.png   mIoU vs GMACs per method with 95 % CI bands
 mIoU in [0, 1]; MACs per image, 1 multiply-add = 1 MAC, the method's decisions included; MAC
 reductions are against the unpruned original model (``none`` on --backbone).
@@ -17,6 +17,7 @@ reductions are against the unpruned original model (``none`` on --backbone).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -128,6 +129,49 @@ def budget_extremes(table: list[dict[str, Any]], budget: float) -> dict[str, Any
             "clear": rnd is not None and best["ci_low"] > rnd["ci_high"]}
 
 
+def scenes_subset(m: Measured, idx: np.ndarray) -> Measured:
+    """The same measurements restricted to scenes ``idx`` (the scene axis is axis 1)."""
+    return dataclasses.replace(m, cms=m.cms[:, idx], cms_edge=m.cms_edge[:, idx], macs=m.macs[:, idx],
+                               decision_macs=m.decision_macs[:, idx])
+
+
+def spread_on(measured: list[Measured], refs: dict[str, Measured], meta: dict[str, Any], idx: np.ndarray,
+              budget: float) -> dict[str, Any] | None:
+    """:func:`budget_extremes` at ``budget`` on scenes ``idx`` only (every curve re-interpolated
+    on those scenes), plus the unpruned mIoU there. None where no method reaches the budget."""
+    sub = summarise([scenes_subset(m, idx) for m in measured], {k: scenes_subset(v, idx) for k, v in refs.items()},
+                    dict(meta, n=len(idx), budgets=(budget,)), (budget,))
+    e = budget_extremes(sub["budgets"], budget)
+    return None if e is None else {**e, "unpruned": sub["ref_miou"]}
+
+
+def by_kind(measured: list[Measured], refs: dict[str, Measured], meta: dict[str, Any], kinds: np.ndarray,
+            budget: float, control: int = 30) -> list[dict[str, Any]]:
+    """One row per scene kind (``kinds``: a label per scene), then all scenes: scenes, unpruned,
+    random, best and worst method and their spread at ``budget`` on those scenes. ``control``
+    random subsets of the same size give the spread's median and 10th / 90th percentile by chance
+    alone (a best-minus-worst over few scenes is larger anyway): a kind separates the methods
+    more than the split only where its spread clears that."""
+    rng = np.random.default_rng(0)
+    n = len(kinds)
+    out = []
+    for name, idx in [(k, np.flatnonzero(kinds == k)) for k in sorted(set(kinds.tolist()))] + [("all", np.arange(n))]:
+        e = spread_on(measured, refs, meta, idx, budget)
+        if e is None:
+            continue
+        row = {"kind": name, "scenes": len(idx), "unpruned": f"{e['unpruned']:.3f}",
+               "random": f"{e['random']['miou']:.3f}" if e["random"] else None,
+               "best": f"{e['best']['method']} {e['best']['miou']:.3f}", "worst": f"{e['worst']['method']} {e['worst']['miou']:.3f}",
+               "spread_pts": _r(e["spread_pts"], 1), "random_subsets_pts": "—"}
+        if control and len(idx) < n:
+            draws = [spread_on(measured, refs, meta, np.sort(rng.choice(n, len(idx), replace=False)), budget) for _ in range(control)]
+            sp = [d["spread_pts"] for d in draws if d is not None]
+            if sp:
+                row["random_subsets_pts"] = f"{np.median(sp):.1f} [{np.percentile(sp, 10):.1f}, {np.percentile(sp, 90):.1f}]"
+        out.append(row)
+    return out
+
+
 def findings(table: list[dict[str, Any]], budgets: tuple[float, ...]) -> list[str]:
     """Per budget, in words: best and worst method of issue 11's list, their spread, and
     whether the best one's CI is clear of random's. Computed, never typed in."""
@@ -174,7 +218,8 @@ def write_suite(summary: dict[str, Any], out: Path, command: str) -> None:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    (out / "curves.json").write_text(json.dumps({k: summary[k] for k in ("meta", "ref_gmacs", "ref_miou", "rows", "budgets", "auc", "findings")}, indent=1, default=str))
+    keys = ("meta", "ref_gmacs", "ref_miou", "rows", "budgets", "auc", "findings", "by_kind", "by_kind_budget")
+    (out / "curves.json").write_text(json.dumps({k: summary[k] for k in keys if k in summary}, indent=1, default=str))
     head = (f"Suite v2, {meta['split']} split, {meta['n']} scenes, backbone {meta['backbone']} (MATP on {meta['matp_backbone']}); "
             f"{meta['seeds']} seed(s) for stochastic methods; 95 % bootstrap CI over scenes ({meta['boot']} draws); latency: median "
             f"(IQR) of {meta['time_runs']} interleaved runs, {meta['threads']} threads; measured in {meta.get('wall_s', '?')} s.\n\n`{command}`"
@@ -193,9 +238,22 @@ def write_suite(summary: dict[str, Any], out: Path, command: str) -> None:
         head + "\n## Findings (computed)\n\n" + "\n".join(f"- {t}" for t in summary["findings"])
         + f"\n\n## mIoU at MAC budgets\n\n{budget_md}\n\n## Area under the curve (mean mIoU over -10 .. -70 % MACs)\n\n"
         + md_table(auc_rows, ["method", "knob", "points", "covered_pct", "auc_10_70"])
+        + by_kind_section(summary)
         + "\n\n## Every point\n\n" + md_table(rows, cols) + "\n"
     )
     plot_curves(rows, summary, out / "tradeoff.png")
+
+
+def by_kind_section(summary: dict[str, Any]) -> str:
+    """summary.md's section on :func:`by_kind` ("" when the run has none)."""
+    rows = summary.get("by_kind")
+    if not rows:
+        return ""
+    return (f"\n\n## By scene layout kind, at -{summary['by_kind_budget']:g} % MACs (exploratory)\n\n"
+            "Each kind's scenes alone, every curve re-interpolated on them; the last column is the spread on "
+            "random subsets of the same size, median [10th, 90th percentile], for what chance alone gives. "
+            "Few scenes per kind: a guide to where methods differ, not the benchmark's bar.\n\n"
+            + md_table(rows, ["kind", "scenes", "unpruned", "random", "best", "worst", "spread_pts", "random_subsets_pts"]))
 
 
 def md_table(rows: list[dict[str, Any]], cols: list[str]) -> str:

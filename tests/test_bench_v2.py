@@ -182,6 +182,17 @@ def test_tiny_suite_writes_budgets_and_curves(tiny_demo, tmp_path, capsys):
     assert any(r["decision_gmacs"] > 0 for r in curves["rows"] if r["method"] == "tome")
     for name in ("tradeoff.png", "summary.md", "budgets.md", "curves.csv", "raw.npz"):
         assert (out / name).exists()
+    # The spread by layout kind: a row per kind of the scenes, then all scenes, whose figures are
+    # the run's own at the middle budget (50).
+    from prune_viz.data.synthetic import split_kind
+
+    by_kind = {r["kind"]: r for r in curves["by_kind"]}
+    assert curves["by_kind_budget"] == 50.0
+    assert set(by_kind) == {split_kind("val", i) for i in range(2)} | {"all"}
+    reached = [b for b in curves["budgets"] if b["budget_pct"] == 50.0 and b["reached"] and b["method"] in names]
+    best = max(reached, key=lambda b: b["miou"])
+    assert by_kind["all"]["best"] == f"{best['method']} {best['miou']:.3f}" and by_kind["all"]["scenes"] == 2
+    assert "## By scene layout kind, at -50 % MACs" in (out / "summary.md").read_text()
 
 
 def test_retime_fills_latency_and_keeps_accuracy(tiny_demo, tmp_path, capsys):
