@@ -7,6 +7,8 @@ Each argument is LABEL=DIR, DIR an output folder of ``python -m prune_viz bench 
 budget, the best and the worst method there (mIoU interpolated on each method's curve, as in
 ``budgets.csv``), their spread in points, the best method's paired difference to random with its
 CI, and whether the best method's CI is clear of random's: the two halves of issue #11's bar.
+The last column, unpruned minus worst, is the largest spread any method could give without
+beating the unpruned model: where it is under 5, no pruning method can meet the bar.
 The same figures as each run's own findings (``bench_report.budget_extremes``), side by side.
 """
 
@@ -45,7 +47,8 @@ def row(label: str, r: dict[str, Any]) -> str:
     vs = "—" if best["vs_random_pts"] is None else f"{best['vs_random_pts']:+.1f} {best['vs_random_ci']}"
     return (f"| {label} | {r['ref']:.3f} | {rnd['miou']:.3f} [{rnd['ci_low']:.3f}, {rnd['ci_high']:.3f}] "
             f"| {best['method']} {best['miou']:.3f} [{best['ci_low']:.3f}, {best['ci_high']:.3f}] "
-            f"| {worst['method']} {worst['miou']:.3f} | {r['spread_pts']:.1f} | {vs} | {'yes' if r['clear'] else 'no'} |")
+            f"| {worst['method']} {worst['miou']:.3f} | {r['spread_pts']:.1f} | {vs} | {'yes' if r['clear'] else 'no'} "
+            f"| {100 * (r['ref'] - worst['miou']):.1f} |")
 
 
 def main() -> None:
@@ -54,8 +57,8 @@ def main() -> None:
     ap.add_argument("--budget", type=int, default=50, help="MAC reduction in %% (one of the suite's budgets)")
     args = ap.parse_args()
     print(f"| model | unpruned | random at −{args.budget} % | best at −{args.budget} % | worst | spread, pts "
-          f"| best vs random, pts (paired) | best's CI clear of random's |")
-    print("|---|---|---|---|---|---|---|---|")
+          f"| best vs random, pts (paired) | best's CI clear of random's | ceiling: unpruned − worst, pts |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for item in args.runs:
         label, sep, folder = item.partition("=")
         if not sep:

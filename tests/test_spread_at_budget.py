@@ -43,6 +43,7 @@ def test_cli_prints_a_row_and_refuses_bad_arguments(tmp_path):
     out = subprocess.run([sys.executable, str(SCRIPT), f"m={tmp_path}", "--budget", "50"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "| m | 0.750 | 0.700 [0.680, 0.720] | dtop 0.740 [0.730, 0.760] | tome 0.600 | 14.0 |" in out.stdout
+    assert out.stdout.rstrip().endswith("| yes | 15.0 |")  # ceiling: unpruned 0.75 - worst 0.60
     bad = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path)], capture_output=True, text=True)
     assert bad.returncode == 2 and "error: " in bad.stderr and "Traceback" not in bad.stderr
     none = subprocess.run([sys.executable, str(SCRIPT), f"m={tmp_path}", "--budget", "70"], capture_output=True, text=True)
