@@ -171,6 +171,8 @@ def test_split_scene_matches_seed() -> None:
 def test_split_scene_rejects_bad_input(split: str, index: object) -> None:
     with pytest.raises(ValueError):
         split_scene(split, index, 64)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        split_kind(split, index)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(

@@ -1619,9 +1619,10 @@ def _draw_kind(rng: np.random.Generator, style: SceneStyle) -> str:
 
 def split_kind(split: str, index: int) -> str:
     """The layout kind of ``split_scene(split, index)`` (e.g. "mixed", "dense_buildings"),
-    without drawing the scene: for grouping a benchmark's scenes by kind."""
-    seed = SPLIT_SEEDS[split][index]
-    return _draw_kind(np.random.default_rng(int(seed)), SHIFT_STYLE if split == "shift" else TRAIN_STYLE)
+    without drawing the scene: for grouping a benchmark's scenes by kind. Same errors as
+    :func:`split_scene`."""
+    seed, style = _split_seed(split, index)
+    return _draw_kind(np.random.default_rng(seed), style)
 
 
 def make_scene(
@@ -1683,12 +1684,10 @@ def make_scene(
     return _degrade(rng, image, style.haze_p), labels
 
 
-def split_scene(split: str, index: int, size: int = 512) -> tuple[np.ndarray, np.ndarray]:
-    """The ``index``-th scene of a split: ``make_scene(SPLIT_SEEDS[split][index], size, style=...)``
-    with ``SHIFT_STYLE`` for the ``shift`` split and ``TRAIN_STYLE`` for train, val and test.
-
-    Raises ValueError for an unknown split or an index outside ``range(len(SPLIT_SEEDS[split]))``
-    (negative indices are refused rather than counted from the end)."""
+def _split_seed(split: str, index: int) -> tuple[int, SceneStyle]:
+    """(seed, style) of a split's ``index``-th scene; ValueError for an unknown split or an index
+    outside ``range(len(SPLIT_SEEDS[split]))`` (negative indices are refused rather than counted
+    from the end)."""
     if not isinstance(split, str) or split not in SPLIT_SEEDS:
         raise ValueError(f"unknown split {split!r}; choose one of {tuple(SPLIT_SEEDS)}")
     seeds = SPLIT_SEEDS[split]
@@ -1700,4 +1699,14 @@ def split_scene(split: str, index: int, size: int = 512) -> tuple[np.ndarray, np
         raise ValueError(
             f"index must be an integer in [0, {len(seeds)}) for split {split!r}, got {index!r}"
         )
-    return make_scene(seeds[int(index)], size, style=SHIFT_STYLE if split == "shift" else TRAIN_STYLE)
+    return int(seeds[int(index)]), SHIFT_STYLE if split == "shift" else TRAIN_STYLE
+
+
+def split_scene(split: str, index: int, size: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """The ``index``-th scene of a split: ``make_scene(SPLIT_SEEDS[split][index], size, style=...)``
+    with ``SHIFT_STYLE`` for the ``shift`` split and ``TRAIN_STYLE`` for train, val and test.
+
+    Raises ValueError for an unknown split or an index outside ``range(len(SPLIT_SEEDS[split]))``
+    (negative indices are refused rather than counted from the end)."""
+    seed, style = _split_seed(split, index)
+    return make_scene(seed, size, style=style)
