@@ -25,7 +25,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from prune_viz.bench_report import by_kind, md_table, scenes_subset, spread_on  # noqa: E402, F401 (scenes_subset: tests)
 from prune_viz.bench_suite import Measured, load_raw  # noqa: E402
-from prune_viz.data.synthetic import split_kind  # noqa: E402
 
 
 def class_share(ref: Measured, classes: list[int]) -> np.ndarray:
@@ -49,9 +48,8 @@ def spread_at(measured: list[Measured], refs: dict[str, Measured], meta: dict, i
 def print_by_kind(measured: list[Measured], refs: dict[str, Measured], meta: dict, budget: float, control: int) -> None:
     """``bench_report.by_kind`` on the run's scenes, as a markdown table (the suite's summary.md
     has the same section at its middle budget)."""
-    kinds = np.array([split_kind(meta["split"], i) for i in range(int(meta["n"]))])
     cols = ["kind", "scenes", "unpruned", "random", "best", "worst", "spread_pts"] + (["random_subsets_pts"] if control else [])
-    print(md_table(by_kind(measured, refs, meta, kinds, budget, control), cols))
+    print(md_table(by_kind(measured, refs, meta, budget, control), cols))
 
 
 def main(argv: list[str] | None = None) -> int:

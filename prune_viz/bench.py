@@ -333,7 +333,6 @@ def cmd_suite(args: argparse.Namespace) -> int:
 
     from .bench_report import by_kind, summarise, write_suite
     from .bench_suite import BUDGETS, load_raw, retime, run_suite, save_raw
-    from .data.synthetic import split_kind
 
     if args.sweep or args.set or args.layers:
         raise UserError("--suite sweeps its own grids (bench_suite.py); --sweep, --set and --layers belong to the plain bench")
@@ -359,8 +358,7 @@ def cmd_suite(args: argparse.Namespace) -> int:
     summary = summarise(measured, refs, meta, budgets)
     # Where the methods differ: the spread at the middle budget on each layout kind's scenes.
     summary["by_kind_budget"] = budgets[len(budgets) // 2]
-    kinds = np.array([split_kind(meta["split"], i) for i in range(int(meta["n"]))])
-    summary["by_kind"] = by_kind(measured, refs, meta, kinds, summary["by_kind_budget"])
+    summary["by_kind"] = by_kind(measured, refs, meta, summary["by_kind_budget"])
     command = meta.get("command") or "python -m prune_viz bench --suite v2 ..."
     if args.from_raw:
         meta["rebuilt_from"] = str(args.from_raw / "raw.npz")

@@ -145,15 +145,19 @@ def spread_on(measured: list[Measured], refs: dict[str, Measured], meta: dict[st
     return None if e is None else {**e, "unpruned": sub["ref_miou"]}
 
 
-def by_kind(measured: list[Measured], refs: dict[str, Measured], meta: dict[str, Any], kinds: np.ndarray,
-            budget: float, control: int = 30) -> list[dict[str, Any]]:
-    """One row per scene kind (``kinds``: a label per scene), then all scenes: scenes, unpruned,
-    random, best and worst method and their spread at ``budget`` on those scenes. ``control``
+def by_kind(measured: list[Measured], refs: dict[str, Measured], meta: dict[str, Any], budget: float,
+            control: int = 30) -> list[dict[str, Any]]:
+    """One row per layout kind of the run's scenes (``synthetic.split_kind``: the suite scores
+    scenes 0..n-1 of its split), then all scenes: scenes, unpruned, random, best and worst method
+    and their spread at ``budget`` on those scenes. ``control``
     random subsets of the same size give the spread's median and 10th / 90th percentile by chance
     alone (a best-minus-worst over few scenes is larger anyway): a kind separates the methods
     more than the split only where its spread clears that."""
+    from .data.synthetic import split_kind
+
+    n = int(meta["n"])
+    kinds = np.array([split_kind(meta["split"], i) for i in range(n)])
     rng = np.random.default_rng(0)
-    n = len(kinds)
     out = []
     for name, idx in [(k, np.flatnonzero(kinds == k)) for k in sorted(set(kinds.tolist()))] + [("all", np.arange(n))]:
         e = spread_on(measured, refs, meta, idx, budget)
