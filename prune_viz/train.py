@@ -63,14 +63,19 @@ class TrainConfig:
     seed: int = 0
     val: int = 100
     threads: int = 2
+    split: str = "train"  # where the training scenes come from (``train_varied``: the #11 pilot)
+    eval_splits: str = "val,test,shift"  # comma-separated; the first is the card's "val" metrics
 
 
 class SceneDataset(Dataset):
-    """Scene ``i`` of the train split at ``size`` px, flips, and a position-grid offset shared by
+    """Scene ``i`` of a training split at ``size`` px, flips, and a position-grid offset shared by
     each run of ``batch`` consecutive items (one offset per batch keeps the batch one forward)."""
 
-    def __init__(self, start: int, count: int, size: int, cfg: DemoConfig, seed: int, batch: int = 1):
+    def __init__(
+        self, start: int, count: int, size: int, cfg: DemoConfig, seed: int, batch: int = 1, split: str = "train"
+    ):
         self.start, self.count, self.size, self.cfg, self.seed, self.batch = start, count, size, cfg, seed, batch
+        self.split = split
         self.mean = np.array(cfg.mean, np.float32) * 255
         self.std = np.array(cfg.std, np.float32) * 255
 
@@ -79,7 +84,7 @@ class SceneDataset(Dataset):
 
     def __getitem__(self, i: int):
         index = self.start + i
-        image, labels = synthetic.split_scene("train", index, self.size)
+        image, labels = synthetic.split_scene(self.split, index, self.size)
         rng = np.random.default_rng([self.seed, index])
         g = self.cfg.img_size // self.cfg.patch_size
         t = self.size // self.cfg.patch_size
@@ -202,8 +207,8 @@ def run(
     cfg: TrainConfig, out: Path, model_cfg: DemoConfig | None = None, machine_note: str = "", init: Path | None = None
 ) -> dict:
     """Train (from scratch, or from the demo checkpoint ``init``), save fp16 weights + config to
-    ``out``, evaluate the saved weights on val, test and shift (``cfg.val`` scenes each), write
-    the model card. Returns the card dict."""
+    ``out``, evaluate the saved weights on ``cfg.eval_splits`` (val, test and shift by default;
+    ``cfg.val`` scenes each), write the model card. Returns the card dict."""
     commit = git_commit()  # at the start: the code that trains, not HEAD when it ends
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
@@ -227,7 +232,7 @@ def run(
     for n_steps, batch, size, start in phases:
         if n_steps == 0:
             continue
-        data = SceneDataset(start, n_steps * batch, size, model_cfg, cfg.seed, batch)
+        data = SceneDataset(start, n_steps * batch, size, model_cfg, cfg.seed, batch, cfg.split)
         loader = DataLoader(data, batch_size=batch, shuffle=False, num_workers=1, persistent_workers=False)
         n_tokens = (size // model_cfg.patch_size) ** 2
         for pixels, target, offsets in loader:
@@ -260,7 +265,8 @@ def run(
 
     (out / "demo_segmenter.json").write_text(replace(model_cfg, extra={}).to_json())
     backbone = build_demo(weights, out / "demo_segmenter.json")
-    splits = {split: evaluate_heads(backbone, split, cfg.val) for split in ("val", "test", "shift")}
+    eval_splits = [name.strip() for name in cfg.eval_splits.split(",") if name.strip()]
+    splits = {split: evaluate_heads(backbone, split, cfg.val) for split in eval_splits}
     card = {
         "train_config": asdict(cfg),
         "command": " ".join(["python -m prune_viz.train"] + sys.argv[1:]),
@@ -271,7 +277,7 @@ def run(
         "machine_note": machine_note,
         "val_scenes": cfg.val,
         "inference_size": model_cfg.img_size,
-        "metrics_val": head_metrics(splits["val"]),
+        "metrics_val": head_metrics(splits[eval_splits[0]]),
         "splits": {name: {"main": m["main"], "class_shares": m["class_shares"]} for name, m in splits.items()},
         "heads_by_split": {name: {h: round(v["miou"], 4) for h, v in head_metrics(m).items()} for name, m in splits.items()},
         "log_tail": log[-5:],

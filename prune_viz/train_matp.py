@@ -80,6 +80,8 @@ class MATPTrainConfig:
     val: int = 100
     eval_init: bool = True  # also evaluate MATP on the starting model (the gain of fine-tuning)
     threads: int = 2
+    split: str = "train"  # training scenes (``train_varied`` for the #11 pilot)
+    val_split: str = "val"  # the split the card's evaluation uses
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch < 1 or self.val < 0 or self.gate_steps < 0 or self.warmup < 0:
@@ -317,10 +319,14 @@ def run(
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr
     )
-    data = SceneDataset(cfg.data_start, cfg.steps * cfg.batch, cfg.crop, model_cfg, cfg.seed)
+    data = SceneDataset(cfg.data_start, cfg.steps * cfg.batch, cfg.crop, model_cfg, cfg.seed, split=cfg.split)
     loader = DataLoader(data, batch_size=cfg.batch, shuffle=False, num_workers=1, persistent_workers=False)
     # MATP on the model before fine-tuning, same scenes and engine: what the fine-tune buys.
-    before = evaluate_matp_engine(base, cfg.val, params, cfg.layers, progress=progress) if cfg.val and cfg.eval_init else {}
+    before = (
+        evaluate_matp_engine(base, cfg.val, params, cfg.layers, cfg.val_split, progress=progress)
+        if cfg.val and cfg.eval_init
+        else {}
+    )
     generator = torch.Generator().manual_seed(cfg.seed)
     log: list[dict] = []
     t0 = time.time()
@@ -365,8 +371,10 @@ def run(
         "train_seconds": round(train_s, 1),
         "val_scenes": cfg.val,
         "inference_size": model_cfg.img_size,
-        "metrics_val": head_metrics(evaluate_heads(tuned, "val", cfg.val, progress=progress)) if cfg.val else {},
-        "matp_engine_val": evaluate_matp_engine(tuned, cfg.val, params, cfg.layers, progress=progress) if cfg.val else {},
+        "metrics_val": head_metrics(evaluate_heads(tuned, cfg.val_split, cfg.val, progress=progress)) if cfg.val else {},
+        "matp_engine_val": (
+            evaluate_matp_engine(tuned, cfg.val, params, cfg.layers, cfg.val_split, progress=progress) if cfg.val else {}
+        ),
         "matp_engine_val_init": before,
         "log_tail": log[-5:],
     }

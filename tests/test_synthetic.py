@@ -7,6 +7,7 @@ regression checks on the content each kind promises, not statistical tests.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from prune_viz.data.synthetic import (
     SCENE_KINDS,
     SHIFT_KINDS,
     SHIFT_STYLE,
+    VARIED_STYLE,
     SPLIT_SEEDS,
     make_scene,
     split_kind,
@@ -65,6 +67,8 @@ def test_split_seeds_fixed_and_disjoint() -> None:
         "val": range(10_000_000, 10_100_000),
         "test": range(20_000_000, 20_100_000),
         "shift": range(30_000_000, 30_100_000),
+        "train_varied": range(40_000_000, 50_000_000),
+        "val_varied": range(50_000_000, 50_100_000),
     }
     ranges = sorted(SPLIT_SEEDS.values(), key=lambda r: r.start)
     for a, b in zip(ranges, ranges[1:]):
@@ -100,7 +104,7 @@ def test_kind_none_is_the_kind_drawn_from_the_seed() -> None:
 def test_split_kind_is_the_kind_the_split_scene_draws() -> None:
     """split_kind names the kind split_scene draws, for the training style and the shift one; it
     can fail: a scene drawn with any other kind differs."""
-    for split, index, style in (("val", 0, None), ("val", 5, None), ("shift", 2, SHIFT_STYLE)):
+    for split, index, style in (("val", 0, None), ("val", 5, None), ("shift", 2, SHIFT_STYLE), ("val_varied", 1, VARIED_STYLE)):
         kind = split_kind(split, index)
         seed = SPLIT_SEEDS[split][index]
         ref = _digest(*split_scene(split, index, 64))
@@ -108,6 +112,24 @@ def test_split_kind_is_the_kind_the_split_scene_draws() -> None:
         other = next(k for k in SCENE_KINDS if k != kind)
         assert _digest(*make_scene(seed, 64, other, style)) != ref
     assert {split_kind("shift", i) for i in range(40)} & set(SHIFT_KINDS)
+
+
+def test_varied_style_draws_a_season_per_scene() -> None:
+    """Each val_varied scene is its seed's scene with exactly one of the style's seasons, and
+    both seasons occur (a style listing one season twice consumes the same draw, so it
+    reproduces the scene when it names the season that was drawn)."""
+    drawn = []
+    for index in range(8):
+        seed = SPLIT_SEEDS["val_varied"][index]
+        ref = _digest(*split_scene("val_varied", index, 64))
+        matches = [
+            season
+            for season in VARIED_STYLE.seasons
+            if _digest(*make_scene(seed, 64, style=dataclasses.replace(VARIED_STYLE, seasons=(season, season)))) == ref
+        ]
+        assert len(matches) == 1, (index, matches)
+        drawn += matches
+    assert set(drawn) == {"summer", "autumn"}
 
 
 def test_kind_none_draws_every_kind_mostly_mixed() -> None:
@@ -150,7 +172,8 @@ def test_shapes_and_dtypes(size: int) -> None:
 def test_split_scene_matches_seed() -> None:
     for split, seeds in SPLIT_SEEDS.items():
         img, lab = split_scene(split, 2, SIZE)
-        ref_img, ref_lab = make_scene(seeds[2], SIZE, style=SHIFT_STYLE if split == "shift" else None)
+        style = {"shift": SHIFT_STYLE, "train_varied": VARIED_STYLE, "val_varied": VARIED_STYLE}.get(split)
+        ref_img, ref_lab = make_scene(seeds[2], SIZE, style=style)
         np.testing.assert_array_equal(img, ref_img)
         np.testing.assert_array_equal(lab, ref_lab)
 

@@ -42,3 +42,27 @@ def test_cell_labels_take_the_majority_of_each_cell():
     labels[:4, :3] = 2  # 12 of 16 pixels of the first 4x4 cell
     cells = cell_labels(labels, cfg)
     assert cells.shape == (4, 4) and cells[0, 0] == 2 and cells[0, 1] == 0
+
+
+def test_training_and_evaluation_splits_are_the_configs(tmp_path):
+    """``split`` / ``eval_splits`` choose the scenes: the card evaluates exactly the named splits,
+    the first as its "val" metrics, and the run trains on the named split (its first batch is
+    that split's scene 0, up to the flips)."""
+    import numpy as np
+
+    from prune_viz.train import SceneDataset
+
+    small = DemoConfig(
+        classes=synthetic.CLASSES, palette=tuple(map(tuple, synthetic.PALETTE.tolist())), img_size=64, depth=2,
+        aux_layers=(1,), mix_depth=1,
+    )
+    pixels, _, _ = SceneDataset(0, 1, 64, small, 0, split="train_varied")[0]
+    image = synthetic.split_scene("train_varied", 0, 64)[0].astype(np.float32)
+    restored = pixels.permute(1, 2, 0).numpy() * (np.array(small.std) * 255) + np.array(small.mean) * 255
+    views = (image, image[:, ::-1], image.transpose(1, 0, 2), image[:, ::-1].transpose(1, 0, 2))
+    assert min(np.abs(restored - v).max() for v in views) < 1e-2
+    cfg = TrainConfig(steps=1, batch=1, crop=64, finetune_steps=0, warmup=1, val=1, threads=1,
+                      split="train_varied", eval_splits="val_varied")
+    card = run(cfg, tmp_path / "v", small)
+    assert set(card["splits"]) == {"val_varied"}
+    assert card["metrics_val"]["main"]["miou"] == card["splits"]["val_varied"]["main"]["miou"]

@@ -143,6 +143,8 @@ def test_two_step_run_writes_a_loadable_checkpoint(tmp_path) -> None:
     assert all(v.dtype == torch.float16 for v in load_file(str(out / WEIGHTS_NAME)).values())
     assert build_demo(out / WEIGHTS_NAME).num_blocks == 4
     # The ablation flags reach the config.
-    assert main(argv[:-2] + ["--threads", "1", "--no-gate", "--no-grad-stop", "--val", "0", "--out", str(tmp_path / "abl")]) == 0
+    assert main(argv[:-2] + ["--threads", "1", "--no-gate", "--no-grad-stop", "--val", "0", "--out", str(tmp_path / "abl"),
+                             "--split", "train_varied", "--val-split", "val_varied"]) == 0
     abl = json.loads((tmp_path / "abl" / CONFIG_NAME).read_text())["extra"]["train_config"]
     assert abl["gate"] is False and abl["grad_stop"] is False
+    assert abl["split"] == "train_varied" and abl["val_split"] == "val_varied"

@@ -82,6 +82,8 @@ SPLIT_SEEDS: dict[str, range] = {
     "val": range(10_000_000, 10_100_000),
     "test": range(20_000_000, 20_100_000),
     "shift": range(30_000_000, 30_100_000),
+    "train_varied": range(40_000_000, 50_000_000),  # VARIED_STYLE (a pilot, see SceneStyle)
+    "val_varied": range(50_000_000, 50_100_000),
 }
 
 _SHIFT = 3  # fixed-point bits for cv2 coordinates
@@ -1449,7 +1451,8 @@ class SceneStyle:
     kinds / kind_probs: scene kinds and their probabilities; season: "summer" or "autumn"
     (recolours vegetation and water); gsd: range of the ground-sampling factor (2 = each pixel
     covers twice the ground, objects look half as big); shadow_len: cast-shadow length per unit
-    height; haze_p: probability of haze / cloud patches.
+    height; haze_p: probability of haze / cloud patches; seasons: when not empty, each scene
+    draws its season from these (uniformly, as its last layout draw) instead of ``season``.
     """
 
     name: str
@@ -1459,6 +1462,7 @@ class SceneStyle:
     gsd: tuple[float, float] = (1.0, 1.0)
     shadow_len: tuple[float, float] = (0.5, 1.1)
     haze_p: float = 0.25
+    seasons: tuple[str, ...] = ()
 
 
 TRAIN_STYLE = SceneStyle("train", SCENE_KINDS, _KIND_PROBS)
@@ -1470,6 +1474,20 @@ SHIFT_STYLE = SceneStyle(
     gsd=(0.5, 2.0),
     shadow_len=(1.1, 2.0),
     haze_p=0.5,
+)
+# A pilot for issue #11 (docs/bench/ablations_v2/varied_domain.md), not the shipped model's data:
+# the training layouts under a per-scene season and a 0.7-1.5x ground sampling, so the colour
+# of a crown or a field only says its class together with the rest of the scene. Its own train
+# and val seeds; the shift split stays as it is (and is no longer wholly unseen by a model
+# trained on this style).
+VARIED_STYLE = SceneStyle(
+    "varied",
+    SCENE_KINDS,
+    _KIND_PROBS,
+    gsd=(0.7, 1.5),
+    shadow_len=(0.5, 1.6),
+    haze_p=0.35,
+    seasons=("summer", "autumn"),
 )
 
 # Autumn gains per class (RGB), applied to the base colours before texture: yellow-brown
@@ -1675,13 +1693,17 @@ def make_scene(
     _GENERATORS[kind](sc)
     _thin_structures(sc, kind)
     _small_objects(sc, kind)
-    _season(sc, style.season)
+    season = style.seasons[int(rng.integers(len(style.seasons)))] if style.seasons else style.season
+    _season(sc, season)
     image, labels = _render(sc), sc.lab
     if gen != size:
         interp = cv2.INTER_AREA if gen > size else cv2.INTER_LINEAR
         image = cv2.resize(image, (size, size), interpolation=interp)
         labels = cv2.resize(labels, (size, size), interpolation=cv2.INTER_NEAREST)
     return _degrade(rng, image, style.haze_p), labels
+
+
+_SPLIT_STYLES: dict[str, SceneStyle] = {"shift": SHIFT_STYLE, "train_varied": VARIED_STYLE, "val_varied": VARIED_STYLE}
 
 
 def _split_seed(split: str, index: int) -> tuple[int, SceneStyle]:
@@ -1699,12 +1721,13 @@ def _split_seed(split: str, index: int) -> tuple[int, SceneStyle]:
         raise ValueError(
             f"index must be an integer in [0, {len(seeds)}) for split {split!r}, got {index!r}"
         )
-    return int(seeds[int(index)]), SHIFT_STYLE if split == "shift" else TRAIN_STYLE
+    return int(seeds[int(index)]), _SPLIT_STYLES.get(split, TRAIN_STYLE)
 
 
 def split_scene(split: str, index: int, size: int = 512) -> tuple[np.ndarray, np.ndarray]:
     """The ``index``-th scene of a split: ``make_scene(SPLIT_SEEDS[split][index], size, style=...)``
-    with ``SHIFT_STYLE`` for the ``shift`` split and ``TRAIN_STYLE`` for train, val and test.
+    with ``SHIFT_STYLE`` for the ``shift`` split, ``VARIED_STYLE`` for ``train_varied`` and
+    ``val_varied``, and ``TRAIN_STYLE`` for train, val and test.
 
     Raises ValueError for an unknown split or an index outside ``range(len(SPLIT_SEEDS[split]))``
     (negative indices are refused rather than counted from the end)."""
