@@ -66,6 +66,13 @@ class TrainConfig:
     split: str = "train"  # where the training scenes come from (``train_varied``: the #11 pilot)
     eval_splits: str = "val,test,shift"  # comma-separated; the first is the card's "val" metrics
 
+    def __post_init__(self) -> None:
+        # Checked here, not after an hour of training.
+        names = [self.split] + [name.strip() for name in self.eval_splits.split(",")]
+        unknown = [name for name in names if name not in synthetic.SPLIT_SEEDS]
+        if unknown:
+            raise ValueError(f"unknown split(s) {unknown}; the data module offers {tuple(synthetic.SPLIT_SEEDS)}")
+
 
 class SceneDataset(Dataset):
     """Scene ``i`` of a training split at ``size`` px, flips, and a position-grid offset shared by
@@ -297,7 +304,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--init", type=Path, default=None, help="warm start from this demo checkpoint (default: from scratch)")
     p.add_argument("--machine-note", default="", help="free text for the card, e.g. how loaded the machine was")
     args = p.parse_args(argv)
-    cfg = TrainConfig(**{k: getattr(args, k) for k in asdict(defaults)})
+    try:
+        cfg = TrainConfig(**{k: getattr(args, k) for k in asdict(defaults)})
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     card = run(cfg, args.out, machine_note=args.machine_note, init=args.init)
     print(json.dumps({h: round(v["miou"], 4) for h, v in card["metrics_val"].items()}))
     print(json.dumps({s: round(v["main"]["miou"], 4) for s, v in card["splits"].items()}))

@@ -141,10 +141,19 @@ def model_card(cfg: DemoConfig, card: dict) -> str:
         for split, metrics in splits.items():
             mm = metrics["main"]
             lines.append(f"| {split} | {mm['miou']:.3f} | {mm['ci95'][0]:.3f} - {mm['ci95'][1]:.3f} |")
+        domain = (
+            "`val` and `test` are i.i.d. draws of the training generator; `shift` is drawn with other settings "
+            "(autumn colours, ground sampling 0.5-2x, lower sun, more haze, a town-with-river layout never seen in training)."
+        )
+        if tc.get("split", "train") != "train":
+            domain = (
+                f"Trained on `{tc['split']}` (`VARIED_STYLE` in prune_viz/data/synthetic.py: a season per scene, ground "
+                "sampling 0.7-1.5x); `val_varied` is drawn from that style, `val` and `test` from the standard one, "
+                "`shift` with autumn colours, ground sampling 0.5-2x and a layout never seen in training."
+            )
         lines += [
             "",
-            "`val` and `test` are i.i.d. draws of the training generator; `shift` is drawn with other settings "
-            "(autumn colours, ground sampling 0.5-2x, lower sun, more haze, a town-with-river layout never seen in training).",
+            domain,
             "",
             "Class pixel shares (ground truth of the evaluated scenes):",
             "",
@@ -156,7 +165,7 @@ def model_card(cfg: DemoConfig, card: dict) -> str:
             lines.append(f"| {split} | " + " | ".join(f"{100 * shares.get(c, float('nan')):.1f} %" for c in cfg.classes) + " |")
         lines.append("")
     lines += [
-        "Per head on val (unpruned):",
+        f"Per head on {next(iter(splits), 'val')} (unpruned):",
         "",
         "| head | mIoU | 95 % CI | " + " | ".join(cfg.classes) + " |",
         "|---" * (len(cfg.classes) + 3) + "|",

@@ -45,6 +45,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from .backbones.demo import DemoBackbone, DemoSegmenter, build_demo, tokens_to_map
+from .data import synthetic
 from .methods.matp import SPEC as MATP_SPEC
 from .methods.matp import MATPParams, matp_masks
 from .train import SceneDataset, lr_at
@@ -90,6 +91,9 @@ class MATPTrainConfig:
             raise ValueError(f"gate_start must be in [0, 1] (a fraction of the tokens to prune), got {self.gate_start}")
         if list(self.layers) != sorted(set(self.layers)) or not self.layers:
             raise ValueError(f"layers must be distinct and increasing, got {list(self.layers)}")
+        unknown = [name for name in (self.split, self.val_split) if name not in synthetic.SPLIT_SEEDS]
+        if unknown:
+            raise ValueError(f"unknown split(s) {unknown}; the data module offers {tuple(synthetic.SPLIT_SEEDS)}")
 
 
 # ------------------------------------------------------------------------------ retention gate
@@ -441,7 +445,11 @@ def main(argv: list[str] | None = None) -> int:
         else:
             p.add_argument(flag, type=type(value), default=value)
     args = p.parse_args(argv)
-    cfg = MATPTrainConfig(**{f.name: getattr(args, f.name) for f in fields(MATPTrainConfig)})
+    try:
+        cfg = MATPTrainConfig(**{f.name: getattr(args, f.name) for f in fields(MATPTrainConfig)})
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     argv = sys.argv[1:] if argv is None else argv
     card = run(cfg, args.init, args.out, command=" ".join(["python -m prune_viz.train_matp"] + list(argv)))
     summary = {h: round(v["miou"], 4) for h, v in card["metrics_val"].items()}

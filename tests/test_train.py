@@ -66,3 +66,15 @@ def test_training_and_evaluation_splits_are_the_configs(tmp_path):
     card = run(cfg, tmp_path / "v", small)
     assert set(card["splits"]) == {"val_varied"}
     assert card["metrics_val"]["main"]["miou"] == card["splits"]["val_varied"]["main"]["miou"]
+
+
+def test_an_unknown_split_is_refused_before_training(capsys):
+    """A misspelt split stops the command at once (error line, exit 2), not after the training."""
+    import pytest
+
+    from prune_viz.train import main
+
+    with pytest.raises(ValueError, match="unknown split"):
+        TrainConfig(split="train_variied")
+    assert main(["--eval-splits", "val,tset", "--out", "/nonexistent"]) == 2
+    assert "error: unknown split(s) ['tset']" in capsys.readouterr().err

@@ -148,3 +148,8 @@ def test_two_step_run_writes_a_loadable_checkpoint(tmp_path) -> None:
     abl = json.loads((tmp_path / "abl" / CONFIG_NAME).read_text())["extra"]["train_config"]
     assert abl["gate"] is False and abl["grad_stop"] is False
     assert abl["split"] == "train_varied" and abl["val_split"] == "val_varied"
+
+
+def test_an_unknown_split_is_refused_before_fine_tuning(tmp_path, capsys) -> None:
+    assert main(["--init", str(tmp_path / "none.safetensors"), "--val-split", "vall"]) == 2
+    assert "error: unknown split(s) ['vall']" in capsys.readouterr().err
