@@ -146,10 +146,13 @@ def model_card(cfg: DemoConfig, card: dict) -> str:
             "(autumn colours, ground sampling 0.5-2x, lower sun, more haze, a town-with-river layout never seen in training)."
         )
         if tc.get("split", "train") != "train":
+            style = synthetic.split_style(tc["split"])
+            seasons = " or ".join(style.seasons) if style.seasons else style.season
             domain = (
-                f"Trained on `{tc['split']}` (`VARIED_STYLE` in prune_viz/data/synthetic.py: a season per scene, ground "
-                "sampling 0.7-1.5x); `val_varied` is drawn from that style, `val` and `test` from the standard one, "
-                "`shift` with autumn colours, ground sampling 0.5-2x and a layout never seen in training."
+                f"Trained on `{tc['split']}`, drawn with the `{style.name}` style of prune_viz/data/synthetic.py "
+                f"({seasons} per scene, ground sampling {style.gsd[0]:g}-{style.gsd[1]:g}x, haze in "
+                f"{100 * style.haze_p:.0f} % of scenes); `val` and `test` are the standard generator's, `shift` has "
+                "autumn colours, ground sampling 0.5-2x and a layout never seen in training."
             )
         lines += [
             "",

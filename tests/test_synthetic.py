@@ -24,6 +24,7 @@ from prune_viz.data.synthetic import (
     SHIFT_KINDS,
     SHIFT_STYLE,
     VARIED_STYLE,
+    WIDE_STYLE,
     SPLIT_SEEDS,
     make_scene,
     split_kind,
@@ -69,6 +70,8 @@ def test_split_seeds_fixed_and_disjoint() -> None:
         "shift": range(30_000_000, 30_100_000),
         "train_varied": range(40_000_000, 50_000_000),
         "val_varied": range(50_000_000, 50_100_000),
+        "train_wide": range(60_000_000, 70_000_000),
+        "val_wide": range(70_000_000, 70_100_000),
     }
     ranges = sorted(SPLIT_SEEDS.values(), key=lambda r: r.start)
     for a, b in zip(ranges, ranges[1:]):
@@ -172,7 +175,10 @@ def test_shapes_and_dtypes(size: int) -> None:
 def test_split_scene_matches_seed() -> None:
     for split, seeds in SPLIT_SEEDS.items():
         img, lab = split_scene(split, 2, SIZE)
-        style = {"shift": SHIFT_STYLE, "train_varied": VARIED_STYLE, "val_varied": VARIED_STYLE}.get(split)
+        style = {
+            "shift": SHIFT_STYLE, "train_varied": VARIED_STYLE, "val_varied": VARIED_STYLE,
+            "train_wide": WIDE_STYLE, "val_wide": WIDE_STYLE,
+        }.get(split)
         ref_img, ref_lab = make_scene(seeds[2], SIZE, style=style)
         np.testing.assert_array_equal(img, ref_img)
         np.testing.assert_array_equal(lab, ref_lab)

@@ -66,6 +66,7 @@ def test_training_and_evaluation_splits_are_the_configs(tmp_path):
     card = run(cfg, tmp_path / "v", small)
     assert set(card["splits"]) == {"val_varied"}
     assert card["metrics_val"]["main"]["miou"] == card["splits"]["val_varied"]["main"]["miou"]
+    assert "Trained on `train_varied`, drawn with the `varied` style" in (tmp_path / "v" / "MODEL_CARD.md").read_text()
 
 
 def test_an_unknown_split_is_refused_before_training(capsys):

@@ -84,6 +84,8 @@ SPLIT_SEEDS: dict[str, range] = {
     "shift": range(30_000_000, 30_100_000),
     "train_varied": range(40_000_000, 50_000_000),  # VARIED_STYLE (a pilot, see SceneStyle)
     "val_varied": range(50_000_000, 50_100_000),
+    "train_wide": range(60_000_000, 70_000_000),  # WIDE_STYLE (the same pilot, wider ranges)
+    "val_wide": range(70_000_000, 70_100_000),
 }
 
 _SHIFT = 3  # fixed-point bits for cv2 coordinates
@@ -1489,6 +1491,17 @@ VARIED_STYLE = SceneStyle(
     haze_p=0.35,
     seasons=("summer", "autumn"),
 )
+# The same pilot with the shift split's ranges: 0.5-2x ground sampling, shadows up to 2 per unit
+# height, haze in half the scenes. Only the town-with-river layout of ``shift`` stays unseen.
+WIDE_STYLE = SceneStyle(
+    "wide",
+    SCENE_KINDS,
+    _KIND_PROBS,
+    gsd=(0.5, 2.0),
+    shadow_len=(0.5, 2.0),
+    haze_p=0.5,
+    seasons=("summer", "autumn"),
+)
 
 # Autumn gains per class (RGB), applied to the base colours before texture: yellow-brown
 # grass, orange-brown crowns, darker wet soil, greener water. Impervious / roofs / cars keep
@@ -1635,6 +1648,11 @@ def _draw_kind(rng: np.random.Generator, style: SceneStyle) -> str:
     return style.kinds[int(rng.choice(len(style.kinds), p=style.kind_probs))]
 
 
+def split_style(split: str) -> SceneStyle:
+    """The generator settings a split is drawn with; ValueError for an unknown split."""
+    return _split_seed(split, 0)[1]
+
+
 def split_kind(split: str, index: int) -> str:
     """The layout kind of ``split_scene(split, index)`` (e.g. "mixed", "dense_buildings"),
     without drawing the scene: for grouping a benchmark's scenes by kind. Same errors as
@@ -1703,7 +1721,13 @@ def make_scene(
     return _degrade(rng, image, style.haze_p), labels
 
 
-_SPLIT_STYLES: dict[str, SceneStyle] = {"shift": SHIFT_STYLE, "train_varied": VARIED_STYLE, "val_varied": VARIED_STYLE}
+_SPLIT_STYLES: dict[str, SceneStyle] = {
+    "shift": SHIFT_STYLE,
+    "train_varied": VARIED_STYLE,
+    "val_varied": VARIED_STYLE,
+    "train_wide": WIDE_STYLE,
+    "val_wide": WIDE_STYLE,
+}
 
 
 def _split_seed(split: str, index: int) -> tuple[int, SceneStyle]:
@@ -1727,7 +1751,8 @@ def _split_seed(split: str, index: int) -> tuple[int, SceneStyle]:
 def split_scene(split: str, index: int, size: int = 512) -> tuple[np.ndarray, np.ndarray]:
     """The ``index``-th scene of a split: ``make_scene(SPLIT_SEEDS[split][index], size, style=...)``
     with ``SHIFT_STYLE`` for the ``shift`` split, ``VARIED_STYLE`` for ``train_varied`` and
-    ``val_varied``, and ``TRAIN_STYLE`` for train, val and test.
+    ``val_varied``, ``WIDE_STYLE`` for ``train_wide`` and ``val_wide``, and ``TRAIN_STYLE`` for
+    train, val and test.
 
     Raises ValueError for an unknown split or an index outside ``range(len(SPLIT_SEEDS[split]))``
     (negative indices are refused rather than counted from the end)."""
