@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import cv2
@@ -1493,15 +1493,7 @@ VARIED_STYLE = SceneStyle(
 )
 # The same pilot with the shift split's ranges: 0.5-2x ground sampling, shadows up to 2 per unit
 # height, haze in half the scenes. Only the town-with-river layout of ``shift`` stays unseen.
-WIDE_STYLE = SceneStyle(
-    "wide",
-    SCENE_KINDS,
-    _KIND_PROBS,
-    gsd=(0.5, 2.0),
-    shadow_len=(0.5, 2.0),
-    haze_p=0.5,
-    seasons=("summer", "autumn"),
-)
+WIDE_STYLE = replace(VARIED_STYLE, name="wide", gsd=(0.5, 2.0), shadow_len=(0.5, 2.0), haze_p=0.5)
 
 # Autumn gains per class (RGB), applied to the base colours before texture: yellow-brown
 # grass, orange-brown crowns, darker wet soil, greener water. Impervious / roofs / cars keep
