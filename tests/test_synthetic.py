@@ -105,8 +105,8 @@ def test_kind_none_is_the_kind_drawn_from_the_seed() -> None:
 
 
 def test_split_kind_is_the_kind_the_split_scene_draws() -> None:
-    """split_kind names the kind split_scene draws, for the training style and the shift one; it
-    can fail: a scene drawn with any other kind differs."""
+    """split_kind names the kind split_scene draws, for the training style, the shift one and a
+    pilot one; it can fail: a scene drawn with any other kind differs."""
     for split, index, style in (("val", 0, None), ("val", 5, None), ("shift", 2, SHIFT_STYLE), ("val_varied", 1, VARIED_STYLE)):
         kind = split_kind(split, index)
         seed = SPLIT_SEEDS[split][index]

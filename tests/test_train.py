@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from safetensors.torch import load_file
 
 from prune_viz.backbones.demo import DemoConfig
@@ -71,8 +72,6 @@ def test_training_and_evaluation_splits_are_the_configs(tmp_path):
 
 def test_an_unknown_split_is_refused_before_training(capsys):
     """A misspelt split stops the command at once (error line, exit 2), not after the training."""
-    import pytest
-
     from prune_viz.train import main
 
     with pytest.raises(ValueError, match="unknown split"):
