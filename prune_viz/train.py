@@ -68,10 +68,14 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         # Checked here, not after an hour of training.
-        names = [self.split] + [name.strip() for name in self.eval_splits.split(",")]
-        unknown = [name for name in names if name not in synthetic.SPLIT_SEEDS]
+        unknown = [name for name in (self.split, *self.eval_split_names) if name not in synthetic.SPLIT_SEEDS]
         if unknown:
             raise ValueError(f"unknown split(s) {unknown}; the data module offers {tuple(synthetic.SPLIT_SEEDS)}")
+
+    @property
+    def eval_split_names(self) -> list[str]:
+        """``eval_splits`` as a list ("val, test" -> ["val", "test"]; an empty entry stays "" and is refused)."""
+        return [name.strip() for name in self.eval_splits.split(",")]
 
 
 class SceneDataset(Dataset):
@@ -272,7 +276,7 @@ def run(
 
     (out / "demo_segmenter.json").write_text(replace(model_cfg, extra={}).to_json())
     backbone = build_demo(weights, out / "demo_segmenter.json")
-    eval_splits = [name.strip() for name in cfg.eval_splits.split(",") if name.strip()]
+    eval_splits = cfg.eval_split_names
     splits = {split: evaluate_heads(backbone, split, cfg.val) for split in eval_splits}
     card = {
         "train_config": asdict(cfg),

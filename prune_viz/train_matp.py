@@ -49,7 +49,7 @@ from .data import synthetic
 from .methods.matp import SPEC as MATP_SPEC
 from .methods.matp import MATPParams, matp_masks
 from .train import SceneDataset, lr_at
-from .train_eval import evaluate_heads, git_commit, head_metrics, model_card
+from .train_eval import evaluate_heads, git_commit, head_metrics, matp_card
 
 WEIGHTS_NAME = "demo_matp.safetensors"
 CONFIG_NAME = "demo_matp.json"
@@ -387,47 +387,6 @@ def run(
     if cfg.val:
         (out / CARD_NAME).write_text(matp_card(final_cfg, card))
     return card
-
-
-def matp_card(cfg, card: dict) -> str:
-    """Model card of the fine-tuned checkpoint: the MATP engine evaluation, then the per-head
-    table, classes and config in ``prune_viz.train.model_card``'s format (its from-scratch
-    preamble left out: this model was fine-tuned)."""
-    e = card["matp_engine_val"]
-    tc = card["train_config"]
-    kept = ", ".join(f"after {layer}: {100 * v:.1f}%" for layer, v in e["kept_fraction_after"].items())
-    change = -e["macs_reduction_pct"]
-    lines = [
-        "# Demo segmenter, MATP fine-tune",
-        "",
-        f"Fine-tuned from `{card['init']}` with MATP pruning after blocks {list(tc['layers'])} in the forward "
-        f"(`prune_viz/train_matp.py`: retention gate {'on' if tc['gate'] else 'off'}, gradient stop "
-        f"{'on' if tc['grad_stop'] else 'off'}). Method details: `docs/methods/matp.md`.",
-        "",
-        f"Command: `{card['command']}`  ",
-        f"Commit: `{card['commit']}`  ",
-        f"Fine-tune time: {card['train_seconds'] / 60:.1f} min on {tc['threads']} CPU threads  ",
-        f"Validation: {card['val_scenes']} val scenes at {card['inference_size']} px",
-        "",
-        "MATP at its defaults through the engine (tokens really removed): "
-        f"mIoU {e['miou']:.3f}; MACs per image {e['macs'] / 1e9:.3f} G vs {e['macs_unpruned'] / 1e9:.3f} G unpruned "
-        f"({change:+.1f}%; 1 multiply-add = 1 MAC, auxiliary heads included); patch tokens alive {kept}.",
-        "",
-    ]
-    b = card.get("matp_engine_val_init") or {}
-    if b:
-        lines += [
-            f"The same evaluation of the starting model (before the fine-tune): mIoU {b['miou']:.3f}, "
-            f"MACs {b['macs'] / 1e9:.3f} G ({-b['macs_reduction_pct']:+.1f}%).",
-            "",
-        ]
-    lines += [
-        "Heads of the fine-tuned model, unpruned forward:",
-        "",
-    ]
-    base = model_card(cfg, card).splitlines()
-    start = next((i for i, line in enumerate(base) if line.startswith("| head")), 1)
-    return "\n".join(lines + base[start:])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -138,6 +138,7 @@ def test_two_step_run_writes_a_loadable_checkpoint(tmp_path) -> None:
     assert card["matp_engine_val_init"]["scenes"] == 1  # MATP on the starting model, for comparison
     assert card["train_config"]["gate"] is True and card["train_config"]["steps"] == 2
     assert "main" in card["metrics_val"] and "MATP" in (out / CARD_NAME).read_text()
+    assert "Validation: 1 scenes of `val`" in (out / CARD_NAME).read_text()
     from safetensors.torch import load_file
 
     assert all(v.dtype == torch.float16 for v in load_file(str(out / WEIGHTS_NAME)).values())
