@@ -17,12 +17,15 @@ import cv2
 import numpy as np
 import pytest
 
+from prune_viz.data import synthetic
 from prune_viz.data.synthetic import (
     CLASSES,
     PALETTE,
     SCENE_KINDS,
     SHIFT_KINDS,
+    CONTEXT_STYLE,
     SHIFT_STYLE,
+    TRAIN_STYLE,
     VARIED_STYLE,
     WIDE_STYLE,
     SPLIT_SEEDS,
@@ -72,6 +75,8 @@ def test_split_seeds_fixed_and_disjoint() -> None:
         "val_varied": range(50_000_000, 50_100_000),
         "train_wide": range(60_000_000, 70_000_000),
         "val_wide": range(70_000_000, 70_100_000),
+        "train_context": range(80_000_000, 90_000_000),
+        "val_context": range(90_000_000, 90_100_000),
     }
     ranges = sorted(SPLIT_SEEDS.values(), key=lambda r: r.start)
     for a, b in zip(ranges, ranges[1:]):
@@ -135,6 +140,42 @@ def test_varied_style_draws_a_season_per_scene() -> None:
     assert set(drawn) == {"summer", "autumn"}
 
 
+def _textures(monkeypatch: pytest.MonkeyPatch, seed: int, style) -> tuple[np.ndarray, np.ndarray | None]:
+    """(labels, texture map passed to the renderer) of one scene at 128 px."""
+    seen = []
+    real = synthetic._render
+
+    def spy(sc, texture=None):
+        seen.append(texture)
+        return real(sc, texture)
+
+    monkeypatch.setattr(synthetic, "_render", spy)
+    _, lab = make_scene(seed, 128, kind="dense_buildings", style=style)
+    return lab, seen[0]
+
+
+def test_lookalike_roofs_change_texture_not_labels(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CONTEXT_STYLE draws a scene's layout exactly as the training style does (same labels),
+    then gives whole roofs the pavement texture: with p = 1 every roof, with p = 0.5 some
+    roofs and not others; no other pixel's texture changes, and p = 0 draws nothing."""
+    everything = dataclasses.replace(CONTEXT_STYLE, lookalike_p=1.0)
+    some_kept = some_covered = False
+    for seed in range(3):
+        lab, texture = _textures(monkeypatch, seed, TRAIN_STYLE)
+        assert texture is None
+        lab_all, tex_all = _textures(monkeypatch, seed, everything)
+        np.testing.assert_array_equal(lab_all, lab)
+        roof = lab == BUILDING
+        assert roof.any()
+        assert (tex_all[roof] == IMPERVIOUS).all()
+        np.testing.assert_array_equal(tex_all[~roof], lab[~roof])
+        lab_half, tex_half = _textures(monkeypatch, seed, CONTEXT_STYLE)
+        np.testing.assert_array_equal(lab_half, lab)
+        some_kept |= bool((tex_half[roof] == BUILDING).any())
+        some_covered |= bool((tex_half[roof] == IMPERVIOUS).any())
+    assert some_kept and some_covered
+
+
 def test_kind_none_draws_every_kind_mostly_mixed() -> None:
     kinds = []
     for seed in range(60):
@@ -178,6 +219,7 @@ def test_split_scene_matches_seed() -> None:
         style = {
             "shift": SHIFT_STYLE, "train_varied": VARIED_STYLE, "val_varied": VARIED_STYLE,
             "train_wide": WIDE_STYLE, "val_wide": WIDE_STYLE,
+            "train_context": CONTEXT_STYLE, "val_context": CONTEXT_STYLE,
         }.get(split)
         ref_img, ref_lab = make_scene(seeds[2], SIZE, style=style)
         np.testing.assert_array_equal(img, ref_img)

@@ -86,6 +86,8 @@ SPLIT_SEEDS: dict[str, range] = {
     "val_varied": range(50_000_000, 50_100_000),
     "train_wide": range(60_000_000, 70_000_000),  # WIDE_STYLE (the same pilot, wider ranges)
     "val_wide": range(70_000_000, 70_100_000),
+    "train_context": range(80_000_000, 90_000_000),  # CONTEXT_STYLE (a pilot: lookalike roofs)
+    "val_context": range(90_000_000, 90_100_000),
 }
 
 _SHIFT = 3  # fixed-point bits for cv2 coordinates
@@ -1465,6 +1467,7 @@ class SceneStyle:
     shadow_len: tuple[float, float] = (0.5, 1.1)
     haze_p: float = 0.25
     seasons: tuple[str, ...] = ()
+    lookalike_p: float = 0.0
 
 
 TRAIN_STYLE = SceneStyle("train", SCENE_KINDS, _KIND_PROBS)
@@ -1494,6 +1497,11 @@ VARIED_STYLE = SceneStyle(
 # The same pilot with the shift split's ranges: 0.5-2x ground sampling, shadows up to 2 per unit
 # height, haze in half the scenes. Only the town-with-river layout of ``shift`` stays unseen.
 WIDE_STYLE = replace(VARIED_STYLE, name="wide", gsd=(0.5, 2.0), shadow_len=(0.5, 2.0), haze_p=0.5)
+# A second pilot for #11: the training style, but half the roofs are gravel / tar roofs that look
+# like the pavement around them up close. A token inside such a roof says "impervious" by itself;
+# only the roof's outline and its cast shadow, seen together, say "building". Labels that need
+# the region around a token are what early exits cannot read (docs/bench/ablations_v2/context.md).
+CONTEXT_STYLE = replace(TRAIN_STYLE, name="context", lookalike_p=0.5)
 
 # Autumn gains per class (RGB), applied to the base colours before texture: yellow-brown
 # grass, orange-brown crowns, darker wet soil, greener water. Impervious / roofs / cars keep
@@ -1544,16 +1552,18 @@ def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray
     return big
 
 
-def _render(sc: _Scene) -> np.ndarray:
+def _render(sc: _Scene, texture: np.ndarray | None = None) -> np.ndarray:
     """Base colours (H x W x 3 uint8) + labels -> final H x W x 3 uint8 RGB image.
 
     Texture is added per class through look-up tables indexed by the label map, shadows and
     the scene's illumination are one multiply-add per channel, then a slight blur stands in
     for the optics. Work is done per channel plane with cv2.LUT because broadcasting an
-    H x W field over 3 channels costs more than the maths itself."""
+    H x W field over 3 channels costs more than the maths itself. ``texture`` (H x W uint8
+    class ids, default the labels) says which class's texture a pixel gets: a lookalike roof
+    is labelled building and textured as pavement."""
     rng = sc.rng
     n = sc.size
-    lab = sc.lab
+    lab = sc.lab if texture is None else texture
     lf = _smooth_noise(rng, n, max(2, n // 90))
     mf = _smooth_noise(rng, n, max(4, n // 3))
     sensor = rng.uniform(1.5, 3.5)
@@ -1601,6 +1611,23 @@ def _render(sc: _Scene) -> np.ndarray:
         p *= illum
         out.append(cv2.add(p, bias, dtype=cv2.CV_8U))  # saturating cast to uint8
     return cv2.GaussianBlur(cv2.merge(out), (3, 3), rng.uniform(0.45, 0.8))
+
+
+def _lookalike_roofs(sc: _Scene, p: float) -> np.ndarray:
+    """Cover each connected roof, with probability ``p``, in one pavement material (a jittered
+    concrete or asphalt colour over the whole roof: ridge, parapet and AC boxes are painted
+    over). Returns the texture map for ``_render``: the labels, with IMPERVIOUS on those roofs.
+    Labels, and the shadows the buildings cast, are untouched."""
+    texture = sc.lab.copy()
+    n, comp = cv2.connectedComponents((sc.lab == BUILDING).astype(np.uint8), connectivity=4)
+    for i in range(1, n):
+        if sc.rng.random() >= p:
+            continue
+        colours = _CONCRETE if sc.rng.random() < 0.55 else _ASPHALT
+        roof = comp == i
+        sc.img[roof] = _jitter(sc.rng, _pick(sc.rng, colours), 8)
+        texture[roof] = IMPERVIOUS
+    return texture
 
 
 def _degrade(rng: np.random.Generator, img: np.ndarray, haze_p: float) -> np.ndarray:
@@ -1704,8 +1731,9 @@ def make_scene(
     _thin_structures(sc, kind)
     _small_objects(sc, kind)
     season = style.seasons[int(rng.integers(len(style.seasons)))] if style.seasons else style.season
+    texture = _lookalike_roofs(sc, style.lookalike_p) if style.lookalike_p > 0 else None
     _season(sc, season)
-    image, labels = _render(sc), sc.lab
+    image, labels = _render(sc, texture), sc.lab
     if gen != size:
         interp = cv2.INTER_AREA if gen > size else cv2.INTER_LINEAR
         image = cv2.resize(image, (size, size), interpolation=interp)
@@ -1719,6 +1747,8 @@ _SPLIT_STYLES: dict[str, SceneStyle] = {
     "val_varied": VARIED_STYLE,
     "train_wide": WIDE_STYLE,
     "val_wide": WIDE_STYLE,
+    "train_context": CONTEXT_STYLE,
+    "val_context": CONTEXT_STYLE,
 }
 
 
@@ -1743,8 +1773,8 @@ def _split_seed(split: str, index: int) -> tuple[int, SceneStyle]:
 def split_scene(split: str, index: int, size: int = 512) -> tuple[np.ndarray, np.ndarray]:
     """The ``index``-th scene of a split: ``make_scene(SPLIT_SEEDS[split][index], size, style=...)``
     with ``SHIFT_STYLE`` for the ``shift`` split, ``VARIED_STYLE`` for ``train_varied`` and
-    ``val_varied``, ``WIDE_STYLE`` for ``train_wide`` and ``val_wide``, and ``TRAIN_STYLE`` for
-    train, val and test.
+    ``val_varied``, ``WIDE_STYLE`` for ``train_wide`` and ``val_wide``, ``CONTEXT_STYLE`` for
+    ``train_context`` and ``val_context``, and ``TRAIN_STYLE`` for train, val and test.
 
     Raises ValueError for an unknown split or an index outside ``range(len(SPLIT_SEEDS[split]))``
     (negative indices are refused rather than counted from the end)."""
