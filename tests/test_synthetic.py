@@ -23,6 +23,7 @@ from prune_viz.data.synthetic import (
     PALETTE,
     SCENE_KINDS,
     SHIFT_KINDS,
+    CONTEXT_ALL_STYLE,
     CONTEXT_STYLE,
     SHIFT_STYLE,
     TRAIN_STYLE,
@@ -77,6 +78,8 @@ def test_split_seeds_fixed_and_disjoint() -> None:
         "val_wide": range(70_000_000, 70_100_000),
         "train_context": range(80_000_000, 90_000_000),
         "val_context": range(90_000_000, 90_100_000),
+        "train_context_all": range(100_000_000, 110_000_000),
+        "val_context_all": range(110_000_000, 110_100_000),
     }
     ranges = sorted(SPLIT_SEEDS.values(), key=lambda r: r.start)
     for a, b in zip(ranges, ranges[1:]):
@@ -158,7 +161,7 @@ def test_lookalike_roofs_change_texture_not_labels(monkeypatch: pytest.MonkeyPat
     """CONTEXT_STYLE draws a scene's layout exactly as the training style does (same labels),
     then gives whole roofs the pavement texture: with p = 1 every roof, with p = 0.5 some
     roofs and not others; no other pixel's texture changes, and p = 0 draws nothing."""
-    everything = dataclasses.replace(CONTEXT_STYLE, lookalike_p=1.0)
+    everything = CONTEXT_ALL_STYLE
     some_kept = some_covered = False
     for seed in range(3):
         lab, texture = _textures(monkeypatch, seed, TRAIN_STYLE)
@@ -220,6 +223,7 @@ def test_split_scene_matches_seed() -> None:
             "shift": SHIFT_STYLE, "train_varied": VARIED_STYLE, "val_varied": VARIED_STYLE,
             "train_wide": WIDE_STYLE, "val_wide": WIDE_STYLE,
             "train_context": CONTEXT_STYLE, "val_context": CONTEXT_STYLE,
+            "train_context_all": CONTEXT_ALL_STYLE, "val_context_all": CONTEXT_ALL_STYLE,
         }.get(split)
         ref_img, ref_lab = make_scene(seeds[2], SIZE, style=style)
         np.testing.assert_array_equal(img, ref_img)

@@ -88,6 +88,8 @@ SPLIT_SEEDS: dict[str, range] = {
     "val_wide": range(70_000_000, 70_100_000),
     "train_context": range(80_000_000, 90_000_000),  # CONTEXT_STYLE (a pilot: lookalike roofs)
     "val_context": range(90_000_000, 90_100_000),
+    "train_context_all": range(100_000_000, 110_000_000),  # CONTEXT_ALL_STYLE (every roof)
+    "val_context_all": range(110_000_000, 110_100_000),
 }
 
 _SHIFT = 3  # fixed-point bits for cv2 coordinates
@@ -1502,6 +1504,8 @@ WIDE_STYLE = replace(VARIED_STYLE, name="wide", gsd=(0.5, 2.0), shadow_len=(0.5,
 # only the roof's outline and its cast shadow, seen together, say "building". Labels that need
 # the region around a token are what early exits cannot read (docs/bench/ablations_v2/context.md).
 CONTEXT_STYLE = replace(TRAIN_STYLE, name="context", lookalike_p=0.5)
+# The same with every roof a lookalike: the dose-response point beside 0 (standard) and 0.5.
+CONTEXT_ALL_STYLE = replace(TRAIN_STYLE, name="context_all", lookalike_p=1.0)
 
 # Autumn gains per class (RGB), applied to the base colours before texture: yellow-brown
 # grass, orange-brown crowns, darker wet soil, greener water. Impervious / roofs / cars keep
@@ -1749,6 +1753,8 @@ _SPLIT_STYLES: dict[str, SceneStyle] = {
     "val_wide": WIDE_STYLE,
     "train_context": CONTEXT_STYLE,
     "val_context": CONTEXT_STYLE,
+    "train_context_all": CONTEXT_ALL_STYLE,
+    "val_context_all": CONTEXT_ALL_STYLE,
 }
 
 
@@ -1774,7 +1780,8 @@ def split_scene(split: str, index: int, size: int = 512) -> tuple[np.ndarray, np
     """The ``index``-th scene of a split: ``make_scene(SPLIT_SEEDS[split][index], size, style=...)``
     with ``SHIFT_STYLE`` for the ``shift`` split, ``VARIED_STYLE`` for ``train_varied`` and
     ``val_varied``, ``WIDE_STYLE`` for ``train_wide`` and ``val_wide``, ``CONTEXT_STYLE`` for
-    ``train_context`` and ``val_context``, and ``TRAIN_STYLE`` for train, val and test.
+    ``train_context`` and ``val_context``, ``CONTEXT_ALL_STYLE`` for ``train_context_all`` and
+    ``val_context_all``, and ``TRAIN_STYLE`` for train, val and test.
 
     Raises ValueError for an unknown split or an index outside ``range(len(SPLIT_SEEDS[split]))``
     (negative indices are refused rather than counted from the end)."""
