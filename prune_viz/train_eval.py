@@ -92,6 +92,26 @@ def _note_suffix(note: str) -> str:
     return note if note[0] in ";,." else f"; {note}"
 
 
+def training_domain(split: str) -> str:
+    """The model card's sentence on what the model was trained on, for a training split."""
+    if split == "train":
+        return (
+            "`val` and `test` are i.i.d. draws of the training generator; `shift` is drawn with other settings "
+            "(autumn colours, ground sampling 0.5-2x, lower sun, more haze, a town-with-river layout never seen in training)."
+        )
+    style = synthetic.split_style(split)
+    seasons = " or ".join(style.seasons) if style.seasons else style.season
+    lookalike = (
+        f", {100 * style.lookalike_p:.0f} % of roofs in a pavement lookalike" if style.lookalike_p else ""
+    )
+    return (
+        f"Trained on `{split}`, drawn with the `{style.name}` style of prune_viz/data/synthetic.py "
+        f"({seasons} per scene, ground sampling {style.gsd[0]:g}-{style.gsd[1]:g}x, haze in "
+        f"{100 * style.haze_p:.0f} % of scenes{lookalike}); `val` and `test` are the standard generator's, `shift` has "
+        "autumn colours, ground sampling 0.5-2x and a layout never seen in training."
+    )
+
+
 def model_card(cfg: DemoConfig, card: dict) -> str:
     """Markdown model card from the training command's own evaluation (``card``)."""
     m = head_metrics(card["metrics_val"])
@@ -142,22 +162,9 @@ def model_card(cfg: DemoConfig, card: dict) -> str:
         for split, metrics in splits.items():
             mm = metrics["main"]
             lines.append(f"| {split} | {mm['miou']:.3f} | {mm['ci95'][0]:.3f} - {mm['ci95'][1]:.3f} |")
-        domain = (
-            "`val` and `test` are i.i.d. draws of the training generator; `shift` is drawn with other settings "
-            "(autumn colours, ground sampling 0.5-2x, lower sun, more haze, a town-with-river layout never seen in training)."
-        )
-        if tc.get("split", "train") != "train":
-            style = synthetic.split_style(tc["split"])
-            seasons = " or ".join(style.seasons) if style.seasons else style.season
-            domain = (
-                f"Trained on `{tc['split']}`, drawn with the `{style.name}` style of prune_viz/data/synthetic.py "
-                f"({seasons} per scene, ground sampling {style.gsd[0]:g}-{style.gsd[1]:g}x, haze in "
-                f"{100 * style.haze_p:.0f} % of scenes); `val` and `test` are the standard generator's, `shift` has "
-                "autumn colours, ground sampling 0.5-2x and a layout never seen in training."
-            )
         lines += [
             "",
-            domain,
+            training_domain(tc.get("split", "train")),
             "",
             "Class pixel shares (ground truth of the evaluated scenes):",
             "",

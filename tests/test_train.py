@@ -78,3 +78,16 @@ def test_an_unknown_split_is_refused_before_training(capsys):
         TrainConfig(split="train_variied")
     assert main(["--eval-splits", "val,tset", "--out", "/nonexistent"]) == 2
     assert "error: unknown split(s) ['tset']" in capsys.readouterr().err
+
+
+def test_the_card_names_the_training_style():
+    """The card's domain sentence describes a pilot style from the style itself, lookalike roofs
+    included, and keeps the standard sentence for the standard split."""
+    from prune_viz.train_eval import training_domain
+
+    assert training_domain("train").startswith("`val` and `test` are i.i.d. draws")
+    varied = training_domain("train_varied")
+    assert "summer or autumn per scene, ground sampling 0.7-1.5x, haze in 35 % of scenes)" in varied
+    assert "lookalike" not in varied
+    assert "50 % of roofs in a pavement lookalike" in training_domain("train_context")
+    assert "100 % of roofs in a pavement lookalike" in training_domain("train_context_all")
