@@ -158,15 +158,15 @@ def _textures(monkeypatch: pytest.MonkeyPatch, seed: int, style) -> tuple[np.nda
 
 
 def test_lookalike_roofs_change_texture_not_labels(monkeypatch: pytest.MonkeyPatch) -> None:
-    """CONTEXT_STYLE draws a scene's layout exactly as the training style does (same labels),
-    then gives whole roofs the pavement texture: with p = 1 every roof, with p = 0.5 some
-    roofs and not others; no other pixel's texture changes, and p = 0 draws nothing."""
-    everything = CONTEXT_ALL_STYLE
+    """The context styles draw a scene's layout exactly as the training style does (same
+    labels), then give whole roofs the pavement texture: CONTEXT_ALL_STYLE (p = 1) every roof,
+    CONTEXT_STYLE (p = 0.5) some roofs and not others; no other pixel's texture changes, and
+    the training style (p = 0) passes no texture map."""
     some_kept = some_covered = False
     for seed in range(3):
         lab, texture = _textures(monkeypatch, seed, TRAIN_STYLE)
         assert texture is None
-        lab_all, tex_all = _textures(monkeypatch, seed, everything)
+        lab_all, tex_all = _textures(monkeypatch, seed, CONTEXT_ALL_STYLE)
         np.testing.assert_array_equal(lab_all, lab)
         roof = lab == BUILDING
         assert roof.any()

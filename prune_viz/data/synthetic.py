@@ -1559,7 +1559,7 @@ def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray
 def _render(sc: _Scene, texture: np.ndarray | None = None) -> np.ndarray:
     """Base colours (H x W x 3 uint8) + labels -> final H x W x 3 uint8 RGB image.
 
-    Texture is added per class through look-up tables indexed by the label map, shadows and
+    Texture is added per class through look-up tables indexed by the texture map, shadows and
     the scene's illumination are one multiply-add per channel, then a slight blur stands in
     for the optics. Work is done per channel plane with cv2.LUT because broadcasting an
     H x W field over 3 channels costs more than the maths itself. ``texture`` (H x W uint8
