@@ -90,6 +90,8 @@ SPLIT_SEEDS: dict[str, range] = {
     "val_context": range(90_000_000, 90_100_000),
     "train_context_all": range(100_000_000, 110_000_000),  # CONTEXT_ALL_STYLE (every roof)
     "val_context_all": range(110_000_000, 110_100_000),
+    "train_context_many": range(120_000_000, 130_000_000),  # CONTEXT_MANY_STYLE
+    "val_context_many": range(130_000_000, 130_100_000),
 }
 
 _SHIFT = 3  # fixed-point bits for cv2 coordinates
@@ -1458,7 +1460,12 @@ class SceneStyle:
     (recolours vegetation and water); gsd: range of the ground-sampling factor (2 = each pixel
     covers twice the ground, objects look half as big); shadow_len: cast-shadow length per unit
     height; haze_p: probability of haze / cloud patches; seasons: when not empty, each scene
-    draws its season from these (uniformly, as its last layout draw) instead of ``season``.
+    draws its season from these (uniformly, as its last layout draw) instead of ``season``;
+    lookalike_p, lookalikes: each connected region of a class named in ``lookalikes`` (keys of
+    ``LOOKALIKES``: "roof", "tree", "water") is, with probability lookalike_p, painted and
+    textured as another class (roofs as pavement, crowns as grass, water as asphalt) while its
+    label and the shadow it casts stay: only the region's outline and surroundings tell. Drawn
+    after the season, "roof" first; lookalike_p = 0 draws nothing.
     """
 
     name: str
@@ -1470,6 +1477,7 @@ class SceneStyle:
     haze_p: float = 0.25
     seasons: tuple[str, ...] = ()
     lookalike_p: float = 0.0
+    lookalikes: tuple[str, ...] = ("roof",)
 
 
 TRAIN_STYLE = SceneStyle("train", SCENE_KINDS, _KIND_PROBS)
@@ -1506,6 +1514,9 @@ WIDE_STYLE = replace(VARIED_STYLE, name="wide", gsd=(0.5, 2.0), shadow_len=(0.5,
 CONTEXT_STYLE = replace(TRAIN_STYLE, name="context", lookalike_p=0.5)
 # The same with every roof a lookalike: the dose-response point beside 0 (standard) and 0.5.
 CONTEXT_ALL_STYLE = replace(TRAIN_STYLE, name="context_all", lookalike_p=1.0)
+# Half of the roofs, tree groups and water bodies disguised: three classes (not one) whose pixels
+# do not say their class, to test whether the layer-3 gap was capped by the classes that stay easy.
+CONTEXT_MANY_STYLE = replace(CONTEXT_STYLE, name="context_many", lookalikes=("roof", "tree", "water"))
 
 # Autumn gains per class (RGB), applied to the base colours before texture: yellow-brown
 # grass, orange-brown crowns, darker wet soil, greener water. Impervious / roofs / cars keep
@@ -1617,20 +1628,43 @@ def _render(sc: _Scene, texture: np.ndarray | None = None) -> np.ndarray:
     return cv2.GaussianBlur(cv2.merge(out), (3, 3), rng.uniform(0.45, 0.8))
 
 
-def _lookalike_roofs(sc: _Scene, p: float) -> np.ndarray:
-    """Cover each connected roof, with probability ``p``, in one pavement material (a jittered
-    concrete or asphalt colour over the whole roof: ridge, parapet and AC boxes are painted
-    over). Returns the texture map for ``_render``: the labels, with IMPERVIOUS on those roofs.
-    Labels, and the shadows the buildings cast, are untouched."""
+@dataclass(frozen=True)
+class Lookalike:
+    """A class drawn in another class's material: ``label`` regions get one colour near one of
+    ``palettes`` (the first with probability ``first_p`` when there are two) and ``material``'s
+    texture."""
+
+    label: int
+    material: int
+    palettes: tuple[tuple[tuple[int, int, int], ...], ...]
+    first_p: float = 1.0
+
+
+LOOKALIKES: dict[str, Lookalike] = {
+    "roof": Lookalike(BUILDING, IMPERVIOUS, (_CONCRETE, _ASPHALT), 0.55),  # gravel / tar roofs
+    "tree": Lookalike(TREE, LOW_VEGETATION, (_GRASS,)),  # a flat-topped canopy, seen from above
+    "water": Lookalike(WATER, IMPERVIOUS, (_ASPHALT,)),  # still, dark water
+}
+
+
+def _lookalike_regions(sc: _Scene, p: float, names: tuple[str, ...]) -> np.ndarray:
+    """Paint each connected region of each named class (``LOOKALIKES``), with probability ``p``,
+    in one colour of its lookalike material (ridges, parapets, crowns and ripples painted over).
+    Returns the texture map for ``_render``: the labels, with the material's class on those
+    regions. Labels, and the shadows the objects cast, are untouched."""
     texture = sc.lab.copy()
-    n, comp = cv2.connectedComponents((sc.lab == BUILDING).astype(np.uint8), connectivity=4)
-    for i in range(1, n):
-        if sc.rng.random() >= p:
-            continue
-        colours = _CONCRETE if sc.rng.random() < 0.55 else _ASPHALT
-        roof = comp == i
-        sc.img[roof] = _jitter(sc.rng, _pick(sc.rng, colours), 8)
-        texture[roof] = IMPERVIOUS
+    for name in names:
+        look = LOOKALIKES[name]
+        n, comp = cv2.connectedComponents((sc.lab == look.label).astype(np.uint8), connectivity=4)
+        for i in range(1, n):
+            if sc.rng.random() >= p:
+                continue
+            palette = look.palettes[0]
+            if len(look.palettes) > 1 and sc.rng.random() >= look.first_p:
+                palette = look.palettes[1]
+            region = comp == i
+            sc.img[region] = _jitter(sc.rng, _pick(sc.rng, palette), 8)
+            texture[region] = look.material
     return texture
 
 
@@ -1735,7 +1769,7 @@ def make_scene(
     _thin_structures(sc, kind)
     _small_objects(sc, kind)
     season = style.seasons[int(rng.integers(len(style.seasons)))] if style.seasons else style.season
-    texture = _lookalike_roofs(sc, style.lookalike_p) if style.lookalike_p > 0 else None
+    texture = _lookalike_regions(sc, style.lookalike_p, style.lookalikes) if style.lookalike_p > 0 else None
     _season(sc, season)
     image, labels = _render(sc, texture), sc.lab
     if gen != size:
@@ -1755,6 +1789,8 @@ _SPLIT_STYLES: dict[str, SceneStyle] = {
     "val_context": CONTEXT_STYLE,
     "train_context_all": CONTEXT_ALL_STYLE,
     "val_context_all": CONTEXT_ALL_STYLE,
+    "train_context_many": CONTEXT_MANY_STYLE,
+    "val_context_many": CONTEXT_MANY_STYLE,
 }
 
 
@@ -1781,7 +1817,8 @@ def split_scene(split: str, index: int, size: int = 512) -> tuple[np.ndarray, np
     with ``SHIFT_STYLE`` for the ``shift`` split, ``VARIED_STYLE`` for ``train_varied`` and
     ``val_varied``, ``WIDE_STYLE`` for ``train_wide`` and ``val_wide``, ``CONTEXT_STYLE`` for
     ``train_context`` and ``val_context``, ``CONTEXT_ALL_STYLE`` for ``train_context_all`` and
-    ``val_context_all``, and ``TRAIN_STYLE`` for train, val and test.
+    ``val_context_all``, ``CONTEXT_MANY_STYLE`` for ``train_context_many`` and
+    ``val_context_many``, and ``TRAIN_STYLE`` for train, val and test.
 
     Raises ValueError for an unknown split or an index outside ``range(len(SPLIT_SEEDS[split]))``
     (negative indices are refused rather than counted from the end)."""
