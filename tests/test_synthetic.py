@@ -24,6 +24,7 @@ from prune_viz.data.synthetic import (
     SCENE_KINDS,
     SHIFT_KINDS,
     CONTEXT_ALL_STYLE,
+    CONTEXT_MANY_STYLE,
     CONTEXT_STYLE,
     SHIFT_STYLE,
     TRAIN_STYLE,
@@ -80,6 +81,8 @@ def test_split_seeds_fixed_and_disjoint() -> None:
         "val_context": range(90_000_000, 90_100_000),
         "train_context_all": range(100_000_000, 110_000_000),
         "val_context_all": range(110_000_000, 110_100_000),
+        "train_context_many": range(120_000_000, 130_000_000),
+        "val_context_many": range(130_000_000, 130_100_000),
     }
     ranges = sorted(SPLIT_SEEDS.values(), key=lambda r: r.start)
     for a, b in zip(ranges, ranges[1:]):
@@ -143,7 +146,9 @@ def test_varied_style_draws_a_season_per_scene() -> None:
     assert set(drawn) == {"summer", "autumn"}
 
 
-def _textures(monkeypatch: pytest.MonkeyPatch, seed: int, style) -> tuple[np.ndarray, np.ndarray | None]:
+def _textures(
+    monkeypatch: pytest.MonkeyPatch, seed: int, style, kind: str = "dense_buildings"
+) -> tuple[np.ndarray, np.ndarray | None]:
     """(labels, texture map passed to the renderer) of one scene at 128 px."""
     seen = []
     real = synthetic._render
@@ -153,7 +158,7 @@ def _textures(monkeypatch: pytest.MonkeyPatch, seed: int, style) -> tuple[np.nda
         return real(sc, texture)
 
     monkeypatch.setattr(synthetic, "_render", spy)
-    _, lab = make_scene(seed, 128, kind="dense_buildings", style=style)
+    _, lab = make_scene(seed, 128, kind=kind, style=style)
     return lab, seen[0]
 
 
@@ -177,6 +182,19 @@ def test_lookalike_roofs_change_texture_not_labels(monkeypatch: pytest.MonkeyPat
         some_kept |= bool((tex_half[roof] == BUILDING).any())
         some_covered |= bool((tex_half[roof] == IMPERVIOUS).any())
     assert some_kept and some_covered
+
+
+def test_many_lookalikes_disguise_trees_and_water_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CONTEXT_MANY_STYLE: with p = 1 every roof is textured as pavement, every tree as grass and
+    all water as pavement; cars, clutter and the ground keep their own texture."""
+    every = dataclasses.replace(CONTEXT_MANY_STYLE, lookalike_p=1.0)
+    lab, texture = _textures(monkeypatch, 0, every, kind="mixed")
+    material = {BUILDING: IMPERVIOUS, TREE: LOW_VEGETATION, WATER: IMPERVIOUS}
+    for label, mat in material.items():
+        assert (lab == label).any(), CLASSES[label]
+        assert (texture[lab == label] == mat).all(), CLASSES[label]
+    rest = ~np.isin(lab, list(material))
+    np.testing.assert_array_equal(texture[rest], lab[rest])
 
 
 def test_kind_none_draws_every_kind_mostly_mixed() -> None:
@@ -224,6 +242,7 @@ def test_split_scene_matches_seed() -> None:
             "train_wide": WIDE_STYLE, "val_wide": WIDE_STYLE,
             "train_context": CONTEXT_STYLE, "val_context": CONTEXT_STYLE,
             "train_context_all": CONTEXT_ALL_STYLE, "val_context_all": CONTEXT_ALL_STYLE,
+            "train_context_many": CONTEXT_MANY_STYLE, "val_context_many": CONTEXT_MANY_STYLE,
         }.get(split)
         ref_img, ref_lab = make_scene(seeds[2], SIZE, style=style)
         np.testing.assert_array_equal(img, ref_img)
