@@ -101,8 +101,11 @@ def training_domain(split: str) -> str:
         )
     style = synthetic.split_style(split)
     seasons = " or ".join(style.seasons) if style.seasons else style.season
+    disguises = {"roof": "roofs as pavement", "tree": "tree groups as grass", "water": "water as asphalt"}
     lookalike = (
-        f", {100 * style.lookalike_p:.0f} % of roofs in a pavement lookalike" if style.lookalike_p else ""
+        f", lookalikes: {100 * style.lookalike_p:.0f} % of " + ", ".join(disguises[n] for n in style.lookalikes)
+        if style.lookalike_p
+        else ""
     )
     return (
         f"Trained on `{split}`, drawn with the `{style.name}` style of prune_viz/data/synthetic.py "

@@ -89,5 +89,7 @@ def test_the_card_names_the_training_style():
     varied = training_domain("train_varied")
     assert "summer or autumn per scene, ground sampling 0.7-1.5x, haze in 35 % of scenes)" in varied
     assert "lookalike" not in varied
-    assert "50 % of roofs in a pavement lookalike" in training_domain("train_context")
-    assert "100 % of roofs in a pavement lookalike" in training_domain("train_context_all")
+    assert "lookalikes: 50 % of roofs as pavement)" in training_domain("train_context")
+    assert "lookalikes: 100 % of roofs as pavement)" in training_domain("train_context_all")
+    many = training_domain("train_context_many")
+    assert "lookalikes: 50 % of roofs as pavement, tree groups as grass, water as asphalt)" in many
