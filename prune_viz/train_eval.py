@@ -101,9 +101,9 @@ def training_domain(split: str) -> str:
         )
     style = synthetic.split_style(split)
     seasons = " or ".join(style.seasons) if style.seasons else style.season
-    disguises = {"roof": "roofs as pavement", "tree": "tree groups as grass", "water": "water as asphalt"}
     lookalike = (
-        f", lookalikes: {100 * style.lookalike_p:.0f} % of " + ", ".join(disguises[n] for n in style.lookalikes)
+        f", lookalikes: {100 * style.lookalike_p:.0f} % of "
+        + ", ".join(synthetic.LOOKALIKES[name].described for name in style.lookalikes)
         if style.lookalike_p
         else ""
     )

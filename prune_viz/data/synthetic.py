@@ -1632,18 +1632,22 @@ def _render(sc: _Scene, texture: np.ndarray | None = None) -> np.ndarray:
 class Lookalike:
     """A class drawn in another class's material: ``label`` regions get one colour near one of
     ``palettes`` (the first with probability ``first_p`` when there are two) and ``material``'s
-    texture."""
+    texture. ``described`` says it in words (for model cards)."""
 
     label: int
     material: int
     palettes: tuple[tuple[tuple[int, int, int], ...], ...]
+    described: str
     first_p: float = 1.0
 
 
 LOOKALIKES: dict[str, Lookalike] = {
-    "roof": Lookalike(BUILDING, IMPERVIOUS, (_CONCRETE, _ASPHALT), 0.55),  # gravel / tar roofs
-    "tree": Lookalike(TREE, LOW_VEGETATION, (_GRASS,)),  # a flat-topped canopy, seen from above
-    "water": Lookalike(WATER, IMPERVIOUS, (_ASPHALT,)),  # still, dark water
+    # gravel / tar roofs
+    "roof": Lookalike(BUILDING, IMPERVIOUS, (_CONCRETE, _ASPHALT), "roofs as pavement", 0.55),
+    # a flat-topped canopy, seen from above
+    "tree": Lookalike(TREE, LOW_VEGETATION, (_GRASS,), "tree groups as grass"),
+    # still, dark water
+    "water": Lookalike(WATER, IMPERVIOUS, (_ASPHALT,), "water as asphalt"),
 }
 
 
@@ -1656,15 +1660,18 @@ def _lookalike_regions(sc: _Scene, p: float, names: tuple[str, ...]) -> np.ndarr
     for name in names:
         look = LOOKALIKES[name]
         n, comp = cv2.connectedComponents((sc.lab == look.label).astype(np.uint8), connectivity=4)
-        for i in range(1, n):
+        chosen = np.zeros(n, bool)  # per component id; 0 is the background
+        colours = np.zeros((n, 3), np.uint8)
+        for i in range(1, n):  # the draws, in component order
             if sc.rng.random() >= p:
                 continue
             palette = look.palettes[0]
             if len(look.palettes) > 1 and sc.rng.random() >= look.first_p:
                 palette = look.palettes[1]
-            region = comp == i
-            sc.img[region] = _jitter(sc.rng, _pick(sc.rng, palette), 8)
-            texture[region] = look.material
+            chosen[i], colours[i] = True, _jitter(sc.rng, _pick(sc.rng, palette), 8)
+        region = chosen[comp]  # one pass over the image, not one per component
+        sc.img[region] = colours[comp[region]]
+        texture[region] = look.material
     return texture
 
 
@@ -1814,11 +1821,8 @@ def _split_seed(split: str, index: int) -> tuple[int, SceneStyle]:
 
 def split_scene(split: str, index: int, size: int = 512) -> tuple[np.ndarray, np.ndarray]:
     """The ``index``-th scene of a split: ``make_scene(SPLIT_SEEDS[split][index], size, style=...)``
-    with ``SHIFT_STYLE`` for the ``shift`` split, ``VARIED_STYLE`` for ``train_varied`` and
-    ``val_varied``, ``WIDE_STYLE`` for ``train_wide`` and ``val_wide``, ``CONTEXT_STYLE`` for
-    ``train_context`` and ``val_context``, ``CONTEXT_ALL_STYLE`` for ``train_context_all`` and
-    ``val_context_all``, ``CONTEXT_MANY_STYLE`` for ``train_context_many`` and
-    ``val_context_many``, and ``TRAIN_STYLE`` for train, val and test.
+    with the split's style (``split_style``: ``TRAIN_STYLE`` for train, val and test,
+    ``SHIFT_STYLE`` for shift, a pilot style for each pilot split).
 
     Raises ValueError for an unknown split or an index outside ``range(len(SPLIT_SEEDS[split]))``
     (negative indices are refused rather than counted from the end)."""
